@@ -1,0 +1,279 @@
+//! Cancel requests: every client gets pgwarden's own BackendKeyData; a CancelRequest carrying it is
+//! forwarded to the server that is running that client's query, with the server's own key.
+//!
+//! A cancel must never hit another client's query. Poolers get this wrong when a server is released
+//! to another client while a cancel aimed at it is still on its way; here a server cannot be unlinked
+//! while a cancel for it is in flight (the release waits for PostgreSQL to close the cancel connection,
+//! which it does after signalling the backend).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use subtle::ConstantTimeEq;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Notify;
+
+use crate::net::Stream;
+use crate::protocol::startup;
+
+const SHARDS: usize = 16;
+/// How long a release waits for an in-flight cancel before giving up on it.
+const CANCEL_SETTLE: Duration = Duration::from_secs(5);
+
+/// Where a cancel for a linked client goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CancelTarget {
+    pub host: String,
+    pub port: u16,
+    pub pid: u32,
+    pub secret: u32,
+}
+
+#[derive(Debug, Default)]
+struct TargetState {
+    target: Option<CancelTarget>,
+    in_flight: u32,
+}
+
+/// One client's cancel key and the server it is currently linked to.
+#[derive(Debug)]
+pub struct CancelSlot {
+    pub pid: u32,
+    pub secret: u32,
+    state: Mutex<TargetState>,
+    settled: Notify,
+}
+
+impl CancelSlot {
+    fn lock(&self) -> std::sync::MutexGuard<'_, TargetState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The client is now linked to a server: cancels go there.
+    pub fn link(&self, target: CancelTarget) {
+        self.lock().target = Some(target);
+    }
+
+    /// The client gives its server up. Returns once no cancel aimed at that server is still in flight, so
+    /// the server can safely go to someone else.
+    pub async fn unlink(&self) {
+        {
+            let mut st = self.lock();
+            st.target = None;
+            if st.in_flight == 0 {
+                return;
+            }
+        }
+        let wait = async {
+            loop {
+                let notified = self.settled.notified();
+                if self.lock().in_flight == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        let _ = tokio::time::timeout(CANCEL_SETTLE, wait).await;
+    }
+
+    fn begin(&self) -> Option<CancelTarget> {
+        let mut st = self.lock();
+        let target = st.target.clone()?;
+        st.in_flight += 1;
+        Some(target)
+    }
+
+    fn end(&self) {
+        self.lock().in_flight -= 1;
+        self.settled.notify_waiters();
+    }
+}
+
+/// All clients' cancel keys, sharded so logins don't contend on one lock.
+pub struct CancelRegistry {
+    shards: [Mutex<HashMap<u32, Arc<CancelSlot>>>; SHARDS],
+    next_pid: AtomicU32,
+}
+
+impl Default for CancelRegistry {
+    fn default() -> Self {
+        Self {
+            shards: std::array::from_fn(|_| Mutex::default()),
+            // Start somewhere random so keys do not look like a counter from zero across restarts.
+            next_pid: AtomicU32::new(rand::random::<u32>() | 1),
+        }
+    }
+}
+
+impl CancelRegistry {
+    fn shard(&self, pid: u32) -> std::sync::MutexGuard<'_, HashMap<u32, Arc<CancelSlot>>> {
+        self.shards[pid as usize % SHARDS]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Issues a fresh key for a client; the key is forgotten when the returned handle drops.
+    pub fn register(self: &Arc<Self>) -> CancelHandle {
+        loop {
+            let pid = self.next_pid.fetch_add(1, Ordering::Relaxed) & 0x7fff_ffff;
+            if pid == 0 {
+                continue;
+            }
+            let mut shard = self.shard(pid);
+            if shard.contains_key(&pid) {
+                continue;
+            }
+            let slot = Arc::new(CancelSlot {
+                pid,
+                secret: rand::random(),
+                state: Mutex::default(),
+                settled: Notify::new(),
+            });
+            shard.insert(pid, Arc::clone(&slot));
+            return CancelHandle {
+                registry: Arc::clone(self),
+                slot,
+            };
+        }
+    }
+
+    /// Handles a CancelRequest: forwards it if the key matches a client that is linked to a server.
+    /// Returns whether a cancel was sent.
+    pub async fn forward(&self, pid: u32, secret: u32) -> bool {
+        let Some(slot) = self.shard(pid).get(&pid).cloned() else {
+            return false;
+        };
+        if !bool::from(slot.secret.to_be_bytes().ct_eq(&secret.to_be_bytes())) {
+            return false;
+        }
+        let Some(target) = slot.begin() else {
+            return false;
+        };
+        let sent = self.send_to(&target).await;
+        if let Err(e) = &sent {
+            tracing::warn!(
+                "could not forward cancel request to {}:{}: {e}",
+                target.host,
+                target.port
+            );
+        }
+        slot.end();
+        sent.is_ok()
+    }
+}
+
+impl CancelRegistry {
+    /// Sends a CancelRequest for `target` and waits until PostgreSQL has acted on it (it closes the
+    /// connection once the backend is signalled).
+    pub async fn send_to(&self, target: &CancelTarget) -> std::io::Result<()> {
+        send_cancel(target).await
+    }
+}
+
+async fn send_cancel(target: &CancelTarget) -> std::io::Result<()> {
+    let mut stream =
+        tokio::time::timeout(CANCEL_SETTLE, Stream::connect(&target.host, target.port))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout"))??;
+    let mut buf = BytesMut::with_capacity(16);
+    startup::write_cancel(&mut buf, target.pid, target.secret);
+    stream.write_all(&buf).await?;
+    // PostgreSQL closes the connection once it has signalled the backend; wait for that so the server is
+    // not handed to another client before the signal landed.
+    let mut sink = [0u8; 64];
+    let _ = tokio::time::timeout(CANCEL_SETTLE, stream.read(&mut sink)).await;
+    Ok(())
+}
+
+/// A registered client key; unregisters on drop.
+pub struct CancelHandle {
+    registry: Arc<CancelRegistry>,
+    slot: Arc<CancelSlot>,
+}
+
+impl CancelHandle {
+    pub fn slot(&self) -> &CancelSlot {
+        &self.slot
+    }
+}
+
+impl Drop for CancelHandle {
+    fn drop(&mut self) {
+        self.registry.shard(self.slot.pid).remove(&self.slot.pid);
+    }
+}
+
+impl std::fmt::Debug for CancelHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CancelHandle({})", self.slot.pid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn keys_are_unique_and_forgotten_on_drop() {
+        let reg = Arc::new(CancelRegistry::default());
+        let a = reg.register();
+        let b = reg.register();
+        assert_ne!(a.slot().pid, b.slot().pid);
+        let pid = a.slot().pid;
+        drop(a);
+        assert!(reg.shard(pid).get(&pid).is_none());
+        assert!(!reg.forward(pid, 0).await, "unknown key does nothing");
+    }
+
+    #[tokio::test]
+    async fn wrong_secret_or_unlinked_client_sends_nothing() {
+        let reg = Arc::new(CancelRegistry::default());
+        let h = reg.register();
+        let (pid, secret) = (h.slot().pid, h.slot().secret);
+        assert!(!reg.forward(pid, secret.wrapping_add(1)).await);
+        assert!(
+            !reg.forward(pid, secret).await,
+            "not linked: nothing to cancel"
+        );
+    }
+
+    #[tokio::test]
+    async fn forward_reaches_the_linked_server_and_unlink_waits_for_it() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let reg = Arc::new(CancelRegistry::default());
+        let h = reg.register();
+        h.slot().link(CancelTarget {
+            host: "127.0.0.1".into(),
+            port,
+            pid: 4242,
+            secret: 7,
+        });
+        let (pid, secret) = (h.slot().pid, h.slot().secret);
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 16];
+            s.read_exact(&mut buf).await.unwrap();
+            // Hold the connection open a moment: unlink must wait for it to close.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            buf
+        });
+        let reg2 = Arc::clone(&reg);
+        let fwd = tokio::spawn(async move { reg2.forward(pid, secret).await });
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let started = std::time::Instant::now();
+        h.slot().unlink().await;
+        assert!(
+            started.elapsed() >= Duration::from_millis(40),
+            "unlink returned while the cancel was in flight"
+        );
+        assert!(fwd.await.unwrap());
+        let buf = server.await.unwrap();
+        let mut expect = BytesMut::new();
+        startup::write_cancel(&mut expect, 4242, 7);
+        assert_eq!(&buf[..], &expect[..]);
+    }
+}

@@ -1,0 +1,161 @@
+//! The command line, PgBouncer's where the two overlap, and `--check`.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use clap::{ArgAction, Parser};
+
+use crate::config::{Config, Loaded};
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "pgwarden",
+    about = "A PostgreSQL connection pooler: a drop-in for PgBouncer, with sandboxed WebAssembly plugins.",
+    version,
+    disable_version_flag = true
+)]
+pub struct Cli {
+    /// Run in the background; needs `pidfile` and `logfile` in the config.
+    #[arg(short = 'd', long = "daemon")]
+    pub daemon: bool,
+    /// Do not log to stderr (logging to `logfile` is unaffected).
+    #[arg(short = 'q', long = "quiet")]
+    pub quiet: bool,
+    /// More verbose logging; repeat for more (same as `verbose` in the config).
+    #[arg(short = 'v', long = "verbose", action = ArgAction::Count)]
+    pub verbose: u8,
+    /// Switch to this Unix user after binding the listening sockets.
+    #[arg(short = 'u', long = "user", value_name = "USERNAME")]
+    pub user: Option<String>,
+    /// Print the version and exit.
+    #[arg(short = 'V', long = "version", action = ArgAction::Version)]
+    pub version: Option<bool>,
+    /// PgBouncer's online restart; not supported (use a rolling restart instead).
+    #[arg(short = 'R', long = "reboot", hide = true)]
+    pub reboot: bool,
+    /// Validate the configuration, print the pools it defines, and exit.
+    #[arg(long = "check")]
+    pub check: bool,
+    /// A PgBouncer `pgbouncer.ini` or a pgwarden `.toml` file.
+    #[arg(value_name = "CONFIG")]
+    pub config: PathBuf,
+}
+
+/// What `--check` prints: the listeners, auth, and every pool the configuration defines.
+pub fn describe(loaded: &Loaded) -> String {
+    let c: &Config = &loaded.config;
+    let s = &c.settings;
+    let mut out = String::new();
+    let format = if c
+        .path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("toml"))
+    {
+        "TOML"
+    } else {
+        "PgBouncer ini"
+    };
+    let _ = writeln!(out, "{}: OK ({format})", c.path.display());
+    let mut listen: Vec<String> = s
+        .listen_addr
+        .iter()
+        .map(|a| format!("{a}:{}", s.listen_port))
+        .collect();
+    if let Some(dir) = &s.unix_socket_dir {
+        listen.push(
+            crate::net::socket_path(dir, s.listen_port)
+                .display()
+                .to_string(),
+        );
+    }
+    let _ = writeln!(
+        out,
+        "listen: {}",
+        if listen.is_empty() {
+            "(nothing)".into()
+        } else {
+            listen.join(", ")
+        }
+    );
+    let users: Vec<&str> = c
+        .auth_file
+        .iter()
+        .flat_map(|f| f.entries.keys().map(String::as_str))
+        .collect();
+    let auth_file = c.auth_file.as_ref().map_or_else(
+        || "no auth_file".to_owned(),
+        |f| format!("auth_file {} ({} users)", f.path.display(), users.len()),
+    );
+    let _ = writeln!(out, "auth: {}, {auth_file}", s.auth_type);
+    let _ = writeln!(out, "pools:");
+    for db in c.databases.values().chain(c.fallback.iter()) {
+        let target = format!(
+            "{}:{}/{}",
+            if db.host.is_empty() {
+                "unix".to_owned()
+            } else {
+                db.host.join(",")
+            },
+            db.port,
+            db.dbname.as_deref().unwrap_or(if db.name == "*" {
+                "<client's database>"
+            } else {
+                &db.name
+            })
+        );
+        let mode = c.users.values().next().map(|_| "").unwrap_or("");
+        let pool_mode = db.pool_mode.unwrap_or(s.pool_mode);
+        let size = db.pool_size.unwrap_or(s.default_pool_size);
+        let reserve = db.reserve_pool_size.unwrap_or(s.reserve_pool_size);
+        let who = match &db.user {
+            Some(u) => format!("one pool, as user {u}"),
+            None if users.is_empty() => "one pool per client user".to_owned(),
+            None => format!("one pool per client user ({})", users.join(", ")),
+        };
+        let _ = writeln!(
+            out,
+            "  {} -> {target}  pool_mode={pool_mode}{mode} pool_size={size} reserve_pool_size={reserve}; {who}",
+            db.name
+        );
+    }
+    for (user, u) in &c.users {
+        if let Some(m) = u.pool_mode {
+            let _ = writeln!(out, "  [users] {user}: pool_mode={m}");
+        }
+    }
+    for w in &loaded.warnings {
+        let _ = writeln!(out, "warning: {w}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_pgbouncer_switches() {
+        let cli = Cli::try_parse_from([
+            "pgwarden",
+            "-d",
+            "-q",
+            "-vv",
+            "-u",
+            "postgres",
+            "/etc/pgbouncer/pgbouncer.ini",
+        ])
+        .unwrap();
+        assert!(cli.daemon && cli.quiet && !cli.check);
+        assert_eq!(cli.verbose, 2);
+        assert_eq!(cli.user.as_deref(), Some("postgres"));
+        assert_eq!(cli.config, PathBuf::from("/etc/pgbouncer/pgbouncer.ini"));
+        let cli = Cli::try_parse_from(["pgwarden", "--check", "x.toml"]).unwrap();
+        assert!(cli.check);
+        assert!(
+            Cli::try_parse_from(["pgwarden"]).is_err(),
+            "config file is required"
+        );
+        let v = Cli::try_parse_from(["pgwarden", "-V"]).unwrap_err();
+        assert_eq!(v.kind(), clap::error::ErrorKind::DisplayVersion);
+    }
+}

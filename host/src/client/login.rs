@@ -1,0 +1,284 @@
+//! From accept to the first ReadyForQuery: the first packets, routing to a pool, authentication, limits
+//! and the welcome.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::io::AsyncReadExt;
+
+use super::session::{ClientTimeouts, PoolClient, Session};
+use super::startup::{self as client_startup, ClientStartup};
+use super::{ClientConn, ClientInfo, End, auth};
+use crate::config::{AuthType, Database};
+use crate::params::ParamValues;
+use crate::pool::{CheckoutError, Pool, PoolKey, PoolSettings};
+use crate::protocol::backend::{self, TransactionStatus};
+use crate::protocol::startup::{self, StartupMessage, StartupRequest};
+use crate::state::{CountKind, Runtime, State};
+
+/// Logs the client in. `Ok(None)` for a CancelRequest connection (handled, nothing more to do).
+pub async fn run(
+    state: &Arc<State>,
+    conn: &mut ClientConn,
+    info: &ClientInfo,
+) -> Result<Option<Session>, End> {
+    let total = ClientTotal::new(state);
+    let timeout = state.runtime().config.settings.client_login_timeout;
+    let login = login(state, conn, info, total);
+    if timeout.is_zero() {
+        return login.await;
+    }
+    match tokio::time::timeout(timeout, login).await {
+        Ok(res) => res,
+        Err(_) => Err(End::pooler("client_login_timeout")),
+    }
+}
+
+async fn login(
+    state: &Arc<State>,
+    conn: &mut ClientConn,
+    info: &ClientInfo,
+    total: ClientTotal,
+) -> Result<Option<Session>, End> {
+    let msg = match read_first(conn).await? {
+        StartupRequest::Cancel { pid, secret } => {
+            state.cancels.forward(pid, secret).await;
+            return Ok(None);
+        }
+        StartupRequest::Startup(msg) => msg,
+        StartupRequest::Ssl | StartupRequest::GssEnc => unreachable_first(),
+    };
+    let runtime = state.runtime();
+    let settings = &runtime.config.settings;
+    if msg.minor > 0 || !msg.protocol_options.is_empty() {
+        conn.send(|b| backend::write_negotiate_protocol_version(b, 0, &msg.protocol_options));
+    }
+    if total.count > settings.max_client_conn {
+        return Err(End::pooler("no more connections allowed (max_client_conn)"));
+    }
+    let startup =
+        client_startup::process(&msg, &settings.ignore_startup_parameters, &state.tracked)
+            .map_err(End::pooler)?;
+    if settings.log_connections {
+        tracing::info!(
+            "{info}: login attempt: db={} user={} tls=no",
+            startup.database,
+            startup.user
+        );
+    }
+    let db = lookup_database(&runtime, &startup.database);
+    let secret = runtime.secrets.get(&startup.user);
+    let method = auth::method(settings.auth_type, secret);
+    if method == AuthType::Trust && secret.is_none() {
+        return Err(End::fatal("28000", "\"trust\" authentication failed"));
+    }
+    let keys = auth::authenticate(
+        conn,
+        method,
+        &startup.user,
+        secret,
+        settings.scram_iterations,
+    )
+    .await?;
+    let Some(db) = db else {
+        return Err(End::pooler(format!(
+            "no such database: {}",
+            startup.database
+        )));
+    };
+    let session = attach(state, &runtime, &startup, &db, keys, total, info).await?;
+    welcome(conn, &session, &msg);
+    conn.flush().await?;
+    Ok(Some(session))
+}
+
+/// Reads the first packet, answering SSLRequest and GSSENCRequest with 'N' (no TLS or GSS encryption yet).
+async fn read_first(conn: &mut ClientConn) -> Result<StartupRequest, End> {
+    let mut refusals = 0;
+    loop {
+        match startup::parse(&mut conn.rbuf).map_err(|e| End::protocol(&e))? {
+            Some(StartupRequest::Ssl | StartupRequest::GssEnc) => {
+                refusals += 1;
+                if refusals > 2 {
+                    return Err(End::pooler("too many encryption requests"));
+                }
+                if !conn.rbuf.is_empty() {
+                    return Err(End::pooler("received unencrypted data after SSL request"));
+                }
+                conn.send(client_startup::write_refusal);
+                conn.flush().await?;
+            }
+            Some(other) => return Ok(other),
+            None => {
+                conn.rbuf.reserve(512);
+                match conn.stream.read_buf(&mut conn.rbuf).await {
+                    Ok(0) => {
+                        return Err(End::Closed(
+                            "client closed the connection before startup".into(),
+                        ));
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Err(End::Closed(format!("client read error: {e}"))),
+                }
+            }
+        }
+    }
+}
+
+fn unreachable_first() -> ! {
+    // read_first loops on encryption requests and never returns one.
+    unreachable!("read_first returned an encryption request")
+}
+
+/// The database entry for a name: an exact `[databases]` entry, else the `*` fallback for that name.
+fn lookup_database(runtime: &Runtime, name: &str) -> Option<Arc<Database>> {
+    if let Some(db) = runtime.config.databases.get(name) {
+        return Some(Arc::new(db.clone()));
+    }
+    runtime.config.fallback.as_ref().map(|fallback| {
+        let mut db = fallback.clone();
+        db.name = name.to_owned();
+        Arc::new(db)
+    })
+}
+
+/// Picks the pool and checks the client limits; makes sure the pool can log in and knows its welcome.
+async fn attach(
+    state: &Arc<State>,
+    runtime: &Runtime,
+    startup: &ClientStartup,
+    db: &Database,
+    keys: Option<crate::auth::ScramKeys>,
+    total: ClientTotal,
+    info: &ClientInfo,
+) -> Result<Session, End> {
+    let settings = &runtime.config.settings;
+    let pool_user = db.user.clone().unwrap_or_else(|| startup.user.clone());
+    let key = PoolKey::new(&db.name, &pool_user);
+    let pool = state.pools.get_or_create(&key, || {
+        PoolSettings::resolve(&runtime.config, &runtime.secrets, db, &db.name, &pool_user)
+    });
+
+    let max_db = db
+        .max_db_client_connections
+        .unwrap_or(settings.max_db_client_connections);
+    let db_count = state
+        .clients
+        .try_add(CountKind::Database, &db.name, max_db)
+        .ok_or_else(|| End::pooler("client connections exceeded (max_db_client_connections)"))?;
+    let max_user = runtime
+        .config
+        .users
+        .get(&startup.user)
+        .and_then(|u| u.max_user_client_connections)
+        .unwrap_or(settings.max_user_client_connections);
+    let user_count = state
+        .clients
+        .try_add(CountKind::User, &startup.user, max_user)
+        .ok_or_else(|| End::pooler("client connections exceeded (max_user_client_connections)"))?;
+
+    if let Some(keys) = keys
+        && db.user.is_none()
+    {
+        pool.offer_scram_keys(keys);
+    }
+    let pool_client = PoolClient::new(Arc::clone(&pool));
+    pool.check_fast_fail().map_err(|e| checkout_end(&e))?;
+    if pool.welcome().is_none() {
+        // The first client of a pool waits for a server login, which also proves the pool can log in.
+        let server = pool.checkout().await.map_err(|e| checkout_end(&e))?;
+        pool.checkin(server);
+    }
+    let mut params = ParamValues::new(&state.tracked);
+    if let Some(welcome) = pool.welcome() {
+        for (name, value) in &welcome.params {
+            if let Some(i) = state.tracked.index(name) {
+                params.set(i, value);
+            }
+        }
+    }
+    for (i, value) in &startup.tracked {
+        params.set(*i, value);
+    }
+    if settings.application_name_add_host {
+        let app = state
+            .tracked
+            .index("application_name")
+            .expect("always tracked");
+        let name = format!("{} - {}", params.get(app).unwrap_or(""), info.peer);
+        params.set(app, &name);
+    }
+    let timeouts = ClientTimeouts::resolve(runtime, &startup.user, &pool.settings());
+    Ok(Session::new(
+        Arc::clone(state),
+        info.clone(),
+        startup.user.clone(),
+        pool_client,
+        params,
+        state.cancels.register(),
+        timeouts,
+        vec![Box::new(total), Box::new(db_count), Box::new(user_count)],
+    ))
+}
+
+/// What a client is told when it cannot get a server.
+pub fn checkout_end(e: &CheckoutError) -> End {
+    match e {
+        CheckoutError::Server(server_error) => {
+            let (code, message) = server_error.client_error();
+            End::fatal(code, message)
+        }
+        other => End::pooler(other.to_string()),
+    }
+}
+
+/// AuthenticationOk, the server's parameters (with the client's own values), our cancel key, ReadyForQuery.
+fn welcome(conn: &mut ClientConn, session: &Session, _msg: &StartupMessage) {
+    let pool: &Arc<Pool> = session.pool();
+    let tracked = &session.state().tracked;
+    conn.send(backend::write_auth_ok);
+    let mut told = vec![false; tracked.len()];
+    if let Some(welcome) = pool.welcome() {
+        for (name, value) in &welcome.params {
+            let value = match tracked.index(name) {
+                Some(i) => {
+                    told[i] = true;
+                    session.params().get(i).unwrap_or(value)
+                }
+                None => value,
+            };
+            conn.send(|b| backend::write_parameter_status(b, name, value));
+        }
+    }
+    for (i, value) in session.params().iter() {
+        if !told[i] {
+            conn.send(|b| backend::write_parameter_status(b, tracked.name(i), value));
+        }
+    }
+    let (pid, secret) = session.cancel_key();
+    conn.send(|b| backend::write_backend_key_data(b, pid, secret));
+    conn.send(|b| backend::write_ready_for_query(b, TransactionStatus::Idle));
+}
+
+/// Counts a client against max_client_conn for as long as it is connected.
+#[derive(Debug)]
+pub struct ClientTotal {
+    state: Arc<State>,
+    count: u32,
+}
+
+impl ClientTotal {
+    fn new(state: &Arc<State>) -> Self {
+        let count = state.clients.total.fetch_add(1, Ordering::AcqRel) + 1;
+        Self {
+            state: Arc::clone(state),
+            count,
+        }
+    }
+}
+
+impl Drop for ClientTotal {
+    fn drop(&mut self) {
+        self.state.clients.total.fetch_sub(1, Ordering::AcqRel);
+    }
+}

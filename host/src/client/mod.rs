@@ -1,0 +1,172 @@
+//! One task per client: startup → route → authenticate → welcome → query loop.
+//!
+//! Layout: `startup` (startup parameters), `auth` (password exchanges), `login` (routing, pool, welcome),
+//! `session` (the query loop and pool-mode rules), `relay` (protocol bookkeeping while linked),
+//! `outq` (zero-copy output queue).
+
+mod auth;
+mod login;
+mod outq;
+mod relay;
+mod session;
+mod startup;
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use bytes::BytesMut;
+use tokio::io::AsyncReadExt;
+
+pub use outq::OutQueue;
+pub use relay::{Relay, RelayError};
+pub use startup::ClientStartup;
+
+use crate::net::{Peer, Stream};
+use crate::protocol::backend::{self, Severity};
+use crate::protocol::{Frame, PROTOCOL_VIOLATION, ProtocolError, frame};
+use crate::state::State;
+
+static NEXT_CLIENT: AtomicU64 = AtomicU64::new(1);
+
+/// A client's socket with its buffers.
+#[derive(Debug)]
+pub struct ClientConn {
+    pub stream: Stream,
+    /// Received and not yet processed. Allocated on demand and freed while the client idles.
+    pub rbuf: BytesMut,
+    /// Waiting to be written to the client.
+    pub out: OutQueue,
+    /// pgwarden's own messages being built, queued in order with forwarded bytes.
+    pub local: BytesMut,
+}
+
+impl ClientConn {
+    fn new(stream: Stream) -> Self {
+        Self {
+            stream,
+            rbuf: BytesMut::new(),
+            out: OutQueue::default(),
+            local: BytesMut::new(),
+        }
+    }
+
+    /// Reads until a whole frame is buffered; `Ok(None)` at EOF.
+    async fn read_frame(&mut self, max: u32) -> Result<Option<Frame>, End> {
+        loop {
+            match frame::split(&mut self.rbuf, max) {
+                Ok(Some(f)) => return Ok(Some(f)),
+                Ok(None) => {}
+                Err(e) => return Err(End::protocol(&e)),
+            }
+            if self.rbuf.capacity() - self.rbuf.len() < 1024 {
+                self.rbuf.reserve(4096);
+            }
+            match self.stream.read_buf(&mut self.rbuf).await {
+                Ok(0) => return Ok(None),
+                Ok(_) => {}
+                Err(e) => return Err(End::Closed(format!("client read error: {e}"))),
+            }
+        }
+    }
+
+    /// Queues a message built by `write` into `local`.
+    fn send(&mut self, write: impl FnOnce(&mut BytesMut)) {
+        write(&mut self.local);
+        self.out.push_local(&mut self.local);
+    }
+
+    async fn flush(&mut self) -> Result<(), End> {
+        self.out
+            .flush(&mut self.stream)
+            .await
+            .map_err(|e| End::Closed(format!("client write error: {e}")))
+    }
+}
+
+/// How a client connection ends.
+#[derive(Debug)]
+pub enum End {
+    /// Tell the client with a FATAL ErrorResponse, then close.
+    Fatal {
+        code: Cow<'static, str>,
+        message: String,
+    },
+    /// Close without a word (the client left, or the socket failed).
+    Closed(String),
+}
+
+impl End {
+    pub fn fatal(code: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
+        Self::Fatal {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+
+    /// PgBouncer's way of refusing: FATAL with SQLSTATE 08P01.
+    pub fn pooler(message: impl Into<String>) -> Self {
+        Self::fatal(PROTOCOL_VIOLATION, message)
+    }
+
+    fn protocol(e: &ProtocolError) -> Self {
+        Self::pooler(e.to_string())
+    }
+
+    fn reason(&self) -> &str {
+        match self {
+            Self::Fatal { message, .. } => message,
+            Self::Closed(r) => r,
+        }
+    }
+}
+
+/// Identity of a client for logs.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    pub id: u64,
+    pub peer: Peer,
+    pub connected: Instant,
+}
+
+impl std::fmt::Display for ClientInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "C-{:x} {}", self.id, self.peer)
+    }
+}
+
+/// Serves one client connection from accept to close.
+pub async fn serve(state: Arc<State>, stream: Stream) {
+    let info = ClientInfo {
+        id: NEXT_CLIENT.fetch_add(1, Ordering::Relaxed),
+        peer: stream.peer(),
+        connected: Instant::now(),
+    };
+    let mut conn = ClientConn::new(stream);
+    let end = match login::run(&state, &mut conn, &info).await {
+        Ok(Some(session)) => session.run(&mut conn).await,
+        Ok(None) => return, // a cancel request: nothing to log
+        Err(end) => end,
+    };
+    finish(&state, &mut conn, &info, end).await;
+}
+
+async fn finish(state: &State, conn: &mut ClientConn, info: &ClientInfo, end: End) {
+    let settings = &state.runtime().config.settings;
+    if let End::Fatal { code, message } = &end {
+        if settings.log_pooler_errors {
+            tracing::warn!("{info}: pooler error: {message}");
+        }
+        conn.send(|b| backend::write_error(b, Severity::Fatal, code, message));
+        // Best effort, bounded: a client that does not read must not keep the task alive.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), conn.flush()).await;
+    }
+    if settings.log_disconnections {
+        tracing::info!(
+            "{info}: closing because: {} (age={}s)",
+            end.reason(),
+            info.connected.elapsed().as_secs()
+        );
+    }
+}

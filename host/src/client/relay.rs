@@ -1,0 +1,297 @@
+//! Protocol bookkeeping of a client linked to a server: what is forwarded, what is hidden, and when the
+//! server can be given back.
+//!
+//! Bytes move as runs of whole frames split off the read buffers (no copy); only the messages the pooler
+//! acts on are parsed. Frames larger than [`STREAM_MIN`] of kinds the pooler never needs to read (DataRow,
+//! CopyData, Bind, …) are streamed through without being buffered whole.
+
+use std::time::Instant;
+
+use bytes::{Buf, BytesMut};
+
+use super::outq::OutQueue;
+use crate::params::{ParamValues, Tracked};
+use crate::protocol::backend::{self, ErrorFields, TransactionStatus, tag as be};
+use crate::protocol::frontend::{Kind, tag as fe};
+use crate::protocol::{HEADER_LEN, ProtocolError, frame};
+
+/// Frames above this size may be streamed instead of buffered whole.
+pub const STREAM_MIN: usize = 64 * 1024;
+
+/// What went wrong while relaying; each ends the client's session.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("client: {0}")]
+    Client(ProtocolError),
+    #[error("server: {0}")]
+    Server(ProtocolError),
+    #[error("unexpected message '{}' from client", char::from(*.0))]
+    UnexpectedFromClient(u8),
+}
+
+/// The state of one link between a client and a server.
+#[derive(Debug)]
+pub struct Relay {
+    /// ReadyForQuery messages still expected from the server (one per Query, FunctionCall and Sync sent).
+    pub outstanding: u32,
+    /// The first `hidden` of those answer pgwarden's own queries (parameter sync): swallowed.
+    pub hidden: u32,
+    /// Extended-protocol messages were sent since the last Sync: the server is mid-batch.
+    pub unsynced: bool,
+    /// Transaction status from the last ReadyForQuery.
+    pub tx: TransactionStatus,
+    /// Bytes left of a client frame being streamed to the server.
+    client_stream_left: usize,
+    /// Bytes left of a server frame being streamed (or discarded, when hidden) to the client.
+    server_stream_left: usize,
+    server_stream_hidden: bool,
+    /// The client sent Terminate: nothing more will be read from it.
+    pub client_terminated: bool,
+    /// The server sent a FATAL error: it is going away.
+    pub server_fatal: bool,
+    /// When the oldest unanswered query was sent (query_timeout).
+    pub query_started: Option<Instant>,
+    /// When the last ReadyForQuery arrived (idle_transaction_timeout, client_idle_timeout).
+    pub last_ready: Instant,
+    /// When the current transaction began (transaction_timeout).
+    pub tx_started: Option<Instant>,
+    /// Counters for the console.
+    pub queries: u64,
+    pub transactions: u64,
+}
+
+impl Relay {
+    pub fn new() -> Self {
+        Self {
+            outstanding: 0,
+            hidden: 0,
+            unsynced: false,
+            tx: TransactionStatus::Idle,
+            client_stream_left: 0,
+            server_stream_left: 0,
+            server_stream_hidden: false,
+            client_terminated: false,
+            server_fatal: false,
+            query_started: None,
+            last_ready: Instant::now(),
+            tx_started: None,
+            queries: 0,
+            transactions: 0,
+        }
+    }
+
+    /// Everything sent has been answered, nothing is half-sent, and no transaction is open: the server can go
+    /// to someone else.
+    pub fn releasable(&self) -> bool {
+        self.outstanding == 0
+            && !self.unsynced
+            && self.client_stream_left == 0
+            && self.server_stream_left == 0
+            && self.tx == TransactionStatus::Idle
+    }
+
+    /// Everything sent has been answered (the server waits for the client), whatever the transaction state.
+    pub fn quiet(&self) -> bool {
+        self.outstanding == 0
+            && !self.unsynced
+            && self.client_stream_left == 0
+            && self.server_stream_left == 0
+    }
+
+    /// Records that pgwarden sent one query of its own ahead of the client's traffic.
+    pub fn add_hidden_query(&mut self) {
+        self.hidden += 1;
+        self.outstanding += 1;
+    }
+
+    /// Moves whole client frames (and the part of a streamed one that is here) from `input` to `out`.
+    pub fn process_client(
+        &mut self,
+        input: &mut BytesMut,
+        out: &mut OutQueue,
+        max: u32,
+    ) -> Result<(), RelayError> {
+        let mut run = 0;
+        while !self.client_terminated {
+            if self.client_stream_left > 0 {
+                let n = self.client_stream_left.min(input.len() - run);
+                run += n;
+                self.client_stream_left -= n;
+                if self.client_stream_left > 0 {
+                    break;
+                }
+                continue;
+            }
+            let Some(h) = frame::peek(&input[run..], max).map_err(RelayError::Client)? else {
+                break;
+            };
+            let whole = input.len() - run >= h.frame_len;
+            let streamable = matches!(h.tag, fe::BIND | fe::COPY_DATA | fe::FUNCTION_CALL)
+                && h.frame_len > STREAM_MIN;
+            if !whole && !streamable {
+                break;
+            }
+            match Kind::of(h.tag) {
+                Kind::Terminate => {
+                    out.push(input.split_to(run).freeze());
+                    input.advance(h.frame_len);
+                    self.client_terminated = true;
+                    return Ok(());
+                }
+                Kind::Query | Kind::FunctionCall => self.query_sent(),
+                Kind::Sync => {
+                    self.query_sent();
+                    self.unsynced = false;
+                }
+                Kind::Extended | Kind::Flush => self.unsynced = true,
+                Kind::Copy => {}
+                Kind::Password | Kind::Unknown => {
+                    return Err(RelayError::UnexpectedFromClient(h.tag));
+                }
+            }
+            if whole {
+                run += h.frame_len;
+            } else {
+                self.client_stream_left = h.frame_len;
+            }
+        }
+        out.push(input.split_to(run).freeze());
+        Ok(())
+    }
+
+    fn query_sent(&mut self) {
+        if self.outstanding == 0 {
+            self.query_started = Some(Instant::now());
+        }
+        if self.tx == TransactionStatus::Idle && self.tx_started.is_none() {
+            self.tx_started = Some(Instant::now());
+        }
+        self.outstanding += 1;
+        self.queries += 1;
+    }
+
+    /// Moves server frames from `input` to `out`, hiding the answers to pgwarden's own queries and keeping the
+    /// client's and the server's tracked parameters current.
+    pub fn process_server(
+        &mut self,
+        input: &mut BytesMut,
+        out: &mut OutQueue,
+        ctx: &mut ServerCtx<'_>,
+    ) -> Result<(), RelayError> {
+        let mut run = 0;
+        loop {
+            if self.server_stream_left > 0 {
+                let n = self.server_stream_left.min(input.len() - run);
+                if self.server_stream_hidden {
+                    out.push(input.split_to(run).freeze());
+                    run = 0;
+                    input.advance(n);
+                } else {
+                    run += n;
+                }
+                self.server_stream_left -= n;
+                if self.server_stream_left > 0 {
+                    break;
+                }
+                continue;
+            }
+            let Some(h) = frame::peek(&input[run..], ctx.max).map_err(RelayError::Server)? else {
+                break;
+            };
+            let whole = input.len() - run >= h.frame_len;
+            if !whole {
+                let streamable = matches!(
+                    h.tag,
+                    be::DATA_ROW
+                        | be::COPY_DATA
+                        | be::FUNCTION_CALL_RESPONSE
+                        | be::NOTIFICATION_RESPONSE
+                ) && h.frame_len > STREAM_MIN;
+                if streamable {
+                    self.server_stream_left = h.frame_len;
+                    self.server_stream_hidden = self.hidden > 0;
+                    continue;
+                }
+                break;
+            }
+            let body = &input[run + HEADER_LEN..run + h.frame_len];
+            let forward = match h.tag {
+                be::READY_FOR_QUERY => self.ready_for_query(body)?,
+                be::PARAMETER_STATUS => self.parameter_status(body, ctx)?,
+                be::ERROR_RESPONSE => {
+                    let fields = ErrorFields::parse(body).map_err(RelayError::Server)?;
+                    if fields.is_fatal() {
+                        self.server_fatal = true;
+                    }
+                    if self.hidden > 0 {
+                        tracing::warn!("pgwarden's parameter sync failed on the server: {fields}");
+                    }
+                    self.hidden == 0 || fields.is_fatal()
+                }
+                _ => self.hidden == 0,
+            };
+            if forward {
+                run += h.frame_len;
+            } else {
+                out.push(input.split_to(run).freeze());
+                run = 0;
+                input.advance(h.frame_len);
+            }
+        }
+        out.push(input.split_to(run).freeze());
+        Ok(())
+    }
+
+    /// Returns whether to forward the ReadyForQuery.
+    fn ready_for_query(&mut self, body: &[u8]) -> Result<bool, RelayError> {
+        let status = backend::parse_ready_for_query(body).map_err(RelayError::Server)?;
+        self.outstanding = self.outstanding.saturating_sub(1);
+        self.last_ready = Instant::now();
+        if self.outstanding == 0 {
+            self.query_started = None;
+        }
+        if self.hidden > 0 {
+            self.hidden -= 1;
+            return Ok(false);
+        }
+        if status == TransactionStatus::Idle && self.tx_started.take().is_some() {
+            self.transactions += 1;
+        }
+        self.tx = status;
+        Ok(true)
+    }
+
+    /// Returns whether to forward the ParameterStatus: always for the client's own traffic; for pgwarden's
+    /// sync only when the value differs from what the client was last told.
+    fn parameter_status(
+        &mut self,
+        body: &[u8],
+        ctx: &mut ServerCtx<'_>,
+    ) -> Result<bool, RelayError> {
+        let (name, value) = backend::parse_parameter_status(body).map_err(RelayError::Server)?;
+        let Some(i) = ctx.tracked.index(name) else {
+            return Ok(self.hidden == 0);
+        };
+        ctx.server_params.set(i, value);
+        let changed_for_client = ctx.client_params.set(i, value);
+        Ok(self.hidden == 0 || changed_for_client)
+    }
+}
+
+impl Default for Relay {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What `process_server` needs besides the bytes.
+pub struct ServerCtx<'a> {
+    pub tracked: &'a Tracked,
+    pub server_params: &'a mut ParamValues,
+    pub client_params: &'a mut ParamValues,
+    pub max: u32,
+}
+
+#[cfg(test)]
+#[path = "relay_tests.rs"]
+mod tests;

@@ -1,0 +1,271 @@
+use bytes::{BufMut, BytesMut};
+
+use super::*;
+use crate::protocol::backend::{
+    Severity, write_error, write_parameter_status, write_ready_for_query,
+};
+use crate::protocol::frontend::{write_query, write_sync, write_terminate};
+
+fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut v = vec![tag];
+    v.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+    v.extend_from_slice(body);
+    v
+}
+
+fn drain(q: &mut OutQueue) -> Vec<u8> {
+    let mut v = Vec::new();
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    while !q.is_empty() {
+        match q.poll_write_some(&mut v, &mut cx) {
+            std::task::Poll::Ready(Ok(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    v
+}
+
+struct Fixture {
+    tracked: Tracked,
+    server: ParamValues,
+    client: ParamValues,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let tracked = Tracked::new(&[]);
+        let server = ParamValues::new(&tracked);
+        let client = ParamValues::new(&tracked);
+        Self {
+            tracked,
+            server,
+            client,
+        }
+    }
+
+    fn ctx(&mut self) -> ServerCtx<'_> {
+        ServerCtx {
+            tracked: &self.tracked,
+            server_params: &mut self.server,
+            client_params: &mut self.client,
+            max: u32::MAX,
+        }
+    }
+}
+
+#[test]
+fn pipelined_queries_keep_the_server_until_all_are_answered() {
+    let mut r = Relay::new();
+    let mut input = BytesMut::new();
+    write_query(&mut input, "select 1");
+    write_query(&mut input, "select 2");
+    let sent = input.to_vec();
+    let mut out = OutQueue::default();
+    r.process_client(&mut input, &mut out, u32::MAX).unwrap();
+    assert_eq!(drain(&mut out), sent, "forwarded verbatim as one run");
+    assert_eq!(r.outstanding, 2);
+    assert!(!r.releasable());
+
+    let mut fx = Fixture::new();
+    let mut s = BytesMut::new();
+    s.put_slice(&frame(b'T', b"\x00\x00"));
+    s.put_slice(&frame(b'C', b"SELECT 1\0"));
+    write_ready_for_query(&mut s, TransactionStatus::Idle);
+    let first_answer = s.to_vec();
+    r.process_server(&mut s, &mut out, &mut fx.ctx()).unwrap();
+    assert_eq!(drain(&mut out), first_answer);
+    assert_eq!(r.outstanding, 1);
+    assert!(!r.releasable(), "second query still running");
+    write_ready_for_query(&mut s, TransactionStatus::Idle);
+    r.process_server(&mut s, &mut out, &mut fx.ctx()).unwrap();
+    assert!(r.releasable());
+    assert_eq!(r.queries, 2);
+}
+
+#[test]
+fn partial_frames_wait_for_the_rest() {
+    let mut r = Relay::new();
+    let mut whole = BytesMut::new();
+    write_query(&mut whole, "select 1");
+    let mut input = BytesMut::from(&whole[..6]);
+    let mut out = OutQueue::default();
+    r.process_client(&mut input, &mut out, u32::MAX).unwrap();
+    assert!(out.is_empty());
+    assert_eq!(r.outstanding, 0);
+    input.put_slice(&whole[6..]);
+    r.process_client(&mut input, &mut out, u32::MAX).unwrap();
+    assert_eq!(drain(&mut out), whole.to_vec());
+    assert_eq!(r.outstanding, 1);
+}
+
+#[test]
+fn extended_batch_is_unsynced_until_sync() {
+    let mut r = Relay::new();
+    let mut input = BytesMut::new();
+    input.put_slice(&frame(b'P', b"\0select 1\0\0\0"));
+    input.put_slice(&frame(b'B', b"\0\0\0\0\0\0\0\0"));
+    input.put_slice(&frame(b'E', b"\0\0\0\0\0"));
+    input.put_slice(&frame(b'H', b""));
+    let mut out = OutQueue::default();
+    r.process_client(&mut input, &mut out, u32::MAX).unwrap();
+    assert!(r.unsynced);
+    assert_eq!(r.outstanding, 0);
+    assert!(!r.releasable(), "mid-batch");
+    write_sync(&mut input);
+    r.process_client(&mut input, &mut out, u32::MAX).unwrap();
+    assert!(!r.unsynced);
+    assert_eq!(r.outstanding, 1);
+}
+
+#[test]
+fn terminate_is_not_forwarded_and_stops_reading() {
+    let mut r = Relay::new();
+    let mut input = BytesMut::new();
+    write_query(&mut input, "select 1");
+    let q = input.to_vec();
+    write_terminate(&mut input);
+    write_query(&mut input, "select 2");
+    let mut out = OutQueue::default();
+    r.process_client(&mut input, &mut out, u32::MAX).unwrap();
+    assert_eq!(drain(&mut out), q);
+    assert!(r.client_terminated);
+    assert_eq!(r.outstanding, 1);
+}
+
+#[test]
+fn unexpected_and_oversized_client_frames_are_errors() {
+    let mut out = OutQueue::default();
+    let mut input = BytesMut::from(&frame(b'p', b"pw\0")[..]);
+    assert!(matches!(
+        Relay::new().process_client(&mut input, &mut out, u32::MAX),
+        Err(RelayError::UnexpectedFromClient(b'p'))
+    ));
+    let mut input = BytesMut::from(&frame(b'Q', &[b'x'; 100])[..]);
+    assert!(matches!(
+        Relay::new().process_client(&mut input, &mut out, 50),
+        Err(RelayError::Client(ProtocolError::TooLarge { .. }))
+    ));
+}
+
+#[test]
+fn hidden_sync_answers_are_swallowed_but_changed_parameters_reach_the_client() {
+    let mut r = Relay::new();
+    let mut fx = Fixture::new();
+    let tz = fx.tracked.index("TimeZone").unwrap();
+    let app = fx.tracked.index("application_name").unwrap();
+    fx.client.set(tz, "utc");
+    fx.client.set(app, "svc");
+    r.add_hidden_query();
+    let mut input = BytesMut::new();
+    write_query(&mut input, "select now()");
+    let mut out = OutQueue::default();
+    r.process_client(&mut input, &mut out, u32::MAX).unwrap();
+    drain(&mut out);
+    assert_eq!(r.outstanding, 2);
+
+    let mut s = BytesMut::new();
+    // Answers to "SET TimeZone='utc';SET application_name='svc';"
+    write_parameter_status(&mut s, "TimeZone", "UTC"); // canonical spelling differs: client must learn it
+    s.put_slice(&frame(b'C', b"SET\0"));
+    write_parameter_status(&mut s, "application_name", "svc"); // same as the client believes: hidden
+    s.put_slice(&frame(b'C', b"SET\0"));
+    write_ready_for_query(&mut s, TransactionStatus::Idle);
+    let mut expect = BytesMut::new();
+    write_parameter_status(&mut expect, "TimeZone", "UTC");
+    // Then the client's own answer, forwarded whole.
+    let mut own = BytesMut::new();
+    own.put_slice(&frame(b'C', b"SELECT 1\0"));
+    write_ready_for_query(&mut own, TransactionStatus::Idle);
+    expect.put_slice(&own);
+    s.put_slice(&own);
+    r.process_server(&mut s, &mut out, &mut fx.ctx()).unwrap();
+    assert_eq!(drain(&mut out), expect.to_vec());
+    assert_eq!(fx.client.get(tz), Some("UTC"));
+    assert_eq!(fx.server.get(tz), Some("UTC"));
+    assert_eq!(fx.server.get(app), Some("svc"));
+    assert!(r.releasable());
+    assert_eq!(r.hidden, 0);
+}
+
+#[test]
+fn fatal_errors_are_noted_and_forwarded() {
+    let mut r = Relay::new();
+    let mut fx = Fixture::new();
+    r.outstanding = 1;
+    let mut s = BytesMut::new();
+    write_error(
+        &mut s,
+        Severity::Fatal,
+        "57P01",
+        "terminating connection due to administrator command",
+    );
+    let sent = s.to_vec();
+    let mut out = OutQueue::default();
+    r.process_server(&mut s, &mut out, &mut fx.ctx()).unwrap();
+    assert!(r.server_fatal);
+    assert_eq!(drain(&mut out), sent);
+}
+
+#[test]
+fn big_rows_stream_through_without_waiting_for_the_whole_frame() {
+    let mut r = Relay::new();
+    let mut fx = Fixture::new();
+    r.outstanding = 1;
+    let big = frame(b'D', &vec![7u8; STREAM_MIN * 2]);
+    let mut s = BytesMut::from(&big[..1000]);
+    let mut out = OutQueue::default();
+    r.process_server(&mut s, &mut out, &mut fx.ctx()).unwrap();
+    assert_eq!(
+        drain(&mut out),
+        big[..1000].to_vec(),
+        "streamed before the frame is complete"
+    );
+    assert!(!r.releasable());
+    s.put_slice(&big[1000..]);
+    write_ready_for_query(&mut s, TransactionStatus::Idle);
+    r.process_server(&mut s, &mut out, &mut fx.ctx()).unwrap();
+    let rest = drain(&mut out);
+    assert_eq!(&rest[..big.len() - 1000], &big[1000..]);
+    assert!(r.releasable());
+}
+
+#[test]
+fn hidden_big_rows_are_discarded() {
+    let mut r = Relay::new();
+    let mut fx = Fixture::new();
+    r.add_hidden_query();
+    let big = frame(b'D', &vec![7u8; STREAM_MIN * 2]);
+    let mut s = BytesMut::from(&big[..500]);
+    let mut out = OutQueue::default();
+    r.process_server(&mut s, &mut out, &mut fx.ctx()).unwrap();
+    s.put_slice(&big[500..]);
+    write_ready_for_query(&mut s, TransactionStatus::Idle);
+    r.process_server(&mut s, &mut out, &mut fx.ctx()).unwrap();
+    assert!(out.is_empty());
+    assert!(s.is_empty());
+    assert_eq!(r.outstanding, 0);
+}
+
+#[test]
+fn transaction_status_and_counts() {
+    let mut r = Relay::new();
+    let mut fx = Fixture::new();
+    let mut out = OutQueue::default();
+    for status in [
+        TransactionStatus::InTransaction,
+        TransactionStatus::Failed,
+        TransactionStatus::Idle,
+    ] {
+        let mut input = BytesMut::new();
+        write_query(&mut input, "x");
+        r.process_client(&mut input, &mut out, u32::MAX).unwrap();
+        let mut s = BytesMut::new();
+        write_ready_for_query(&mut s, status);
+        r.process_server(&mut s, &mut out, &mut fx.ctx()).unwrap();
+        assert_eq!(r.tx, status);
+        assert_eq!(r.releasable(), status == TransactionStatus::Idle);
+        assert!(r.quiet());
+    }
+    assert_eq!(r.transactions, 1, "BEGIN; …; COMMIT is one transaction");
+}

@@ -1,0 +1,611 @@
+//! The query loop of a logged-in client: wait for a message, get a server, relay until the pool mode says
+//! the server can go back, give it back clean.
+
+use std::fmt::Debug;
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::time::Sleep;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+use super::relay::{Relay, RelayError, STREAM_MIN, ServerCtx};
+use super::{ClientConn, ClientInfo, End, OutQueue, login::checkout_end};
+use crate::cancel::{CancelHandle, CancelTarget};
+use crate::config::PoolMode;
+use crate::params::ParamValues;
+use crate::pool::{Pool, PoolSettings};
+use crate::protocol::frontend::{self, Kind};
+use crate::protocol::{HEADER_LEN, frame};
+use crate::server::ServerConn;
+use crate::state::{Runtime, State};
+
+/// Stop reading a side while this much is queued for the other (backpressure).
+const HIGH_WATER: usize = 256 * 1024;
+/// Read buffers grow in steps of this.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// Client-side timeouts, resolved for the login user ([users] → global). Zero disables one.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClientTimeouts {
+    pub query_timeout: Duration,
+    pub idle_transaction_timeout: Duration,
+    pub transaction_timeout: Duration,
+    pub client_idle_timeout: Duration,
+}
+
+impl ClientTimeouts {
+    pub fn resolve(runtime: &Runtime, user: &str, _pool: &PoolSettings) -> Self {
+        let s = &runtime.config.settings;
+        let u = runtime.config.users.get(user);
+        let pick = |user: Option<Duration>, global: Duration| {
+            user.filter(|d| !d.is_zero()).unwrap_or(global)
+        };
+        Self {
+            query_timeout: pick(u.and_then(|u| u.query_timeout), s.query_timeout),
+            idle_transaction_timeout: pick(
+                u.and_then(|u| u.idle_transaction_timeout),
+                s.idle_transaction_timeout,
+            ),
+            transaction_timeout: pick(u.and_then(|u| u.transaction_timeout), s.transaction_timeout),
+            client_idle_timeout: pick(u.and_then(|u| u.client_idle_timeout), s.client_idle_timeout),
+        }
+    }
+
+    fn any(&self) -> bool {
+        !(self.query_timeout.is_zero()
+            && self.idle_transaction_timeout.is_zero()
+            && self.transaction_timeout.is_zero()
+            && self.client_idle_timeout.is_zero())
+    }
+}
+
+/// A client counted in its pool for as long as it is connected.
+#[derive(Debug)]
+pub struct PoolClient(Arc<Pool>);
+
+impl PoolClient {
+    pub fn new(pool: Arc<Pool>) -> Self {
+        pool.clients.fetch_add(1, Ordering::AcqRel);
+        Self(pool)
+    }
+}
+
+impl Drop for PoolClient {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Anything held for the life of the session and released on drop (client counts).
+pub type Guard = Box<dyn Debug + Send + Sync>;
+
+pub struct Session {
+    state: Arc<State>,
+    info: ClientInfo,
+    user: String,
+    pool: PoolClient,
+    params: ParamValues,
+    cancel: CancelHandle,
+    timeouts: ClientTimeouts,
+    /// Output queued for the linked server (kept here so its allocation is reused).
+    to_server: OutQueue,
+    /// Fires when the process starts draining or terminating; polled only until it fires once.
+    stop: Pin<Box<WaitForCancellationFutureOwned>>,
+    stop_seen: bool,
+    timer: Option<Pin<Box<Sleep>>>,
+    _guards: Vec<Guard>,
+}
+
+/// How a link ends.
+enum LinkEnd {
+    /// The server is clean and idle: back to the pool, and on to the next transaction.
+    Release,
+    /// The session is over; the server is disposed of as `Disposal` says.
+    Finish(End, Disposal),
+}
+
+/// What to do with a server whose client is leaving.
+#[derive(Debug)]
+enum Disposal {
+    /// Clean and idle: reset per the pool mode, then back to the pool.
+    Reset,
+    /// Idle inside a transaction: ROLLBACK first.
+    Rollback,
+    /// Unusable (mid-query, broken, or mid-protocol): close it, cancelling a running query first.
+    Close(&'static str, bool),
+}
+
+enum Io {
+    ClientData,
+    ServerData,
+    ClientGone(String),
+    ServerGone(String),
+    Progress,
+    Timer,
+    Stop,
+}
+
+impl Session {
+    #[allow(clippy::too_many_arguments, reason = "assembled once, at login")]
+    pub fn new(
+        state: Arc<State>,
+        info: ClientInfo,
+        user: String,
+        pool: PoolClient,
+        params: ParamValues,
+        cancel: CancelHandle,
+        timeouts: ClientTimeouts,
+        guards: Vec<Guard>,
+    ) -> Self {
+        let stop_token: CancellationToken = state.lifecycle.draining.child_token();
+        Self {
+            state,
+            info,
+            user,
+            pool,
+            params,
+            cancel,
+            timeouts,
+            to_server: OutQueue::default(),
+            stop: Box::pin(stop_token.cancelled_owned()),
+            stop_seen: false,
+            timer: None,
+            _guards: guards,
+        }
+    }
+
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool.0
+    }
+
+    pub fn state(&self) -> &Arc<State> {
+        &self.state
+    }
+
+    pub fn params(&self) -> &ParamValues {
+        &self.params
+    }
+
+    pub fn cancel_key(&self) -> (u32, u32) {
+        (self.cancel.slot().pid, self.cancel.slot().secret)
+    }
+
+    /// Runs the query loop until the client leaves or the session must end.
+    pub async fn run(mut self, conn: &mut ClientConn) -> End {
+        loop {
+            if let Err(end) = self.wait_for_message(conn).await {
+                return end;
+            }
+            let mut server = match self.acquire().await {
+                Ok(server) => server,
+                Err(end) => return end,
+            };
+            self.link(&server);
+            let end = self.relay(conn, &mut server).await;
+            self.unlink().await;
+            match end {
+                LinkEnd::Release => self.release(server).await,
+                LinkEnd::Finish(end, disposal) => {
+                    self.dispose(server, disposal);
+                    return end;
+                }
+            }
+        }
+    }
+
+    /// Waits, holding no server, until the client has sent the start of its next message. A Terminate ends
+    /// the session; small messages are awaited whole so that no server waits on a slow client.
+    async fn wait_for_message(&mut self, conn: &mut ClientConn) -> Result<(), End> {
+        conn.flush().await?;
+        conn.out.shrink_when_empty();
+        let max = self.state.runtime().config.settings.max_packet_size;
+        let idle_since = Instant::now();
+        loop {
+            if let Some(h) = frame::peek(&conn.rbuf, max).map_err(|e| End::pooler(e.to_string()))? {
+                match Kind::of(h.tag) {
+                    Kind::Terminate => return Err(End::Closed("client close request".into())),
+                    Kind::Password | Kind::Unknown => {
+                        return Err(End::pooler(format!(
+                            "unknown packet type '{}' from client",
+                            char::from(h.tag)
+                        )));
+                    }
+                    _ if conn.rbuf.len() >= h.frame_len || h.frame_len > STREAM_MIN => {
+                        return Ok(());
+                    }
+                    _ => {}
+                }
+            }
+            if conn.rbuf.is_empty() {
+                // Idle clients hold no buffer: thousands of them should cost next to nothing.
+                conn.rbuf = BytesMut::new();
+            }
+            self.wait_client_readable(conn, idle_since).await?;
+            if conn.rbuf.capacity() - conn.rbuf.len() < HEADER_LEN {
+                conn.rbuf.reserve(READ_CHUNK);
+            }
+            match conn.stream.try_read_buf(&mut conn.rbuf) {
+                Ok(0) => return Err(End::Closed("client unexpected eof".into())),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(End::Closed(format!("client read error: {e}"))),
+            }
+        }
+    }
+
+    async fn wait_client_readable(
+        &mut self,
+        conn: &ClientConn,
+        idle_since: Instant,
+    ) -> Result<(), End> {
+        let idle_timeout = self.timeouts.client_idle_timeout;
+        let deadline = (!idle_timeout.is_zero())
+            .then(|| tokio::time::Instant::from(idle_since + idle_timeout));
+        tokio::select! {
+            // The client sent something (or closed).
+            res = conn.stream.readable() => res.map_err(|e| End::Closed(format!("client read error: {e}"))),
+            // client_idle_timeout between transactions.
+            () = sleep_until_opt(deadline) => Err(End::pooler("client_idle_timeout")),
+            // Immediate shutdown; a drain leaves idle clients alone until the process exits.
+            () = &mut self.stop, if !self.stop_seen => {
+                self.stop_seen = true;
+                if self.state.lifecycle.terminate.is_cancelled() {
+                    Err(End::pooler("server shutting down"))
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    /// Gets a server for the next transaction, waiting out a PAUSE.
+    async fn acquire(&mut self) -> Result<ServerConn, End> {
+        let lifecycle = &self.state.lifecycle;
+        if lifecycle.draining.is_cancelled() {
+            return Err(End::pooler("server shutting down"));
+        }
+        if lifecycle.is_paused() {
+            let mut paused = lifecycle.paused.subscribe();
+            tokio::select! {
+                // RESUME.
+                _ = paused.wait_for(|p| !*p) => {}
+                // Shutdown while paused.
+                () = lifecycle.draining.cancelled() => return Err(End::pooler("server shutting down")),
+            }
+        }
+        tokio::select! {
+            // The pool's answer: a server, or why there is none.
+            res = self.pool.0.checkout() => res.map_err(|e| checkout_end(&e)),
+            // WAIT_FOR_SERVERS drops clients still waiting for a server.
+            () = lifecycle.draining.cancelled() => Err(End::pooler("server shutting down")),
+        }
+    }
+
+    fn link(&mut self, server: &ServerConn) {
+        if let Some((pid, secret)) = server.backend_key {
+            self.cancel.slot().link(CancelTarget {
+                host: server.host.clone(),
+                port: server.port,
+                pid,
+                secret,
+            });
+        }
+        self.state.linked.fetch_add(1, Ordering::AcqRel);
+    }
+
+    async fn unlink(&mut self) {
+        self.cancel.slot().unlink().await;
+        self.state.linked.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Relays between the client and the server until the pool mode lets the server go or the session ends.
+    async fn relay(&mut self, conn: &mut ClientConn, server: &mut ServerConn) -> LinkEnd {
+        let settings = self.pool.0.settings();
+        let mode = settings.mode;
+        let max = settings.max_packet;
+        let mut relay = Relay::new();
+        if let Some(sql) = self.params.sync_sql(&server.params, &self.state.tracked) {
+            let mut local = BytesMut::new();
+            frontend::write_query(&mut local, &sql);
+            self.to_server.push_local(&mut local);
+            relay.add_hidden_query();
+        }
+        self.timer = None;
+        loop {
+            if let Err(e) = relay.process_client(&mut conn.rbuf, &mut self.to_server, max) {
+                return finish_relay_error(&e);
+            }
+            let mut ctx = ServerCtx {
+                tracked: &self.state.tracked,
+                server_params: &mut server.params,
+                client_params: &mut self.params,
+                max,
+            };
+            if let Err(e) = relay.process_server(&mut server.rbuf, &mut conn.out, &mut ctx) {
+                return finish_relay_error(&e);
+            }
+            if let Some(end) = self.decide(mode, &relay) {
+                return end;
+            }
+            if self.timeouts.any()
+                && let Err(end) = self.arm_timer(&relay)
+            {
+                return end;
+            }
+            let io = poll_fn(|cx| self.poll_io(cx, conn, server, &relay)).await;
+            match io {
+                Io::ClientData | Io::ServerData | Io::Progress => {}
+                Io::Timer => {}
+                Io::Stop => {
+                    self.stop_seen = true;
+                    if self.state.lifecycle.terminate.is_cancelled() {
+                        let disposal = if relay.quiet() {
+                            Disposal::Rollback
+                        } else {
+                            Disposal::Close("shutdown", true)
+                        };
+                        return LinkEnd::Finish(End::pooler("server shutting down"), disposal);
+                    }
+                }
+                Io::ClientGone(reason) => {
+                    let disposal = if relay.releasable() {
+                        Disposal::Reset
+                    } else if relay.quiet() {
+                        Disposal::Rollback
+                    } else {
+                        Disposal::Close("client disconnect while server was not ready", true)
+                    };
+                    return LinkEnd::Finish(End::Closed(reason), disposal);
+                }
+                Io::ServerGone(reason) => {
+                    tracing::warn!(
+                        "{} user={}: server connection S-{} lost: {reason}",
+                        self.info,
+                        self.user,
+                        server.id
+                    );
+                    let end = if relay.server_fatal {
+                        End::Closed("server closed the connection".into())
+                    } else {
+                        End::pooler("server conn crashed?")
+                    };
+                    return LinkEnd::Finish(end, Disposal::Close("server connection lost", false));
+                }
+            }
+        }
+    }
+
+    /// What the pool mode and the protocol state say now, if anything.
+    fn decide(&self, mode: PoolMode, relay: &Relay) -> Option<LinkEnd> {
+        if relay.hidden > 0 {
+            return None;
+        }
+        let draining = self.stop_seen && self.state.lifecycle.draining.is_cancelled();
+        if relay.client_terminated && relay.quiet() {
+            let disposal = if relay.releasable() {
+                Disposal::Reset
+            } else {
+                Disposal::Rollback
+            };
+            return Some(LinkEnd::Finish(
+                End::Closed("client close request".into()),
+                disposal,
+            ));
+        }
+        match mode {
+            PoolMode::Transaction if relay.releasable() => Some(LinkEnd::Release),
+            PoolMode::Statement if relay.quiet() => Some(if relay.releasable() {
+                LinkEnd::Release
+            } else {
+                LinkEnd::Finish(
+                    End::pooler("transaction blocks not allowed in statement pooling mode"),
+                    Disposal::Rollback,
+                )
+            }),
+            // A session-mode client keeps its server; a draining shutdown takes it at the first clean moment.
+            PoolMode::Session if draining && relay.releasable() => Some(LinkEnd::Finish(
+                End::pooler("server shutting down"),
+                Disposal::Reset,
+            )),
+            _ => None,
+        }
+    }
+
+    /// Arms the timer for the nearest client timeout, or ends the session if one has passed.
+    fn arm_timer(&mut self, relay: &Relay) -> Result<(), LinkEnd> {
+        let t = self.timeouts;
+        let mut next: Option<(Instant, &'static str)> = None;
+        let mut consider = |timeout: Duration, since: Option<Instant>, message: &'static str| {
+            if let (false, Some(since)) = (timeout.is_zero(), since) {
+                let at = since + timeout;
+                if next.is_none_or(|(n, _)| at < n) {
+                    next = Some((at, message));
+                }
+            }
+        };
+        consider(t.query_timeout, relay.query_started, "query timeout");
+        let waiting_for_client = relay.quiet().then_some(relay.last_ready);
+        let in_tx = relay.tx != crate::protocol::backend::TransactionStatus::Idle;
+        consider(
+            t.idle_transaction_timeout,
+            waiting_for_client.filter(|_| in_tx),
+            "idle transaction timeout",
+        );
+        consider(
+            t.client_idle_timeout,
+            waiting_for_client.filter(|_| !in_tx),
+            "client_idle_timeout",
+        );
+        consider(
+            t.transaction_timeout,
+            relay.tx_started.filter(|_| in_tx || relay.outstanding > 0),
+            "transaction timeout",
+        );
+        let Some((at, message)) = next else {
+            self.timer = None;
+            return Ok(());
+        };
+        if at <= Instant::now() {
+            let disposal = Disposal::Close(message, true);
+            return Err(LinkEnd::Finish(End::pooler(message), disposal));
+        }
+        let at = tokio::time::Instant::from(at);
+        match &mut self.timer {
+            Some(sleep) if sleep.deadline() == at => {}
+            Some(sleep) => sleep.as_mut().reset(at),
+            None => self.timer = Some(Box::pin(tokio::time::sleep_until(at))),
+        }
+        Ok(())
+    }
+
+    /// One step of I/O on both sockets: writes whatever is queued, then reads whichever side has data.
+    fn poll_io(
+        &mut self,
+        cx: &mut Context<'_>,
+        conn: &mut ClientConn,
+        server: &mut ServerConn,
+        relay: &Relay,
+    ) -> Poll<Io> {
+        let mut progress = false;
+        while !self.to_server.is_empty() {
+            match self.to_server.poll_write_some(&mut server.stream, cx) {
+                Poll::Ready(Ok(_)) => progress = true,
+                Poll::Ready(Err(e)) => return Poll::Ready(Io::ServerGone(e.to_string())),
+                Poll::Pending => break,
+            }
+        }
+        while !conn.out.is_empty() {
+            match conn.out.poll_write_some(&mut conn.stream, cx) {
+                Poll::Ready(Ok(_)) => progress = true,
+                Poll::Ready(Err(e)) => {
+                    return Poll::Ready(Io::ClientGone(format!("client write error: {e}")));
+                }
+                Poll::Pending => break,
+            }
+        }
+        if conn.out.len() < HIGH_WATER {
+            match poll_read(&mut server.stream, &mut server.rbuf, cx) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Io::ServerGone("server closed the connection".into()));
+                }
+                Poll::Ready(Ok(_)) => return Poll::Ready(Io::ServerData),
+                Poll::Ready(Err(e)) => return Poll::Ready(Io::ServerGone(e.to_string())),
+                Poll::Pending => {}
+            }
+        }
+        if !relay.client_terminated && self.to_server.len() < HIGH_WATER {
+            match poll_read(&mut conn.stream, &mut conn.rbuf, cx) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Io::ClientGone("client unexpected eof".into()));
+                }
+                Poll::Ready(Ok(_)) => return Poll::Ready(Io::ClientData),
+                Poll::Ready(Err(e)) => {
+                    return Poll::Ready(Io::ClientGone(format!("client read error: {e}")));
+                }
+                Poll::Pending => {}
+            }
+        }
+        if let Some(timer) = self.timer.as_mut()
+            && timer.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Io::Timer);
+        }
+        if !self.stop_seen && self.stop.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Io::Stop);
+        }
+        if progress {
+            Poll::Ready(Io::Progress)
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Gives a clean server back between transactions (transaction and statement mode).
+    async fn release(&mut self, mut server: ServerConn) {
+        let settings = self.pool.0.settings();
+        if settings.server_reset_query_always
+            && let Some(reset) = &settings.server_reset_query
+            && let Err(e) = server.simple_query(reset, settings.max_packet).await
+        {
+            return server.close(&format!("server_reset_query failed: {e}"));
+        }
+        self.pool.0.checkin(server);
+    }
+
+    /// Disposes of the server of a session that is ending, off the client's task.
+    fn dispose(&self, server: ServerConn, disposal: Disposal) {
+        let pool = Arc::clone(&self.pool.0);
+        let state = Arc::clone(&self.state);
+        tokio::spawn(async move { dispose(state, pool, server, disposal).await });
+    }
+}
+
+async fn dispose(state: Arc<State>, pool: Arc<Pool>, mut server: ServerConn, disposal: Disposal) {
+    let settings = pool.settings();
+    let max = settings.max_packet;
+    match disposal {
+        Disposal::Close(reason, cancel) => {
+            if cancel && let Some((pid, secret)) = server.backend_key {
+                let target = CancelTarget {
+                    host: server.host.clone(),
+                    port: server.port,
+                    pid,
+                    secret,
+                };
+                let _ = state.cancels.send_to(&target).await;
+            }
+            server.close(reason);
+        }
+        Disposal::Rollback | Disposal::Reset => {
+            if matches!(disposal, Disposal::Rollback)
+                && let Err(e) = server.simple_query("ROLLBACK", max).await
+            {
+                return server.close(&format!("rollback failed: {e}"));
+            }
+            let reset = (settings.mode == PoolMode::Session || settings.server_reset_query_always)
+                .then_some(settings.server_reset_query.as_deref())
+                .flatten();
+            if let Some(reset) = reset
+                && let Err(e) = server.simple_query(reset, max).await
+            {
+                return server.close(&format!("server_reset_query failed: {e}"));
+            }
+            pool.checkin(server);
+        }
+    }
+}
+
+fn finish_relay_error(e: &RelayError) -> LinkEnd {
+    let end = match e {
+        RelayError::Client(p) => End::pooler(p.to_string()),
+        RelayError::UnexpectedFromClient(tag) => End::pooler(format!(
+            "unknown packet type '{}' from client",
+            char::from(*tag)
+        )),
+        RelayError::Server(p) => End::pooler(format!("server sent an invalid message: {p}")),
+    };
+    LinkEnd::Finish(end, Disposal::Close("protocol error", true))
+}
+
+fn poll_read(
+    stream: &mut crate::net::Stream,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<std::io::Result<usize>> {
+    if buf.capacity() - buf.len() < READ_CHUNK / 2 {
+        buf.reserve(READ_CHUNK);
+    }
+    tokio_util::io::poll_read_buf(Pin::new(stream), cx, buf)
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,36 @@
+//! pgwarden: a PostgreSQL connection pooler, drop-in for PgBouncer (it reads `pgbouncer.ini` and
+//! `userlist.txt` as they are), whose policies will run as sandboxed WebAssembly plugins.
+//!
+//! # Layout
+//! - [`protocol`]: wire protocol 3.0 as pure bytes (framing, startup packets, messages per direction).
+//! - [`config`]: PgBouncer ini + `%include` + `userlist.txt`, or native TOML, into one validated [`Config`].
+//! - [`auth`]: secrets (plain, md5, SCRAM verifier), md5, SCRAM-SHA-256 server and client sides.
+//! - [`params`]: tracked session parameters (client_encoding, DateStyle, TimeZone, …) per client and server.
+//! - [`server`]: a connection to PostgreSQL: login, parameters, health, reset.
+//! - [`pool`]: pools per (database, user): fair queue, pool_size + reserve, shared limits, reaping.
+//! - [`client`]: one task per client: startup, authentication, welcome, the query loop and pool modes.
+//! - [`cancel`]: pgwarden's cancel keys, forwarding a CancelRequest to the right server only.
+//! - [`state`]: the one shared [`State`] (config generation, pools, counts, lifecycle).
+//! - [`listener`]: listening sockets, the accept loop, [`run`], maintenance.
+//! - [`reload`]: SIGHUP: re-read config and auth_file, swap atomically, re-resolve pools.
+//! - [`net`], [`cli`], [`logging`], [`process`]: sockets, command line, logs, daemon/pidfile/user/signals.
+
+pub mod auth;
+pub mod cancel;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod listener;
+pub mod logging;
+pub mod net;
+pub mod params;
+pub mod pool;
+pub mod process;
+pub mod protocol;
+pub mod reload;
+pub mod server;
+pub mod state;
+
+pub use config::Config;
+pub use listener::{Listeners, run};
+pub use state::State;

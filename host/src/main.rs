@@ -1,0 +1,93 @@
+//! The `pgwarden` binary: command line → config → logging → bind → run. All logic is in the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use pgwarden::cli::{self, Cli};
+use pgwarden::process::{self, Pidfile};
+use pgwarden::{Listeners, State, config, logging};
+
+#[allow(
+    clippy::print_stderr,
+    clippy::print_stdout,
+    reason = "the binary's own output"
+)]
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if cli.reboot {
+        eprintln!(
+            "pgwarden: online restart (-R) is not supported; run a second pgwarden and drain the first with SIGTERM"
+        );
+        return ExitCode::FAILURE;
+    }
+    let loaded = match config::load(&cli.config) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if cli.check {
+        print!("{}", cli::describe(&loaded));
+        return ExitCode::SUCCESS;
+    }
+    match start(&cli, loaded) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pgwarden: {e}");
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn start(cli: &Cli, loaded: config::Loaded) -> Result<(), Box<dyn std::error::Error>> {
+    let settings = &loaded.config.settings;
+    if cli.daemon {
+        if settings.pidfile.is_none() {
+            return Err(process::ProcessError::DaemonNeedsPidfile.into());
+        }
+        if settings.logfile.is_none() {
+            return Err(process::ProcessError::DaemonNeedsLogfile.into());
+        }
+        process::daemonize()?;
+    }
+    let sink = logging::LogSink::new(!cli.quiet && !cli.daemon, settings.logfile.as_deref())?;
+    logging::init(sink, cli.verbose.max(settings.verbose));
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let listeners = Listeners::bind(&loaded.config.settings)?;
+        let _pidfile = match &loaded.config.settings.pidfile {
+            Some(p) => Some(Pidfile::create(p)?),
+            None => None,
+        };
+        if let Some(user) = cli
+            .user
+            .as_deref()
+            .or(loaded.config.settings.user.as_deref())
+        {
+            process::switch_user(user)?;
+        }
+        for addr in listeners.local_addrs() {
+            tracing::info!("listening on {addr}");
+        }
+        if let Some((_, file)) = &listeners.unix {
+            tracing::info!("listening on unix:{}", file.path.display());
+        }
+        let state = State::new(loaded.config);
+        process::spawn_signal_handlers(&state)?;
+        tracing::info!(
+            "process up: pgwarden {}, pid {}",
+            env!("CARGO_PKG_VERSION"),
+            std::process::id()
+        );
+        pgwarden::run(listeners, state).await;
+        tracing::info!("shutdown complete");
+        Ok::<(), Box<dyn std::error::Error>>(())
+    })
+}

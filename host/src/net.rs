@@ -1,0 +1,195 @@
+//! One stream type for both sides: TCP or a Unix socket, chosen per connection.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
+
+/// A connected socket. Enum dispatch keeps the forwarding loop free of trait objects.
+#[derive(Debug)]
+pub enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    /// Connects to `host:port`, where a host starting with `/` is a directory holding PostgreSQL's
+    /// `.s.PGSQL.<port>` socket (libpq's and PgBouncer's convention).
+    pub async fn connect(host: &str, port: u16) -> io::Result<Self> {
+        if host.starts_with('/') {
+            let path = socket_path(Path::new(host), port);
+            return Ok(Self::Unix(UnixStream::connect(path).await?));
+        }
+        let stream = TcpStream::connect((host, port)).await?;
+        stream.set_nodelay(true)?;
+        Ok(Self::Tcp(stream))
+    }
+
+    /// Non-blocking peek used to check an idle pooled connection: `Ok(true)` if the peer sent something or
+    /// closed (either way it cannot be reused), `Ok(false)` if nothing is pending. Costs no syscall when the
+    /// reactor has not seen the socket become readable.
+    pub fn has_pending_input(&self) -> io::Result<bool> {
+        let mut probe = [0u8; 1];
+        let res = match self {
+            Self::Tcp(s) => s.try_read(&mut probe),
+            Self::Unix(s) => s.try_read(&mut probe),
+        };
+        match res {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Waits until the socket has something to read (or is closed).
+    pub async fn readable(&self) -> io::Result<()> {
+        match self {
+            Self::Tcp(s) => s.readable().await,
+            Self::Unix(s) => s.readable().await,
+        }
+    }
+
+    /// Reads what is there without waiting (`WouldBlock` when nothing is).
+    pub fn try_read_buf(&self, buf: &mut bytes::BytesMut) -> io::Result<usize> {
+        match self {
+            Self::Tcp(s) => s.try_read_buf(buf),
+            Self::Unix(s) => s.try_read_buf(buf),
+        }
+    }
+
+    /// Best-effort write that never waits (used for a parting Terminate on a connection being dropped).
+    pub fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Self::Tcp(s) => s.try_write(buf),
+            Self::Unix(s) => s.try_write(buf),
+        }
+    }
+
+    pub fn peer(&self) -> Peer {
+        match self {
+            Self::Tcp(s) => s.peer_addr().map_or(Peer::Unknown, Peer::Tcp),
+            Self::Unix(_) => Peer::Unix,
+        }
+    }
+
+    pub fn is_unix(&self) -> bool {
+        matches!(self, Self::Unix(_))
+    }
+
+    /// TCP keepalive as PgBouncer's tcp_keepalive/tcp_keepidle/tcp_keepintvl/tcp_keepcnt configure it.
+    pub fn set_keepalive(&self, keepalive: &Keepalive) -> io::Result<()> {
+        let Self::Tcp(s) = self else { return Ok(()) };
+        let sock = socket2::SockRef::from(s);
+        if !keepalive.enabled {
+            return sock.set_keepalive(false);
+        }
+        let mut ka = socket2::TcpKeepalive::new();
+        if let Some(idle) = keepalive.idle {
+            ka = ka.with_time(idle);
+        }
+        if let Some(interval) = keepalive.interval {
+            ka = ka.with_interval(interval);
+        }
+        if let Some(count) = keepalive.count {
+            ka = ka.with_retries(count);
+        }
+        sock.set_tcp_keepalive(&ka)?;
+        if let Some(t) = keepalive.user_timeout {
+            sock.set_tcp_user_timeout(Some(t))?;
+        }
+        Ok(())
+    }
+}
+
+/// Keepalive settings for TCP sockets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Keepalive {
+    pub enabled: bool,
+    pub idle: Option<Duration>,
+    pub interval: Option<Duration>,
+    pub count: Option<u32>,
+    pub user_timeout: Option<Duration>,
+}
+
+/// Where a client connected from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    Tcp(SocketAddr),
+    Unix,
+    Unknown,
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tcp(a) => write!(f, "{a}"),
+            Self::Unix => f.write_str("unix"),
+            Self::Unknown => f.write_str("unknown"),
+        }
+    }
+}
+
+/// `<dir>/.s.PGSQL.<port>`.
+pub fn socket_path(dir: &Path, port: u16) -> PathBuf {
+    dir.join(format!(".s.PGSQL.{port}"))
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Self::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Self::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}

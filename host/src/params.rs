@@ -1,0 +1,217 @@
+//! Tracked session parameters: the values each client must always see, whichever server it lands on.
+//!
+//! PostgreSQL reports a few settings (`GUC_REPORT`) with ParameterStatus. pgwarden remembers, per client and
+//! per server connection, the value of each tracked one; when a client is linked to a server whose values
+//! differ, it sends `SET` first and hides the answers. The list is fixed for the life of the process
+//! (PgBouncer's `track_extra_parameters` is not reloadable either), so values live in a small indexed array.
+
+use std::fmt::Write as _;
+
+/// Parameters every client has tracked, in PostgreSQL's canonical spelling.
+const ALWAYS_TRACKED: [&str; 5] = [
+    "client_encoding",
+    "DateStyle",
+    "TimeZone",
+    "standard_conforming_strings",
+    "application_name",
+];
+
+/// The names of the tracked parameters; an index into it identifies a parameter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tracked {
+    names: Vec<Box<str>>,
+}
+
+impl Tracked {
+    /// The always-tracked set plus `track_extra_parameters`.
+    pub fn new(extra: &[String]) -> Self {
+        let mut names: Vec<Box<str>> = ALWAYS_TRACKED.iter().map(|s| Box::from(*s)).collect();
+        for e in extra {
+            let e = e.trim();
+            if !e.is_empty() && !names.iter().any(|n| n.eq_ignore_ascii_case(e)) {
+                names.push(canonical(e).into());
+            }
+        }
+        Self { names }
+    }
+
+    /// Index of a parameter by name, case-insensitively (GUC names are).
+    pub fn index(&self, name: &str) -> Option<usize> {
+        self.names.iter().position(|n| n.eq_ignore_ascii_case(name))
+    }
+
+    pub fn name(&self, index: usize) -> &str {
+        &self.names[index]
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+}
+
+/// PostgreSQL's canonical spelling for the mixed-case reported GUCs, so our ParameterStatus matches the server's.
+fn canonical(name: &str) -> &str {
+    for known in [
+        "DateStyle",
+        "IntervalStyle",
+        "TimeZone",
+        "client_encoding",
+        "application_name",
+    ] {
+        if known.eq_ignore_ascii_case(name) {
+            return known;
+        }
+    }
+    name
+}
+
+/// One value per tracked parameter; `None` when unknown.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ParamValues {
+    values: Vec<Option<Box<str>>>,
+}
+
+impl ParamValues {
+    pub fn new(tracked: &Tracked) -> Self {
+        Self {
+            values: vec![None; tracked.len()],
+        }
+    }
+
+    pub fn get(&self, index: usize) -> Option<&str> {
+        self.values.get(index).and_then(|v| v.as_deref())
+    }
+
+    /// Sets a value; returns whether it changed.
+    pub fn set(&mut self, index: usize, value: &str) -> bool {
+        let Some(slot) = self.values.get_mut(index) else {
+            return false;
+        };
+        if slot.as_deref() == Some(value) {
+            return false;
+        }
+        *slot = Some(value.into());
+        true
+    }
+
+    /// Copies every known value of `other` over ours.
+    pub fn merge_from(&mut self, other: &Self) {
+        for (mine, theirs) in self.values.iter_mut().zip(&other.values) {
+            if theirs.is_some() {
+                mine.clone_from(theirs);
+            }
+        }
+    }
+
+    /// The `SET` statements that make a server with `server` values match `self` (the client's), or `None`
+    /// when they already agree. Parameters the client has no value for are left alone.
+    pub fn sync_sql(&self, server: &Self, tracked: &Tracked) -> Option<String> {
+        let mut sql = String::new();
+        for (i, (want, have)) in self.values.iter().zip(&server.values).enumerate() {
+            let Some(want) = want else { continue };
+            if have.as_deref() == Some(&**want) {
+                continue;
+            }
+            let _ = write!(
+                sql,
+                "SET {}={};",
+                quote_ident(tracked.name(i)),
+                quote_literal(want)
+            );
+        }
+        (!sql.is_empty()).then_some(sql)
+    }
+
+    /// Iterates `(index, value)` over known values.
+    pub fn iter(&self) -> impl Iterator<Item = (usize, &str)> {
+        self.values
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| v.as_deref().map(|v| (i, v)))
+    }
+}
+
+/// Quotes a SQL identifier when needed (mixed case, like `"DateStyle"`, is fine unquoted for SET since GUC
+/// names are case-insensitive, so only characters outside `[a-z0-9_.]` force quotes).
+pub fn quote_ident(name: &str) -> String {
+    let plain = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+        && !name.starts_with(|c: char| c.is_ascii_digit());
+    if plain {
+        name.to_owned()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
+}
+
+/// Quotes a SQL string literal so it reads the same whatever `standard_conforming_strings` is: backslashes
+/// force the `E''` form with doubled backslashes.
+pub fn quote_literal(value: &str) -> String {
+    let quoted = value.replace('\'', "''");
+    if value.contains('\\') {
+        format!("E'{}'", quoted.replace('\\', "\\\\"))
+    } else {
+        format!("'{quoted}'")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tracked_names_are_case_insensitive_and_deduplicated() {
+        let t = Tracked::new(&[
+            "intervalstyle".into(),
+            "TIMEZONE".into(),
+            " search_path ".into(),
+            String::new(),
+        ]);
+        assert_eq!(t.len(), 7);
+        assert_eq!(t.index("datestyle"), Some(1));
+        assert_eq!(t.name(t.index("INTERVALSTYLE").unwrap()), "IntervalStyle");
+        assert_eq!(t.name(t.index("search_path").unwrap()), "search_path");
+        assert_eq!(t.index("work_mem"), None);
+    }
+
+    #[test]
+    fn sync_sql_sets_only_differences() {
+        let t = Tracked::new(&[]);
+        let mut client = ParamValues::new(&t);
+        let mut server = ParamValues::new(&t);
+        assert_eq!(
+            client.sync_sql(&server, &t),
+            None,
+            "client knows nothing: nothing to set"
+        );
+        client.set(t.index("TimeZone").unwrap(), "Europe/Berlin");
+        client.set(t.index("application_name").unwrap(), "it's");
+        server.set(t.index("TimeZone").unwrap(), "UTC");
+        server.set(t.index("application_name").unwrap(), "it's");
+        assert_eq!(
+            client.sync_sql(&server, &t).as_deref(),
+            Some("SET TimeZone='Europe/Berlin';")
+        );
+        server.merge_from(&client);
+        assert_eq!(client.sync_sql(&server, &t), None);
+        assert!(
+            !client.set(t.index("TimeZone").unwrap(), "Europe/Berlin"),
+            "unchanged"
+        );
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote_literal("a'b"), "'a''b'");
+        assert_eq!(quote_literal(r"a\b'"), r"E'a\\b'''");
+        assert_eq!(quote_ident("DateStyle"), "DateStyle");
+        assert_eq!(quote_ident("my\"guc"), "\"my\"\"guc\"");
+        assert_eq!(quote_ident("1x"), "\"1x\"");
+    }
+}

@@ -1,0 +1,537 @@
+//! Server connection pools: one per (database entry, user), with a fair FIFO queue of waiting clients,
+//! `pool_size` + reserve, shared per-database and per-user limits, and idle/lifetime reaping.
+//!
+//! Every open or opening connection holds a [`Slot`]; dropping the slot (with or without a connection)
+//! gives the capacity back and lets a waiting client's connection be opened, so no error path can leak
+//! capacity. Connections are never dropped while the pool lock is held (a slot's drop takes it).
+
+mod limits;
+mod registry;
+mod settings;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use tokio::sync::oneshot;
+
+pub use limits::SharedLimit;
+pub use registry::{PoolKey, Pools};
+pub use settings::PoolSettings;
+
+use crate::auth::secret::ScramKeys;
+use crate::params::Tracked;
+use crate::server::{self, ServerConn, ServerError, Welcome};
+
+/// What a waiting client receives.
+type Grant = Result<ServerConn, Arc<ServerError>>;
+
+pub struct Pool {
+    pub key: PoolKey,
+    settings: ArcSwap<PoolSettings>,
+    inner: Mutex<Inner>,
+    /// `max_db_connections` of the database entry.
+    db_limit: Arc<SharedLimit>,
+    /// `max_user_connections` of the pool's user.
+    user_limit: Arc<SharedLimit>,
+    /// The ParameterStatus set of the first successful login, told to every new client.
+    welcome: ArcSwapOption<Welcome>,
+    /// SCRAM keys recovered from a client's own SCRAM login, so that server logins need no plain password.
+    scram_keys: ArcSwapOption<ScramKeys>,
+    tracked: Arc<Tracked>,
+    /// Bumped when the connection settings change on reload; connections of an older epoch are closed.
+    epoch: AtomicU64,
+    /// Logged-in clients using this pool (for min_pool_size and the console).
+    pub clients: AtomicU32,
+    me: Weak<Pool>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Idle connections, most recently used last (LIFO reuse, like PgBouncer's default).
+    idle: Vec<ServerConn>,
+    /// Connections counted against the pool size: idle, in use, and being opened.
+    open: u32,
+    connecting: u32,
+    waiters: VecDeque<Waiter>,
+    /// The last login failure and when it happened; cleared by a successful login.
+    failure: Option<(Instant, Arc<ServerError>)>,
+    /// A retry is scheduled for after server_login_retry.
+    retry_scheduled: bool,
+    /// Waiters allowed to dip into the reserve (they waited reserve_pool_timeout).
+    reserve_wanted: u32,
+    /// Closing: no new connections, none kept idle.
+    paused: bool,
+}
+
+struct Waiter {
+    tx: oneshot::Sender<Grant>,
+}
+
+/// Why a checkout gave up.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CheckoutError {
+    #[error("query_wait_timeout")]
+    WaitTimeout,
+    #[error("{0}")]
+    Server(Arc<ServerError>),
+    #[error("server login has been failing, cached error: {0} (server_login_retry)")]
+    FastFail(Arc<ServerError>),
+}
+
+impl Pool {
+    pub(crate) fn new(
+        key: PoolKey,
+        settings: PoolSettings,
+        db_limit: Arc<SharedLimit>,
+        user_limit: Arc<SharedLimit>,
+        tracked: Arc<Tracked>,
+    ) -> Arc<Self> {
+        let pool = Arc::new_cyclic(|me| Self {
+            key,
+            settings: ArcSwap::from_pointee(settings),
+            inner: Mutex::new(Inner::default()),
+            db_limit,
+            user_limit,
+            welcome: ArcSwapOption::empty(),
+            scram_keys: ArcSwapOption::empty(),
+            tracked,
+            epoch: AtomicU64::new(1),
+            clients: AtomicU32::new(0),
+            me: me.clone(),
+        });
+        pool.db_limit.add_member(Arc::downgrade(&pool));
+        pool.user_limit.add_member(Arc::downgrade(&pool));
+        pool
+    }
+
+    pub fn settings(&self) -> Arc<PoolSettings> {
+        self.settings.load_full()
+    }
+
+    pub fn welcome(&self) -> Option<Arc<Welcome>> {
+        self.welcome.load_full()
+    }
+
+    pub fn tracked(&self) -> &Arc<Tracked> {
+        &self.tracked
+    }
+
+    /// Remembers SCRAM keys from a client's SCRAM login (first ones win; later logins derive the same keys).
+    pub fn offer_scram_keys(&self, keys: ScramKeys) {
+        if self.scram_keys.load().is_none() {
+            self.scram_keys.store(Some(Arc::new(keys)));
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding this lock cannot leave it inconsistent in a way worse than refusing service.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Replaces the settings after a reload. When how connections are opened changed, existing connections
+    /// are retired: idle ones now, busy ones at release.
+    pub(crate) fn update_settings(&self, new: PoolSettings) {
+        let old = self.settings.swap(Arc::new(new));
+        let new = self.settings.load();
+        if old.login_differs(&new) {
+            self.epoch.fetch_add(1, Ordering::AcqRel);
+            self.welcome.store(None);
+            self.scram_keys.store(None);
+            self.close_idle("database configuration changed");
+        }
+        self.launch_if_needed();
+    }
+
+    /// Returns a server connection for this pool, waiting in line if none is free.
+    pub async fn checkout(&self) -> Result<ServerConn, CheckoutError> {
+        let settings = self.settings();
+        if let Some(conn) = self.take_idle(&settings).await {
+            return Ok(conn);
+        }
+        let (tx, mut rx) = oneshot::channel();
+        {
+            let mut inner = self.lock();
+            inner.waiters.push_back(Waiter { tx });
+        }
+        self.launch_if_needed();
+        let wait = settings.query_wait_timeout;
+        let wait_deadline = (!wait.is_zero()).then(|| tokio::time::Instant::now() + wait);
+        let reserve_at = (settings.reserve_pool_size > 0
+            && !settings.reserve_pool_timeout.is_zero())
+        .then(|| tokio::time::Instant::now() + settings.reserve_pool_timeout);
+        let mut reserve_requested = false;
+        loop {
+            tokio::select! {
+                // The grant: a connection handed over by a release or a fresh login, or a login error.
+                grant = &mut rx => return match grant {
+                    Ok(Ok(conn)) => Ok(conn),
+                    Ok(Err(e)) => Err(CheckoutError::Server(e)),
+                    // The pool dropped the sender without an answer: only happens when it closes.
+                    Err(_) => Err(CheckoutError::WaitTimeout),
+                },
+                // Waited reserve_pool_timeout: this client may use the reserve.
+                () = sleep_until_opt(reserve_at), if !reserve_requested => {
+                    reserve_requested = true;
+                    self.lock().reserve_wanted += 1;
+                    self.launch_if_needed();
+                }
+                // query_wait_timeout: give up, but never lose a connection granted at the same moment.
+                () = sleep_until_opt(wait_deadline) => {
+                    rx.close();
+                    if let Ok(Ok(conn)) = rx.try_recv() {
+                        return Ok(conn);
+                    }
+                    return Err(CheckoutError::WaitTimeout);
+                }
+            }
+        }
+    }
+
+    /// Pops a usable idle connection, closing stale ones and checking long-idle ones with
+    /// server_check_query.
+    async fn take_idle(&self, settings: &PoolSettings) -> Option<ServerConn> {
+        loop {
+            let (conn, stale) = {
+                let mut inner = self.lock();
+                let mut stale = Vec::new();
+                let mut found = None;
+                while let Some(conn) = inner.idle.pop() {
+                    match self.retire_reason(&conn, settings) {
+                        None => {
+                            found = Some(conn);
+                            break;
+                        }
+                        Some(reason) => stale.push((conn, reason)),
+                    }
+                }
+                (found, stale)
+            };
+            for (conn, reason) in stale {
+                conn.close(reason);
+            }
+            let mut conn = conn?;
+            let idle_for = conn.last_used.elapsed();
+            if let Some(check) = &settings.server_check_query
+                && idle_for >= settings.server_check_delay
+                && let Err(e) = conn.simple_query(check, settings.max_packet).await
+            {
+                tracing::info!(server = conn.id, "server check failed, closing: {e}");
+                continue;
+            }
+            return Some(conn);
+        }
+    }
+
+    /// Why an idle connection must not be reused, if it must not.
+    fn retire_reason(&self, conn: &ServerConn, settings: &PoolSettings) -> Option<&'static str> {
+        if conn.epoch != self.epoch.load(Ordering::Acquire) {
+            Some("database configuration changed")
+        } else if !conn.is_clean_idle() {
+            Some("idle server got dirty or closed")
+        } else if conn.created.elapsed() >= settings.server_lifetime
+            && !settings.server_lifetime.is_zero()
+        {
+            Some("server lifetime over")
+        } else {
+            None
+        }
+    }
+
+    /// Returns a clean, idle (ReadyForQuery 'I') connection to the pool.
+    pub fn checkin(&self, mut conn: ServerConn) {
+        let settings = self.settings();
+        if conn.epoch != self.epoch.load(Ordering::Acquire) {
+            return conn.close("database configuration changed");
+        }
+        if settings.server_lifetime.is_zero() || conn.created.elapsed() >= settings.server_lifetime
+        {
+            return conn.close("server lifetime over");
+        }
+        conn.last_used = Instant::now();
+        let surplus = {
+            let mut inner = self.lock();
+            match self.grant(&mut inner, conn) {
+                None => None,
+                Some(conn) if inner.paused => Some((conn, "pause mode")),
+                Some(conn) if inner.open > settings.pool_size && inner.reserve_wanted == 0 => {
+                    Some((conn, "too many servers in the pool"))
+                }
+                Some(conn) => {
+                    inner.idle.push(conn);
+                    None
+                }
+            }
+        };
+        if let Some((conn, reason)) = surplus {
+            conn.close(reason);
+        }
+    }
+
+    /// Hands a connection to the first waiter still waiting; gives it back if nobody is.
+    fn grant(&self, inner: &mut Inner, mut conn: ServerConn) -> Option<ServerConn> {
+        while let Some(w) = inner.waiters.pop_front() {
+            match w.tx.send(Ok(conn)) {
+                Ok(()) => {
+                    inner.reserve_wanted = inner.reserve_wanted.saturating_sub(1);
+                    return None;
+                }
+                Err(Ok(back)) => conn = back,
+                Err(Err(_)) => return None,
+            }
+        }
+        Some(conn)
+    }
+
+    /// Opens new connections while clients wait for more than are being opened, within every limit.
+    pub(crate) fn launch_if_needed(&self) {
+        let Some(me) = self.me.upgrade() else { return };
+        let settings = self.settings();
+        let mut launches = Vec::new();
+        {
+            let mut inner = self.lock();
+            inner.waiters.retain(|w| !w.tx.is_closed());
+            let min_wanted = self.min_pool_wanted(&settings);
+            loop {
+                let demand = inner.waiters.len() as u32 + min_wanted.saturating_sub(inner.open);
+                if inner.paused || demand <= inner.connecting {
+                    break;
+                }
+                if let Some((at, _)) = &inner.failure {
+                    let retry_at = *at + settings.server_login_retry;
+                    if Instant::now() < retry_at {
+                        if !inner.retry_scheduled {
+                            inner.retry_scheduled = true;
+                            let me = me.clone();
+                            tokio::spawn(async move {
+                                tokio::time::sleep_until(retry_at.into()).await;
+                                me.lock().retry_scheduled = false;
+                                me.launch_if_needed();
+                            });
+                        }
+                        break;
+                    }
+                }
+                let cap = settings.pool_size + inner.reserve_wanted.min(settings.reserve_pool_size);
+                if inner.open >= cap {
+                    break;
+                }
+                let Some(slot) = self.acquire_shared(&me, &settings) else {
+                    break;
+                };
+                inner.open += 1;
+                inner.connecting += 1;
+                launches.push(slot);
+            }
+        }
+        for slot in launches {
+            tokio::spawn(Arc::clone(&me).open_connection(slot));
+        }
+    }
+
+    /// Connections to keep open even with no waiting client: min_pool_size, when the pool has a forced user
+    /// or at least one client (PgBouncer's rule).
+    fn min_pool_wanted(&self, settings: &PoolSettings) -> u32 {
+        if settings.min_pool_size == 0
+            || (!settings.forced_user && self.clients.load(Ordering::Relaxed) == 0)
+        {
+            return 0;
+        }
+        settings.min_pool_size.min(settings.pool_size)
+    }
+
+    /// Takes a unit of the database and user limits, evicting idle connections of sibling pools if needed.
+    fn acquire_shared(&self, me: &Arc<Pool>, settings: &PoolSettings) -> Option<Slot> {
+        let db_ok = self.db_limit.try_acquire(settings.max_db_connections)
+            || (self.db_limit.evict_idle(self)
+                && self.db_limit.try_acquire(settings.max_db_connections));
+        if !db_ok {
+            self.db_limit.wait(Arc::downgrade(me));
+            return None;
+        }
+        let user_ok = self.user_limit.try_acquire(settings.max_user_connections)
+            || (self.user_limit.evict_idle(self)
+                && self.user_limit.try_acquire(settings.max_user_connections));
+        if !user_ok {
+            self.db_limit.release();
+            self.user_limit.wait(Arc::downgrade(me));
+            return None;
+        }
+        Some(Slot {
+            pool: Arc::clone(me),
+            connecting: true,
+        })
+    }
+
+    async fn open_connection(self: Arc<Self>, mut slot: Slot) {
+        let settings = self.settings();
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let keys = self.scram_keys.load_full();
+        let result = server::connect(&settings.login, keys.as_deref(), &self.tracked).await;
+        slot.connecting = false;
+        match result {
+            Ok((mut conn, welcome)) => {
+                tracing::debug!(pool = %self.key, server = conn.id, "new connection to server");
+                if self.welcome.load().is_none() && epoch == self.epoch.load(Ordering::Acquire) {
+                    self.welcome.store(Some(Arc::new(welcome)));
+                }
+                conn.epoch = epoch;
+                conn.slot = Some(slot);
+                let leftover = {
+                    let mut inner = self.lock();
+                    inner.connecting -= 1;
+                    inner.failure = None;
+                    self.grant(&mut inner, conn)
+                };
+                if let Some(conn) = leftover {
+                    self.checkin(conn);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(pool = %self.key, "server login failed: {e}");
+                let e = Arc::new(e);
+                let failed_waiters = {
+                    let mut inner = self.lock();
+                    inner.connecting -= 1;
+                    inner.failure = Some((Instant::now(), Arc::clone(&e)));
+                    if e.fails_waiters() {
+                        std::mem::take(&mut inner.waiters)
+                    } else {
+                        VecDeque::new()
+                    }
+                };
+                for w in failed_waiters {
+                    let _ = w.tx.send(Err(Arc::clone(&e)));
+                }
+                drop(slot);
+            }
+        }
+    }
+
+    /// PgBouncer's fast fail for logins: when the last login failed and the pool has no established
+    /// connection, a new client gets the cached error at once instead of waiting.
+    pub fn check_fast_fail(&self) -> Result<(), CheckoutError> {
+        let settings = self.settings();
+        let inner = self.lock();
+        match &inner.failure {
+            Some((at, e))
+                if inner.open == inner.connecting && at.elapsed() < settings.server_login_retry =>
+            {
+                Err(CheckoutError::FastFail(Arc::clone(e)))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Closes one idle connection (the least recently used); true if there was one.
+    pub(crate) fn evict_one_idle(&self, reason: &str) -> bool {
+        let conn = {
+            let mut inner = self.lock();
+            (!inner.idle.is_empty()).then(|| inner.idle.remove(0))
+        };
+        conn.map(|c| c.close(reason)).is_some()
+    }
+
+    pub(crate) fn close_idle(&self, reason: &str) {
+        let idle = std::mem::take(&mut self.lock().idle);
+        for conn in idle {
+            conn.close(reason);
+        }
+    }
+
+    /// Periodic upkeep: idle timeout, lifetime, health of idle connections, min_pool_size.
+    pub(crate) fn maintain(&self) {
+        let settings = self.settings();
+        let retired = {
+            let mut inner = self.lock();
+            let mut retired = Vec::new();
+            let mut keep = Vec::with_capacity(inner.idle.len());
+            for conn in inner.idle.drain(..) {
+                let reason = self.retire_reason(&conn, &settings).or_else(|| {
+                    let idle_timeout = settings.server_idle_timeout;
+                    (!idle_timeout.is_zero() && conn.last_used.elapsed() >= idle_timeout)
+                        .then_some("server idle timeout")
+                });
+                match reason {
+                    Some(r) => retired.push((conn, r)),
+                    None => keep.push(conn),
+                }
+            }
+            inner.idle = keep;
+            retired
+        };
+        for (conn, reason) in retired {
+            conn.close(reason);
+        }
+        self.launch_if_needed();
+    }
+
+    /// PAUSE: stop opening and close connections as they come back. RESUME undoes it.
+    pub(crate) fn set_paused(&self, paused: bool) {
+        self.lock().paused = paused;
+        if paused {
+            self.close_idle("pause mode");
+        } else {
+            self.launch_if_needed();
+        }
+    }
+
+    /// Connections open (idle + in use + opening) and idle, for tests and the console.
+    pub fn counts(&self) -> (u32, u32) {
+        let inner = self.lock();
+        (inner.open, inner.idle.len() as u32)
+    }
+
+    pub fn waiting(&self) -> usize {
+        self.lock().waiters.len()
+    }
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One unit of pool capacity, held by an open or opening connection. Dropping it frees the capacity.
+pub struct Slot {
+    pool: Arc<Pool>,
+    connecting: bool,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        {
+            let mut inner = self.pool.lock();
+            inner.open -= 1;
+            if self.connecting {
+                inner.connecting -= 1;
+            }
+        }
+        self.pool.db_limit.release();
+        self.pool.user_limit.release();
+        self.pool.launch_if_needed();
+    }
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Slot({})", self.pool.key)
+    }
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// How long ago, for logs.
+pub fn age(since: Instant) -> Duration {
+    since.elapsed()
+}

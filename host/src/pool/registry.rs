@@ -1,0 +1,112 @@
+//! The set of pools, keyed by (database entry, pool user). Looked up once per client login, never per query.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use super::{Pool, PoolSettings, SharedLimit};
+use crate::params::Tracked;
+
+/// Identifies a pool: the database entry clients asked for and the user the pool logs in as.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PoolKey {
+    pub database: Arc<str>,
+    pub user: Arc<str>,
+}
+
+impl PoolKey {
+    pub fn new(database: &str, user: &str) -> Self {
+        Self {
+            database: database.into(),
+            user: user.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for PoolKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.database, self.user)
+    }
+}
+
+pub struct Pools {
+    map: RwLock<HashMap<PoolKey, Arc<Pool>>>,
+    db_limits: Mutex<HashMap<Arc<str>, Arc<SharedLimit>>>,
+    user_limits: Mutex<HashMap<Arc<str>, Arc<SharedLimit>>>,
+    tracked: Arc<Tracked>,
+}
+
+impl Pools {
+    pub fn new(tracked: Arc<Tracked>) -> Self {
+        Self {
+            map: RwLock::default(),
+            db_limits: Mutex::default(),
+            user_limits: Mutex::default(),
+            tracked,
+        }
+    }
+
+    pub fn get(&self, key: &PoolKey) -> Option<Arc<Pool>> {
+        self.map
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .cloned()
+    }
+
+    /// The pool for `key`, created with `settings()` if it does not exist yet.
+    pub fn get_or_create(
+        &self,
+        key: &PoolKey,
+        settings: impl FnOnce() -> PoolSettings,
+    ) -> Arc<Pool> {
+        if let Some(pool) = self.get(key) {
+            return pool;
+        }
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(pool) = map.get(key) {
+            return Arc::clone(pool);
+        }
+        let db_limit = shared(&self.db_limits, &key.database);
+        let user_limit = shared(&self.user_limits, &key.user);
+        let pool = Pool::new(
+            key.clone(),
+            settings(),
+            db_limit,
+            user_limit,
+            Arc::clone(&self.tracked),
+        );
+        map.insert(key.clone(), Arc::clone(&pool));
+        pool
+    }
+
+    /// A snapshot of every pool, sorted by key (the order the console lists them in).
+    pub fn all(&self) -> Vec<Arc<Pool>> {
+        let mut pools: Vec<_> = self
+            .map
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        pools.sort_by(|a, b| a.key.cmp(&b.key));
+        pools
+    }
+
+    /// Forgets a pool that has no clients and no connections (its database entry is gone, or it was an
+    /// automatic `*` pool idle past autodb_idle_timeout).
+    pub fn remove_if_empty(&self, key: &PoolKey) -> bool {
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        let empty = map.get(key).is_some_and(|p| {
+            p.clients.load(std::sync::atomic::Ordering::Acquire) == 0 && p.counts().0 == 0
+        });
+        if empty {
+            map.remove(key);
+        }
+        empty
+    }
+}
+
+fn shared(map: &Mutex<HashMap<Arc<str>, Arc<SharedLimit>>>, name: &Arc<str>) -> Arc<SharedLimit> {
+    let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+    Arc::clone(map.entry(Arc::clone(name)).or_default())
+}

@@ -1,0 +1,154 @@
+//! Process-level chores of the binary: daemonizing (`-d`), the pidfile, switching user (`-u` / `user`),
+//! and signals mapped to PgBouncer 1.23+'s meanings.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::state::{ShutdownMode, State};
+
+/// Errors of process setup, each naming what failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("-d needs pidfile set in the configuration")]
+    DaemonNeedsPidfile,
+    #[error("-d needs logfile set in the configuration (pgwarden has no syslog)")]
+    DaemonNeedsLogfile,
+    #[error("could not daemonize: {0}")]
+    Daemonize(nix::Error),
+    #[error("pidfile {path}: {source}")]
+    Pidfile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("pidfile {0} names a running process: is pgwarden already running?")]
+    AlreadyRunning(PathBuf),
+    #[error("no such user: {0}")]
+    NoSuchUser(String),
+    #[error("could not switch to user {user}: {source}")]
+    SwitchUser { user: String, source: nix::Error },
+}
+
+/// Detaches from the terminal: fork (the parent exits), new session, stdio to /dev/null. Must run before
+/// any thread exists (before the tokio runtime), which is what makes `fork` sound here.
+#[allow(
+    unsafe_code,
+    reason = "fork before any other thread exists; the child only continues single-threaded setup"
+)]
+pub fn daemonize() -> Result<(), ProcessError> {
+    use nix::unistd::{ForkResult, dup2_stderr, dup2_stdin, dup2_stdout, fork, setsid};
+    // SAFETY: called from main before the runtime or any other thread is started.
+    match unsafe { fork() }.map_err(ProcessError::Daemonize)? {
+        ForkResult::Parent { .. } => std::process::exit(0),
+        ForkResult::Child => {}
+    }
+    setsid().map_err(ProcessError::Daemonize)?;
+    let devnull = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| {
+            ProcessError::Daemonize(nix::Error::from_raw(e.raw_os_error().unwrap_or(0)))
+        })?;
+    dup2_stdin(&devnull).map_err(ProcessError::Daemonize)?;
+    dup2_stdout(&devnull).map_err(ProcessError::Daemonize)?;
+    dup2_stderr(&devnull).map_err(ProcessError::Daemonize)?;
+    Ok(())
+}
+
+/// Writes the pidfile, refusing to overwrite one of a live process. Removed on drop.
+pub struct Pidfile(PathBuf);
+
+impl Pidfile {
+    pub fn create(path: &Path) -> Result<Self, ProcessError> {
+        let err = |source| ProcessError::Pidfile {
+            path: path.to_owned(),
+            source,
+        };
+        if let Ok(old) = std::fs::read_to_string(path)
+            && let Ok(pid) = old.trim().parse::<i32>()
+            && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+        {
+            return Err(ProcessError::AlreadyRunning(path.to_owned()));
+        }
+        std::fs::write(path, format!("{}\n", std::process::id())).map_err(err)?;
+        Ok(Self(path.to_owned()))
+    }
+}
+
+impl Drop for Pidfile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Switches to `user` (after binding, so privileged ports and socket dirs still work).
+pub fn switch_user(user: &str) -> Result<(), ProcessError> {
+    use nix::unistd::{User, initgroups, setgid, setuid};
+    let u = User::from_name(user)
+        .map_err(|source| ProcessError::SwitchUser {
+            user: user.to_owned(),
+            source,
+        })?
+        .ok_or_else(|| ProcessError::NoSuchUser(user.to_owned()))?;
+    if nix::unistd::geteuid() == u.uid {
+        return Ok(());
+    }
+    let switch = |source| ProcessError::SwitchUser {
+        user: user.to_owned(),
+        source,
+    };
+    let name =
+        std::ffi::CString::new(user).map_err(|_| ProcessError::NoSuchUser(user.to_owned()))?;
+    initgroups(&name, u.gid).map_err(switch)?;
+    setgid(u.gid).map_err(switch)?;
+    setuid(u.uid).map_err(switch)?;
+    Ok(())
+}
+
+/// Maps signals to actions as PgBouncer 1.23+ does: HUP reload, TERM wait for clients, INT wait for
+/// servers (a second TERM/INT means now), QUIT now, USR1 pause, USR2 resume.
+pub fn spawn_signal_handlers(state: &Arc<State>) -> std::io::Result<()> {
+    let kinds = [
+        SignalKind::hangup(),
+        SignalKind::terminate(),
+        SignalKind::interrupt(),
+        SignalKind::quit(),
+        SignalKind::user_defined1(),
+        SignalKind::user_defined2(),
+    ];
+    for kind in kinds {
+        let mut stream = signal(kind)?;
+        let state = Arc::clone(state);
+        tokio::spawn(async move {
+            while stream.recv().await.is_some() {
+                on_signal(&state, kind).await;
+            }
+        });
+    }
+    Ok(())
+}
+
+async fn on_signal(state: &Arc<State>, kind: SignalKind) {
+    let lifecycle = &state.lifecycle;
+    if kind == SignalKind::hangup() {
+        tracing::info!("got SIGHUP, re-reading config");
+        let _ = crate::reload::reload(state).await;
+    } else if kind == SignalKind::terminate() {
+        let mode = lifecycle.shutdown(ShutdownMode::WaitForClients);
+        tracing::info!("got SIGTERM, shutting down ({mode:?})");
+    } else if kind == SignalKind::interrupt() {
+        let mode = lifecycle.shutdown(ShutdownMode::WaitForServers);
+        tracing::info!("got SIGINT, shutting down ({mode:?})");
+    } else if kind == SignalKind::quit() {
+        tracing::info!("got SIGQUIT, shutting down immediately");
+        lifecycle.shutdown(ShutdownMode::Immediate);
+    } else if kind == SignalKind::user_defined1() {
+        tracing::info!("got SIGUSR1, pausing");
+        state.set_paused(true);
+    } else if kind == SignalKind::user_defined2() {
+        tracing::info!("got SIGUSR2, resuming");
+        state.set_paused(false);
+    }
+}

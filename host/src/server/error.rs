@@ -1,0 +1,55 @@
+//! Errors of a server connection, answering their own questions: what the client should see, whether the
+//! whole pool should fail fast.
+
+use crate::protocol::ProtocolError;
+use crate::protocol::backend::ErrorFields;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("could not connect to {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("connect timeout")]
+    ConnectTimeout,
+    /// PostgreSQL refused the login (bad password, no such database, too many clients, starting up, …).
+    #[error("server login failed: {0}")]
+    Login(Box<ErrorFields>),
+    /// pgwarden holds no secret it could answer the server's authentication request with.
+    #[error("{0}")]
+    CannotAuthenticate(String),
+    #[error("server sent an invalid message: {0}")]
+    Protocol(#[from] ProtocolError),
+    #[error("server sent unexpected message '{}' during {phase}", char::from(*tag))]
+    Unexpected { tag: u8, phase: &'static str },
+    #[error("server closed the connection unexpectedly")]
+    Eof,
+    #[error("server I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Query(Box<ErrorFields>),
+}
+
+impl ServerError {
+    /// Whether every client waiting for this pool should get this error now rather than keep waiting:
+    /// the server answered, and another attempt would be answered the same way (PgBouncer kills waiting
+    /// logins on any server error except "the database system is starting up", 57P03).
+    pub fn fails_waiters(&self) -> bool {
+        match self {
+            Self::Login(e) => e.code != "57P03",
+            Self::CannotAuthenticate(_) => true,
+            _ => false,
+        }
+    }
+
+    /// SQLSTATE and message a client gets when its login or query dies because of this.
+    pub fn client_error(&self) -> (String, String) {
+        match self {
+            // PostgreSQL's own words, so clients see what a direct connection would have shown.
+            Self::Login(e) => (e.code.clone(), e.message.clone()),
+            Self::CannotAuthenticate(msg) => ("28000".into(), msg.clone()),
+            _ => (crate::protocol::PROTOCOL_VIOLATION.into(), self.to_string()),
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! A connection to PostgreSQL: login, tracked parameters, health, reset, and a parting Terminate.
+
+mod error;
+mod login;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub use error::ServerError;
+pub use login::{LoginSpec, Welcome, connect};
+
+use crate::net::Stream;
+use crate::params::{ParamValues, Tracked};
+use crate::protocol::backend::{self, ErrorFields, tag};
+use crate::protocol::{Frame, frame, frontend};
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// An open, logged-in server connection.
+///
+/// Pool accounting is attached by the pool (`slot`) and released on drop, so losing a connection anywhere
+/// (error, timeout, client gone) always frees its place and lets a waiting client open a new one.
+#[derive(Debug)]
+pub struct ServerConn {
+    pub(crate) stream: Stream,
+    /// Bytes read from the server and not yet processed. Kept with the connection so that a pipelined
+    /// partial read is never lost when the connection changes hands.
+    pub(crate) rbuf: BytesMut,
+    /// Process-unique id for logs (`S-<id>`).
+    pub id: u64,
+    /// PostgreSQL's pid and cancel secret, for forwarding CancelRequests.
+    pub backend_key: Option<(u32, u32)>,
+    /// Host (or socket dir) and port this connection went to, for CancelRequests.
+    pub host: String,
+    pub port: u16,
+    /// Current values of the tracked parameters on this connection.
+    pub params: ParamValues,
+    pub created: Instant,
+    /// When the connection was last released to the pool (or logged in).
+    pub last_used: Instant,
+    /// The pool's configuration epoch when this connection was opened; a different epoch at release means
+    /// the database entry changed and the connection is closed ("database configuration changed").
+    pub epoch: u64,
+    /// The process-wide list of tracked parameter names (`params` is indexed by it).
+    pub(crate) tracked: Arc<Tracked>,
+    pub(crate) slot: Option<crate::pool::Slot>,
+}
+
+impl ServerConn {
+    fn new(stream: Stream, host: String, port: u16, tracked: &Arc<Tracked>) -> Self {
+        let now = Instant::now();
+        Self {
+            stream,
+            rbuf: BytesMut::with_capacity(8 * 1024),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            backend_key: None,
+            host,
+            port,
+            params: ParamValues::new(tracked),
+            created: now,
+            last_used: now,
+            epoch: 0,
+            tracked: Arc::clone(tracked),
+            slot: None,
+        }
+    }
+
+    /// Whether an idle connection can be handed out: nothing buffered and nothing pending on the socket.
+    /// Any byte or EOF from an idle server (a FATAL from a restart, a termination) makes it unusable.
+    pub fn is_clean_idle(&self) -> bool {
+        self.rbuf.is_empty() && matches!(self.stream.has_pending_input(), Ok(false))
+    }
+
+    /// Runs one simple query to completion, discarding rows; a server ErrorResponse is `ServerError::Query`.
+    /// Used for the reset, check and connect queries, never for client traffic.
+    pub async fn simple_query(&mut self, sql: &str, max_packet: u32) -> Result<(), ServerError> {
+        let mut out = BytesMut::with_capacity(sql.len() + 6);
+        frontend::write_query(&mut out, sql);
+        self.stream.write_all(&out).await?;
+        let mut error = None;
+        loop {
+            let f = read_frame(&mut self.stream, &mut self.rbuf, max_packet).await?;
+            match f.tag {
+                tag::READY_FOR_QUERY => {
+                    let status = backend::parse_ready_for_query(&f.body)?;
+                    if let Some(e) = error {
+                        return Err(ServerError::Query(Box::new(e)));
+                    }
+                    if status != backend::TransactionStatus::Idle {
+                        return Err(ServerError::Unexpected {
+                            tag: f.tag,
+                            phase: "a pooler query (left a transaction open)",
+                        });
+                    }
+                    return Ok(());
+                }
+                tag::ERROR_RESPONSE => error = Some(ErrorFields::parse(&f.body)?),
+                tag::PARAMETER_STATUS => {
+                    self.note_parameter_status(&f.body)?;
+                }
+                tag::COPY_IN_RESPONSE | tag::COPY_OUT_RESPONSE | tag::COPY_BOTH_RESPONSE => {
+                    return Err(ServerError::Unexpected {
+                        tag: f.tag,
+                        phase: "a pooler query",
+                    });
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Records a ParameterStatus the server sent; returns the tracked index, if the parameter is tracked.
+    pub fn note_parameter_status(&mut self, body: &[u8]) -> Result<Option<usize>, ServerError> {
+        let (name, value) = backend::parse_parameter_status(body)?;
+        let index = self.tracked.index(name);
+        if let Some(i) = index {
+            self.params.set(i, value);
+        }
+        Ok(index)
+    }
+
+    /// Closes the connection politely: a best-effort Terminate that never waits, then the socket closes on
+    /// drop.
+    pub fn close(self, reason: &str) {
+        tracing::debug!(server = self.id, "closing server connection: {reason}");
+        let mut out = BytesMut::with_capacity(5);
+        frontend::write_terminate(&mut out);
+        let _ = self.stream.try_write(&out);
+    }
+}
+
+/// Reads until one whole frame is buffered and splits it off.
+pub(crate) async fn read_frame(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    max: u32,
+) -> Result<Frame, ServerError> {
+    loop {
+        if let Some(f) = frame::split(buf, max)? {
+            return Ok(f);
+        }
+        buf.reserve(8 * 1024);
+        if stream.read_buf(buf).await? == 0 {
+            return Err(ServerError::Eof);
+        }
+    }
+}

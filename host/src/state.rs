@@ -1,0 +1,240 @@
+//! The one shared state of a running pooler, passed down as `Arc<State>` (no globals, so tests can run
+//! many poolers in one process).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Secret;
+use crate::cancel::CancelRegistry;
+use crate::config::Config;
+use crate::params::Tracked;
+use crate::pool::Pools;
+
+/// Secrets from `auth_file`, parsed, by user name.
+pub type Secrets = HashMap<String, Secret>;
+
+/// One generation of configuration. Swapped whole on reload; a session keeps the `Arc` it started a
+/// transaction with.
+#[derive(Debug)]
+pub struct Runtime {
+    pub config: Config,
+    pub secrets: Secrets,
+    pub generation: u64,
+}
+
+impl Runtime {
+    pub fn new(config: Config, generation: u64) -> Self {
+        let secrets = config
+            .auth_file
+            .as_ref()
+            .map(|f| {
+                f.entries
+                    .iter()
+                    .map(|(u, s)| (u.clone(), Secret::parse(s)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            config,
+            secrets,
+            generation,
+        }
+    }
+}
+
+pub struct State {
+    pub runtime: ArcSwap<Runtime>,
+    pub pools: Pools,
+    /// Tracked parameter names; fixed for the process (track_extra_parameters needs a restart).
+    pub tracked: Arc<Tracked>,
+    pub cancels: Arc<CancelRegistry>,
+    pub clients: Arc<ClientCounts>,
+    pub lifecycle: Lifecycle,
+    /// Sessions currently linked to a server; a WAIT_FOR_SERVERS shutdown ends when this reaches zero.
+    pub linked: AtomicU32,
+    next_generation: AtomicU64,
+}
+
+impl State {
+    pub fn new(config: Config) -> Arc<Self> {
+        let tracked = Arc::new(Tracked::new(&config.settings.track_extra_parameters));
+        Arc::new(Self {
+            runtime: ArcSwap::from_pointee(Runtime::new(config, 1)),
+            pools: Pools::new(Arc::clone(&tracked)),
+            tracked,
+            cancels: Arc::new(CancelRegistry::default()),
+            clients: Arc::default(),
+            lifecycle: Lifecycle::default(),
+            linked: AtomicU32::new(0),
+            next_generation: AtomicU64::new(2),
+        })
+    }
+
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    /// PAUSE (`true`) or RESUME (`false`) every pool: while paused no server is handed out, idle servers
+    /// are closed, and released ones are closed as they come back.
+    pub fn set_paused(&self, paused: bool) {
+        self.lifecycle.paused.send_replace(paused);
+        for pool in self.pools.all() {
+            pool.set_paused(paused);
+        }
+    }
+
+    pub(crate) fn next_generation(&self) -> u64 {
+        self.next_generation.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("generation", &self.runtime.load().generation)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How the process is ending, PgBouncer's SHUTDOWN modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShutdownMode {
+    /// SIGQUIT / second signal: close everything now.
+    Immediate,
+    /// SIGINT: stop accepting, let linked clients finish their transaction, then exit.
+    WaitForServers,
+    /// SIGTERM: stop accepting, keep serving connected clients until they all leave.
+    WaitForClients,
+}
+
+/// Process lifecycle: shutdown and PAUSE.
+#[derive(Debug)]
+pub struct Lifecycle {
+    /// Cancelled when listeners must stop accepting (any shutdown mode).
+    pub stop_accepting: CancellationToken,
+    /// Cancelled for an immediate shutdown: every session ends now.
+    pub terminate: CancellationToken,
+    /// Set for WAIT_FOR_SERVERS: sessions give their server up at the next chance and clients waiting for
+    /// one are told the server is shutting down.
+    pub draining: CancellationToken,
+    /// PAUSE: no server is handed out while true.
+    pub paused: watch::Sender<bool>,
+    /// Every client task, so shutdown can wait for them.
+    pub tracker: TaskTracker,
+    mode: Mutex<Option<ShutdownMode>>,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Self {
+            stop_accepting: CancellationToken::new(),
+            terminate: CancellationToken::new(),
+            draining: CancellationToken::new(),
+            paused: watch::Sender::new(false),
+            tracker: TaskTracker::new(),
+            mode: Mutex::new(None),
+        }
+    }
+}
+
+impl Lifecycle {
+    /// Starts (or escalates) a shutdown. A second request while one is running means "now", as in
+    /// PgBouncer 1.23+.
+    pub fn shutdown(&self, requested: ShutdownMode) -> ShutdownMode {
+        let mut mode = self.mode.lock().unwrap_or_else(|e| e.into_inner());
+        let effective = match *mode {
+            None => requested,
+            Some(_) => ShutdownMode::Immediate,
+        };
+        *mode = Some(effective);
+        self.stop_accepting.cancel();
+        match effective {
+            ShutdownMode::Immediate => {
+                self.draining.cancel();
+                self.terminate.cancel();
+            }
+            ShutdownMode::WaitForServers => self.draining.cancel(),
+            ShutdownMode::WaitForClients => {}
+        }
+        effective
+    }
+
+    pub fn shutdown_mode(&self) -> Option<ShutdownMode> {
+        *self.mode.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn is_paused(&self) -> bool {
+        *self.paused.borrow()
+    }
+}
+
+/// Client connection counts for max_client_conn, max_db_client_connections and
+/// max_user_client_connections. Only touched at login and disconnect.
+#[derive(Debug, Default)]
+pub struct ClientCounts {
+    pub total: AtomicU32,
+    per_db: Mutex<HashMap<String, u32>>,
+    per_user: Mutex<HashMap<String, u32>>,
+}
+
+/// Which count a limit applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CountKind {
+    Database,
+    User,
+}
+
+impl ClientCounts {
+    /// Counts a client against `name` if that stays within `max` (0 = unlimited).
+    pub fn try_add(self: &Arc<Self>, kind: CountKind, name: &str, max: u32) -> Option<CountGuard> {
+        let map = self.map(kind);
+        let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(name.to_owned()).or_default();
+        if max != 0 && *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(CountGuard {
+            counts: Arc::clone(self),
+            kind,
+            name: name.to_owned(),
+        })
+    }
+
+    fn map(&self, kind: CountKind) -> &Mutex<HashMap<String, u32>> {
+        match kind {
+            CountKind::Database => &self.per_db,
+            CountKind::User => &self.per_user,
+        }
+    }
+}
+
+/// Uncounts a client on drop.
+#[derive(Debug)]
+pub struct CountGuard {
+    counts: Arc<ClientCounts>,
+    kind: CountKind,
+    name: String,
+}
+
+impl Drop for CountGuard {
+    fn drop(&mut self) {
+        let mut map = self
+            .counts
+            .map(self.kind)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.name) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.name);
+            }
+        }
+    }
+}

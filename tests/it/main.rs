@@ -1,0 +1,4 @@
+//! pgwarden's integration tests: one binary, a throwaway PostgreSQL per process (see `pgwarden_tests::pg`),
+//! the pooler started in-process on port 0, and real clients.
+
+mod harness;
