@@ -2,3 +2,4 @@
 //! the pooler started in-process on port 0, and real clients.
 
 mod harness;
+mod smoke;

@@ -1,0 +1,223 @@
+//! pgwarden started in-process for a test: its config files in a fresh directory, listening on a free
+//! port of 127.0.0.1 and on a Unix socket in that directory.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::{Context, bail};
+use pgwarden::config::{self, ConfigError};
+use pgwarden::state::ShutdownMode;
+use pgwarden::{Listeners, State};
+use tokio::task::JoinHandle;
+
+use crate::clients::{Pgbench, Psql};
+use crate::pg::PgCluster;
+
+/// A running in-process pooler. Shut down (immediately) on drop.
+pub struct Pooler {
+    pub state: Arc<State>,
+    pub port: u16,
+    pub dir: PathBuf,
+    task: Option<JoinHandle<()>>,
+}
+
+/// A test's own database on the shared cluster, with its own login role.
+#[derive(Debug, Clone)]
+pub struct TestDb {
+    pub name: String,
+    pub user: String,
+    pub password: String,
+}
+
+impl TestDb {
+    /// Creates a role (with an md5 or SCRAM secret) and a database it owns, both uniquely named.
+    pub fn create(
+        cluster: &PgCluster,
+        prefix: &str,
+        encryption: crate::pg::PasswordEncryption,
+    ) -> anyhow::Result<Self> {
+        let name = PgCluster::unique_name(prefix);
+        let user = format!("{name}_u");
+        let password = format!("pw_{name}");
+        cluster.create_role(&user, &password, encryption)?;
+        cluster.create_database(&name, &user)?;
+        Ok(Self {
+            name,
+            user,
+            password,
+        })
+    }
+
+    /// A userlist.txt line with the plain-text password.
+    pub fn userlist_line(&self) -> String {
+        format!("\"{}\" \"{}\"\n", self.user, self.password)
+    }
+}
+
+static NEXT_DIR: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh directory for a pooler's files.
+pub fn fresh_dir(prefix: &str) -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!(
+        "pgwarden-test-{prefix}-{}-{}",
+        std::process::id(),
+        NEXT_DIR.fetch_add(1, Ordering::Relaxed)
+    ));
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// A TCP port that was free a moment ago.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Writes `pgbouncer.ini` (the given `[databases]` lines and `[pgbouncer]` settings, plus the listener
+/// settings and the auth_file of this directory) and `userlist.txt`. Returns the ini path.
+pub fn write_config(
+    dir: &Path,
+    port: u16,
+    databases: &str,
+    settings: &str,
+    userlist: &str,
+) -> anyhow::Result<PathBuf> {
+    let ini = dir.join("pgbouncer.ini");
+    let auth = dir.join("userlist.txt");
+    std::fs::write(&auth, userlist)?;
+    let text = format!(
+        "[databases]\n{databases}\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir = {}\n\
+         auth_file = {}\n{settings}\n",
+        dir.display(),
+        auth.display()
+    );
+    std::fs::write(&ini, text)?;
+    Ok(ini)
+}
+
+impl Pooler {
+    /// Starts a pooler from `[databases]` lines, extra `[pgbouncer]` settings and a userlist.
+    pub async fn start(databases: &str, settings: &str, userlist: &str) -> anyhow::Result<Self> {
+        let dir = fresh_dir("pooler")?;
+        let port = free_port()?;
+        let ini = write_config(&dir, port, databases, settings, userlist)?;
+        Self::start_file(&ini, dir, port).await
+    }
+
+    /// Starts a pooler from a config file already written (ini or TOML) that listens on `port`.
+    pub async fn start_file(path: &Path, dir: PathBuf, port: u16) -> anyhow::Result<Self> {
+        let loaded = config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let listeners = Listeners::bind(&loaded.config.settings)
+            .with_context(|| format!("binding port {port}"))?;
+        let state = State::new(loaded.config);
+        let task = tokio::spawn(pgwarden::run(listeners, Arc::clone(&state)));
+        Ok(Self {
+            state,
+            port,
+            dir,
+            task: Some(task),
+        })
+    }
+
+    pub fn ini_path(&self) -> PathBuf {
+        self.dir.join("pgbouncer.ini")
+    }
+
+    pub fn userlist_path(&self) -> PathBuf {
+        self.dir.join("userlist.txt")
+    }
+
+    /// SIGHUP's work, in-process.
+    pub async fn reload(&self) -> Result<(), ConfigError> {
+        pgwarden::reload::reload(&self.state).await
+    }
+
+    /// A tokio-postgres client through the pooler over TCP.
+    pub async fn connect(
+        &self,
+        user: &str,
+        password: &str,
+        db: &str,
+    ) -> anyhow::Result<tokio_postgres::Client> {
+        crate::clients::connect("127.0.0.1", self.port, user, Some(password), db).await
+    }
+
+    pub async fn connect_as(&self, t: &TestDb) -> anyhow::Result<tokio_postgres::Client> {
+        self.connect(&t.user, &t.password, &t.name).await
+    }
+
+    /// psql through the pooler over TCP.
+    pub fn psql(&self, t: &TestDb) -> Psql {
+        Psql::new("127.0.0.1", self.port, t.user.clone(), t.name.clone())
+            .password(t.password.clone())
+    }
+
+    /// pgbench through the pooler over TCP.
+    pub fn pgbench(&self, t: &TestDb) -> Pgbench {
+        Pgbench::new("127.0.0.1", self.port, t.user.clone(), t.name.clone())
+            .password(t.password.clone())
+    }
+
+    /// Shuts down as `mode` and waits for `run` to return.
+    pub async fn shutdown(mut self, mode: ShutdownMode) -> anyhow::Result<()> {
+        self.state.lifecycle.shutdown(mode);
+        if let Some(task) = self.task.take() {
+            match tokio::time::timeout(std::time::Duration::from_secs(30), task).await {
+                Ok(res) => res?,
+                Err(_) => bail!("pooler did not finish shutting down within 30 s"),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Pooler {
+    fn drop(&mut self) {
+        self.state.lifecycle.shutdown(ShutdownMode::Immediate);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The `pgwarden` binary of this build, built on first use (tests that need a real process: signals,
+/// exit codes, `--check`, `-d`).
+pub fn pgwarden_bin() -> anyhow::Result<PathBuf> {
+    static BIN: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| build_bin().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(|e| anyhow::anyhow!(e))
+}
+
+fn build_bin() -> anyhow::Result<PathBuf> {
+    // target/<profile>/deps/it-<hash> → target/<profile>/pgwarden
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test binary has no profile dir")?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let release = profile_dir.file_name().is_some_and(|n| n == "release");
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.args(["build", "--quiet", "-p", "pgwarden", "--bin", "pgwarden"]);
+    if release {
+        cmd.arg("--release");
+    }
+    if let Some(target) = profile_dir.parent() {
+        cmd.env("CARGO_TARGET_DIR", target);
+    }
+    let status = cmd
+        .status()
+        .context("running cargo build for the pgwarden binary")?;
+    if !status.success() {
+        bail!("cargo build -p pgwarden failed: {status}");
+    }
+    let bin = profile_dir.join("pgwarden");
+    if !bin.exists() {
+        bail!("{} missing after cargo build", bin.display());
+    }
+    Ok(bin)
+}
