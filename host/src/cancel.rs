@@ -20,8 +20,9 @@ use crate::net::Stream;
 use crate::protocol::startup;
 
 const SHARDS: usize = 16;
-/// How long a release waits for an in-flight cancel before giving up on it.
-const CANCEL_SETTLE: Duration = Duration::from_secs(5);
+/// How long a release waits for an in-flight cancel before giving up on it; the cancel itself is bounded by
+/// cancel_wait_timeout.
+const CANCEL_SETTLE: Duration = Duration::from_secs(15);
 
 /// Where a cancel for a linked client goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,7 +143,7 @@ impl CancelRegistry {
 
     /// Handles a CancelRequest: forwards it if the key matches a client that is linked to a server.
     /// Returns whether a cancel was sent.
-    pub async fn forward(&self, pid: u32, secret: u32) -> bool {
+    pub async fn forward(&self, pid: u32, secret: u32, timeout: Duration) -> bool {
         let Some(slot) = self.shard(pid).get(&pid).cloned() else {
             return false;
         };
@@ -152,7 +153,7 @@ impl CancelRegistry {
         let Some(target) = slot.begin() else {
             return false;
         };
-        let sent = self.send_to(&target).await;
+        let sent = self.send_to(&target, timeout).await;
         if let Err(e) = &sent {
             tracing::warn!(
                 "could not forward cancel request to {}:{}: {e}",
@@ -168,8 +169,20 @@ impl CancelRegistry {
 impl CancelRegistry {
     /// Sends a CancelRequest for `target` and waits until PostgreSQL has acted on it (it closes the
     /// connection once the backend is signalled).
-    pub async fn send_to(&self, target: &CancelTarget) -> std::io::Result<()> {
-        send_cancel(target).await
+    /// `timeout` (cancel_wait_timeout; zero means no limit of its own) bounds the whole attempt.
+    pub async fn send_to(&self, target: &CancelTarget, timeout: Duration) -> std::io::Result<()> {
+        let timeout = if timeout.is_zero() {
+            CANCEL_SETTLE
+        } else {
+            timeout.min(CANCEL_SETTLE)
+        };
+        match tokio::time::timeout(timeout, send_cancel(target)).await {
+            Ok(res) => res,
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "cancel_wait_timeout",
+            )),
+        }
     }
 }
 
@@ -225,7 +238,10 @@ mod tests {
         let pid = a.slot().pid;
         drop(a);
         assert!(reg.shard(pid).get(&pid).is_none());
-        assert!(!reg.forward(pid, 0).await, "unknown key does nothing");
+        assert!(
+            !reg.forward(pid, 0, Duration::from_secs(1)).await,
+            "unknown key does nothing"
+        );
     }
 
     #[tokio::test]
@@ -233,9 +249,12 @@ mod tests {
         let reg = Arc::new(CancelRegistry::default());
         let h = reg.register();
         let (pid, secret) = (h.slot().pid, h.slot().secret);
-        assert!(!reg.forward(pid, secret.wrapping_add(1)).await);
         assert!(
-            !reg.forward(pid, secret).await,
+            !reg.forward(pid, secret.wrapping_add(1), Duration::from_secs(1))
+                .await
+        );
+        assert!(
+            !reg.forward(pid, secret, Duration::from_secs(1)).await,
             "not linked: nothing to cancel"
         );
     }
@@ -262,7 +281,8 @@ mod tests {
             buf
         });
         let reg2 = Arc::clone(&reg);
-        let fwd = tokio::spawn(async move { reg2.forward(pid, secret).await });
+        let fwd =
+            tokio::spawn(async move { reg2.forward(pid, secret, Duration::from_secs(5)).await });
         tokio::time::sleep(Duration::from_millis(30)).await;
         let started = std::time::Instant::now();
         h.slot().unlink().await;

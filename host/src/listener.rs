@@ -250,9 +250,20 @@ async fn janitor(state: Arc<State>) {
     loop {
         tick.tick().await;
         let runtime = state.runtime();
+        let autodb_idle = runtime.config.settings.autodb_idle_timeout;
         for pool in state.pools.all() {
             pool.maintain();
-            if runtime.config.database(&pool.key.database).is_none() {
+            let name = &*pool.key.database;
+            let gone = runtime.config.database(name).is_none();
+            // Pools made from the `*` entry are freed once unused for autodb_idle_timeout.
+            let auto_expired = !gone
+                && !runtime.config.databases.contains_key(name)
+                && !autodb_idle.is_zero()
+                && pool.unused_for().is_some_and(|d| d >= autodb_idle);
+            if auto_expired {
+                pool.close_idle("unused automatic database");
+            }
+            if gone || auto_expired {
                 state.pools.remove_if_empty(&pool.key);
             }
         }

@@ -2,7 +2,7 @@
 //! many poolers in one process).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -83,6 +83,7 @@ impl State {
     /// PAUSE (`true`) or RESUME (`false`) every pool: while paused no server is handed out, idle servers
     /// are closed, and released ones are closed as they come back.
     pub fn set_paused(&self, paused: bool) {
+        self.lifecycle.paused_flag.store(paused, Ordering::Release);
         self.lifecycle.paused.send_replace(paused);
         for pool in self.pools.all() {
             pool.set_paused(paused);
@@ -123,8 +124,10 @@ pub struct Lifecycle {
     /// Set for WAIT_FOR_SERVERS: sessions give their server up at the next chance and clients waiting for
     /// one are told the server is shutting down.
     pub draining: CancellationToken,
-    /// PAUSE: no server is handed out while true.
+    /// PAUSE: no server is handed out while true (waiters subscribe here).
     pub paused: watch::Sender<bool>,
+    /// The same flag, readable without a lock on every transaction.
+    paused_flag: AtomicBool,
     /// Every client task, so shutdown can wait for them.
     pub tracker: TaskTracker,
     mode: Mutex<Option<ShutdownMode>>,
@@ -137,6 +140,7 @@ impl Default for Lifecycle {
             terminate: CancellationToken::new(),
             draining: CancellationToken::new(),
             paused: watch::Sender::new(false),
+            paused_flag: AtomicBool::new(false),
             tracker: TaskTracker::new(),
             mode: Mutex::new(None),
         }
@@ -170,7 +174,7 @@ impl Lifecycle {
     }
 
     pub fn is_paused(&self) -> bool {
-        *self.paused.borrow()
+        self.paused_flag.load(Ordering::Acquire)
     }
 }
 

@@ -42,7 +42,8 @@ async fn login(
 ) -> Result<Option<Session>, End> {
     let msg = match read_first(conn).await? {
         StartupRequest::Cancel { pid, secret } => {
-            state.cancels.forward(pid, secret).await;
+            let timeout = state.runtime().config.settings.cancel_wait_timeout;
+            state.cancels.forward(pid, secret, timeout).await;
             return Ok(None);
         }
         StartupRequest::Startup(msg) => msg,
@@ -155,9 +156,10 @@ async fn attach(
     let settings = &runtime.config.settings;
     let pool_user = db.user.clone().unwrap_or_else(|| startup.user.clone());
     let key = PoolKey::new(&db.name, &pool_user);
-    let pool = state.pools.get_or_create(&key, || {
+    let pool = state.pools.join(&key, || {
         PoolSettings::resolve(&runtime.config, &runtime.secrets, db, &db.name, &pool_user)
     });
+    let pool_client = PoolClient::joined(Arc::clone(&pool));
 
     let max_db = db
         .max_db_client_connections
@@ -182,7 +184,6 @@ async fn attach(
     {
         pool.offer_scram_keys(keys);
     }
-    let pool_client = PoolClient::new(Arc::clone(&pool));
     pool.check_fast_fail().map_err(|e| checkout_end(&e))?;
     if pool.welcome().is_none() {
         // The first client of a pool waits for a server login, which also proves the pool can log in.
@@ -257,6 +258,15 @@ fn welcome(conn: &mut ClientConn, session: &Session, _msg: &StartupMessage) {
     }
     let (pid, secret) = session.cancel_key();
     conn.send(|b| backend::write_backend_key_data(b, pid, secret));
+    if let Some(notice) = &session
+        .state()
+        .runtime()
+        .config
+        .settings
+        .login_notify_message
+    {
+        conn.send(|b| backend::write_notice(b, backend::Severity::Notice, "00000", notice));
+    }
     conn.send(|b| backend::write_ready_for_query(b, TransactionStatus::Idle));
 }
 

@@ -27,6 +27,8 @@ pub enum RelayError {
     Server(ProtocolError),
     #[error("unexpected message '{}' from client", char::from(*.0))]
     UnexpectedFromClient(u8),
+    #[error("PQexec disallowed")]
+    SimpleQueryDisallowed,
 }
 
 /// The state of one link between a client and a server.
@@ -55,6 +57,8 @@ pub struct Relay {
     pub last_ready: Instant,
     /// When the current transaction began (transaction_timeout).
     pub tx_started: Option<Instant>,
+    /// `disable_pqexec`: a simple Query message is refused (PgBouncer closes the client).
+    pub disallow_simple_query: bool,
     /// Counters for the console.
     pub queries: u64,
     pub transactions: u64,
@@ -75,6 +79,7 @@ impl Relay {
             query_started: None,
             last_ready: Instant::now(),
             tx_started: None,
+            disallow_simple_query: false,
             queries: 0,
             transactions: 0,
         }
@@ -137,6 +142,10 @@ impl Relay {
                     input.advance(h.frame_len);
                     self.client_terminated = true;
                     return Ok(());
+                }
+                Kind::Query if self.disallow_simple_query => {
+                    out.push(input.split_to(run).freeze());
+                    return Err(RelayError::SimpleQueryDisallowed);
                 }
                 Kind::Query | Kind::FunctionCall => self.query_sent(),
                 Kind::Sync => {

@@ -69,15 +69,15 @@ impl ClientTimeouts {
 pub struct PoolClient(Arc<Pool>);
 
 impl PoolClient {
-    pub fn new(pool: Arc<Pool>) -> Self {
-        pool.clients.fetch_add(1, Ordering::AcqRel);
+    /// Takes over a pool the client already joined ([`crate::pool::Pools::join`]).
+    pub fn joined(pool: Arc<Pool>) -> Self {
         Self(pool)
     }
 }
 
 impl Drop for PoolClient {
     fn drop(&mut self) {
-        self.0.clients.fetch_sub(1, Ordering::AcqRel);
+        self.0.client_left();
     }
 }
 
@@ -181,7 +181,7 @@ impl Session {
             if let Err(end) = self.wait_for_message(conn).await {
                 return end;
             }
-            let mut server = match self.acquire().await {
+            let mut server = match self.acquire(conn).await {
                 Ok(server) => server,
                 Err(end) => return end,
             };
@@ -264,7 +264,7 @@ impl Session {
     }
 
     /// Gets a server for the next transaction, waiting out a PAUSE.
-    async fn acquire(&mut self) -> Result<ServerConn, End> {
+    async fn acquire(&mut self, conn: &mut ClientConn) -> Result<ServerConn, End> {
         let lifecycle = &self.state.lifecycle;
         if lifecycle.draining.is_cancelled() {
             return Err(End::pooler("server shutting down"));
@@ -278,11 +278,29 @@ impl Session {
                 () = lifecycle.draining.cancelled() => return Err(End::pooler("server shutting down")),
             }
         }
-        tokio::select! {
-            // The pool's answer: a server, or why there is none.
-            res = self.pool.0.checkout() => res.map_err(|e| checkout_end(&e)),
-            // WAIT_FOR_SERVERS drops clients still waiting for a server.
-            () = lifecycle.draining.cancelled() => Err(End::pooler("server shutting down")),
+        let notify = self.state.runtime().config.settings.query_wait_notify;
+        let notify_at = (!notify.is_zero()).then(|| tokio::time::Instant::now() + notify);
+        let checkout = self.pool.0.checkout();
+        tokio::pin!(checkout);
+        let mut notified = false;
+        loop {
+            tokio::select! {
+                // The pool's answer: a server, or why there is none.
+                res = &mut checkout => return res.map_err(|e| checkout_end(&e)),
+                // query_wait_notify: tell a client that has waited this long that it is queued.
+                () = sleep_until_opt(notify_at), if !notified => {
+                    notified = true;
+                    conn.send(|b| crate::protocol::backend::write_notice(
+                        b,
+                        crate::protocol::backend::Severity::Notice,
+                        "00000",
+                        "No server connection available in postgres backend, client being queued",
+                    ));
+                    conn.flush().await?;
+                }
+                // WAIT_FOR_SERVERS drops clients still waiting for a server.
+                () = lifecycle.draining.cancelled() => return Err(End::pooler("server shutting down")),
+            }
         }
     }
 
@@ -309,6 +327,7 @@ impl Session {
         let mode = settings.mode;
         let max = settings.max_packet;
         let mut relay = Relay::new();
+        relay.disallow_simple_query = self.state.runtime().config.settings.disable_pqexec;
         if let Some(sql) = self.params.sync_sql(&server.params, &self.state.tracked) {
             let mut local = BytesMut::new();
             frontend::write_query(&mut local, &sql);
@@ -557,7 +576,8 @@ async fn dispose(state: Arc<State>, pool: Arc<Pool>, mut server: ServerConn, dis
                     pid,
                     secret,
                 };
-                let _ = state.cancels.send_to(&target).await;
+                let timeout = state.runtime().config.settings.cancel_wait_timeout;
+                let _ = state.cancels.send_to(&target, timeout).await;
             }
             server.close(reason);
         }
@@ -588,6 +608,7 @@ fn finish_relay_error(e: &RelayError) -> LinkEnd {
             char::from(*tag)
         )),
         RelayError::Server(p) => End::pooler(format!("server sent an invalid message: {p}")),
+        RelayError::SimpleQueryDisallowed => End::pooler("PQexec disallowed"),
     };
     LinkEnd::Finish(end, Disposal::Close("protocol error", true))
 }

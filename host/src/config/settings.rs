@@ -43,6 +43,17 @@ pub const NOT_IMPLEMENTED: &[&str] = &[
     "pool_idle_timeout",
     "max_prepared_statements",
     "conffile",
+    // The admin console and its users arrive with the console work.
+    "admin_users",
+    "stats_users",
+    // Statistics logging arrives with the console and metrics.
+    "log_stats",
+    "stats_period",
+    // auth_query/auth_user arrive with the auth-query plugin.
+    "auth_user",
+    "auth_query",
+    "auth_dbname",
+    "server_fast_close",
     "client_tls_ca_file",
     "client_tls_cert_file",
     "client_tls_key_file",

@@ -62,6 +62,36 @@ pub(super) fn about<'a>(diags: &'a [Diagnostic], key: &str) -> &'a Diagnostic {
     found[0]
 }
 
+/// Settings that load with a "not implemented yet" warning because the feature they belong to has an
+/// open issue (the admin console, auth_query). Tests about other warnings ignore these.
+pub(super) const PLANNED: &[&str] = &[
+    "admin_users",
+    "stats_users",
+    "auth_user",
+    "auth_query",
+    "auth_dbname",
+];
+
+/// Warnings other than the planned-feature ones.
+pub(super) fn unplanned(warnings: &[Diagnostic]) -> Vec<&Diagnostic> {
+    warnings
+        .iter()
+        .filter(|w| !w.key.as_deref().is_some_and(|k| PLANNED.contains(&k)))
+        .collect()
+}
+
+#[test]
+fn planned_features_warn_with_file_and_line() {
+    let dir = TempDir::new("planned");
+    let users = dir.write("userlist.txt", RUNBOOK_USERLIST);
+    let ini = dir.write("pgbouncer.ini", &runbook_ini(&users));
+    let loaded = ok(&ini);
+    let w = about(&loaded.warnings, "admin_users");
+    assert_eq!(w.line, Some(13));
+    assert!(w.message.contains("not implemented by pgwarden yet"), "{w}");
+    assert_eq!(loaded.warnings.len(), 1, "{:#?}", loaded.warnings);
+}
+
 pub(super) const RUNBOOK_USERLIST: &str = "\"admin\" \"password123\"\n\"user\" \"password\"\n";
 
 pub(super) fn runbook_ini(auth_file: &Path) -> String {
@@ -89,7 +119,11 @@ fn runbook_config_loads_exactly() {
     let users = dir.write("userlist.txt", RUNBOOK_USERLIST);
     let ini = dir.write("pgbouncer.ini", &runbook_ini(&users));
     let loaded = ok(&ini);
-    assert!(loaded.warnings.is_empty(), "{:#?}", loaded.warnings);
+    assert!(
+        unplanned(&loaded.warnings).is_empty(),
+        "{:#?}",
+        loaded.warnings
+    );
     let c = loaded.config;
 
     let settings = Settings {
@@ -153,7 +187,11 @@ fn runbook_config_with_auth_query_and_alias_loads() {
     let users = dir.write("userlist.txt", RUNBOOK2_USERLIST);
     let ini = dir.write("pgbouncer.ini", &runbook2_ini(&users));
     let loaded = ok(&ini);
-    assert!(loaded.warnings.is_empty(), "{:#?}", loaded.warnings);
+    assert!(
+        unplanned(&loaded.warnings).is_empty(),
+        "{:#?}",
+        loaded.warnings
+    );
     let c = loaded.config;
     assert_eq!(c.settings.auth_type, AuthType::ScramSha256);
     assert_eq!(c.settings.auth_user.as_deref(), Some("pgbouncer_auth"));
@@ -401,9 +439,8 @@ fn unimplemented_settings_warn_only_when_changed() {
         "[pgbouncer]\nauth_user = x\nsyslog = 1\nsyslog_ident = pgbouncer\npkt_buf = 8192\nclient_tls_key_file = /k.pem\n",
     );
     let loaded = ok(&ini);
-    let keys: Vec<(&str, Option<u32>)> = loaded
-        .warnings
-        .iter()
+    let keys: Vec<(&str, Option<u32>)> = unplanned(&loaded.warnings)
+        .into_iter()
         .map(|w| (w.key.as_deref().unwrap_or(""), w.line))
         .collect();
     assert_eq!(
@@ -415,7 +452,7 @@ fn unimplemented_settings_warn_only_when_changed() {
         ]
     );
     assert_eq!(
-        loaded.warnings[0].to_string(),
+        unplanned(&loaded.warnings)[0].to_string(),
         format!(
             "{}:3: syslog: not implemented by pgwarden yet; ignored",
             ini.display()
@@ -476,7 +513,7 @@ fn client_tls_allow_or_prefer_only_warns() {
         "s.ini",
         "[pgbouncer]\nauth_user = x\nserver_tls_sslmode = allow\n",
     );
-    assert!(ok(&ini).warnings.is_empty());
+    assert!(unplanned(&ok(&ini).warnings).is_empty());
 }
 
 #[test]
@@ -498,7 +535,11 @@ fn auth_type_any_needs_forced_users() {
         "[pgbouncer]\nauth_type = any\n[databases]\nok = user=app\n",
     );
     let loaded = ok(&fine);
-    assert!(loaded.warnings.is_empty(), "{:#?}", loaded.warnings);
+    assert!(
+        unplanned(&loaded.warnings).is_empty(),
+        "{:#?}",
+        loaded.warnings
+    );
 }
 
 #[test]
@@ -537,7 +578,7 @@ fn missing_password_source_warns() {
     assert_eq!((w.file.as_path(), w.line), (ini.as_path(), None));
     // A per-database auth_user is a password source too.
     let ini = dir.write("b.ini", "[pgbouncer]\n[databases]\nd = auth_user=x\n");
-    assert!(ok(&ini).warnings.is_empty());
+    assert!(unplanned(&ok(&ini).warnings).is_empty());
 }
 
 #[test]

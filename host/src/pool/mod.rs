@@ -45,6 +45,8 @@ pub struct Pool {
     epoch: AtomicU64,
     /// Logged-in clients using this pool (for min_pool_size and the console).
     pub clients: AtomicU32,
+    /// When the last client left (None while clients are connected); touched only at login and logout.
+    idle_since: Mutex<Option<Instant>>,
     me: Weak<Pool>,
 }
 
@@ -100,6 +102,7 @@ impl Pool {
             tracked,
             epoch: AtomicU64::new(1),
             clients: AtomicU32::new(0),
+            idle_since: Mutex::new(Some(Instant::now())),
             me: me.clone(),
         });
         pool.db_limit.add_member(Arc::downgrade(&pool));
@@ -476,6 +479,27 @@ impl Pool {
         } else {
             self.launch_if_needed();
         }
+    }
+
+    /// A client logs in to this pool.
+    pub fn client_joined(&self) {
+        self.clients.fetch_add(1, Ordering::AcqRel);
+        *self.idle_since.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// A client of this pool disconnects.
+    pub fn client_left(&self) {
+        if self.clients.fetch_sub(1, Ordering::AcqRel) == 1 {
+            *self.idle_since.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        }
+    }
+
+    /// How long the pool has had no clients, if it has none.
+    pub fn unused_for(&self) -> Option<Duration> {
+        if self.clients.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        (*self.idle_since.lock().unwrap_or_else(|e| e.into_inner())).map(|t| t.elapsed())
     }
 
     /// Connections open (idle + in use + opening) and idle, for tests and the console.

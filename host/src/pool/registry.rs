@@ -53,28 +53,27 @@ impl Pools {
             .cloned()
     }
 
-    /// The pool for `key`, created with `settings()` if it does not exist yet.
-    pub fn get_or_create(
-        &self,
-        key: &PoolKey,
-        settings: impl FnOnce() -> PoolSettings,
-    ) -> Arc<Pool> {
-        if let Some(pool) = self.get(key) {
-            return pool;
+    /// Joins a client to the pool for `key`, creating the pool with `settings()` if it does not
+    /// exist yet. The join happens under the registry lock, so the janitor can never forget a pool a
+    /// client is about to use. Pair with [`Pool::client_left`].
+    pub fn join(&self, key: &PoolKey, settings: impl FnOnce() -> PoolSettings) -> Arc<Pool> {
+        {
+            let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(pool) = map.get(key) {
+                pool.client_joined();
+                return Arc::clone(pool);
+            }
         }
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
         if let Some(pool) = map.get(key) {
+            pool.client_joined();
             return Arc::clone(pool);
         }
         let db_limit = shared(&self.db_limits, &key.database);
         let user_limit = shared(&self.user_limits, &key.user);
-        let pool = Pool::new(
-            key.clone(),
-            settings(),
-            db_limit,
-            user_limit,
-            Arc::clone(&self.tracked),
-        );
+        let tracked = Arc::clone(&self.tracked);
+        let pool = Pool::new(key.clone(), settings(), db_limit, user_limit, tracked);
+        pool.client_joined();
         map.insert(key.clone(), Arc::clone(&pool));
         pool
     }
