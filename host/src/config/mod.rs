@@ -11,6 +11,7 @@
 mod connstr;
 mod diag;
 mod entries;
+mod example;
 mod ini;
 mod native;
 mod raw;
@@ -31,6 +32,7 @@ use std::path::{Path, PathBuf};
 
 pub use diag::{ConfigError, Diagnostic};
 pub use entries::{Database, UserSettings};
+pub use example::commented_toml;
 pub use reference::reference_markdown;
 pub use settings::{NOT_IMPLEMENTED, Settings, is_reloadable};
 pub use types::{AuthType, LoadBalanceHosts, PoolMode, TlsMode};

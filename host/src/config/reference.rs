@@ -162,3 +162,22 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod sync_tests {
+    /// docs/CONFIG.md is this function's output, so the published reference cannot drift from the code.
+    /// Regenerate with `PGWARDEN_BLESS=1 cargo test -p pgwarden --lib reference`.
+    #[test]
+    fn docs_config_md_is_current() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/CONFIG.md");
+        let want = super::reference_markdown();
+        if std::env::var_os("PGWARDEN_BLESS").is_some() {
+            std::fs::write(&path, &want).expect("write docs/CONFIG.md");
+        }
+        let have = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            have == want,
+            "docs/CONFIG.md is out of date: run PGWARDEN_BLESS=1 cargo test -p pgwarden --lib reference"
+        );
+    }
+}
