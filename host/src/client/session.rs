@@ -19,10 +19,15 @@ use crate::cancel::{CancelHandle, CancelTarget};
 use crate::config::PoolMode;
 use crate::params::ParamValues;
 use crate::pool::{Pool, PoolSettings};
+use crate::protocol::backend::{self, Severity};
 use crate::protocol::frontend::{self, Kind};
 use crate::protocol::{HEADER_LEN, frame};
 use crate::server::ServerConn;
 use crate::state::{Runtime, State};
+
+/// PgBouncer's words for a client that has waited query_wait_notify for a server.
+const QUEUED_NOTICE: &str =
+    "No server connection available in postgres backend, client being queued";
 
 /// Stop reading a side while this much is queued for the other (backpressure).
 const HIGH_WATER: usize = 256 * 1024;
@@ -97,6 +102,9 @@ pub struct Session {
     /// Fires when the process starts draining or terminating; polled only until it fires once.
     stop: Pin<Box<WaitForCancellationFutureOwned>>,
     stop_seen: bool,
+    /// Fires on an immediate shutdown (a drain that fired `stop` may later turn into one). A per-session
+    /// child token, so polling it never contends with other sessions.
+    terminate: Pin<Box<WaitForCancellationFutureOwned>>,
     timer: Option<Pin<Box<Sleep>>>,
     _guards: Vec<Guard>,
 }
@@ -143,6 +151,7 @@ impl Session {
         guards: Vec<Guard>,
     ) -> Self {
         let stop_token: CancellationToken = state.lifecycle.draining.child_token();
+        let terminate_token: CancellationToken = state.lifecycle.terminate.child_token();
         Self {
             state,
             info,
@@ -154,6 +163,7 @@ impl Session {
             to_server: OutQueue::default(),
             stop: Box::pin(stop_token.cancelled_owned()),
             stop_seen: false,
+            terminate: Box::pin(terminate_token.cancelled_owned()),
             timer: None,
             _guards: guards,
         }
@@ -251,36 +261,32 @@ impl Session {
             res = conn.stream.readable() => res.map_err(|e| End::Closed(format!("client read error: {e}"))),
             // client_idle_timeout between transactions.
             () = sleep_until_opt(deadline) => Err(End::pooler("client_idle_timeout")),
-            // Immediate shutdown; a drain leaves idle clients alone until the process exits.
+            // A drain leaves clients between transactions alone until the process exits.
             () = &mut self.stop, if !self.stop_seen => {
                 self.stop_seen = true;
-                if self.state.lifecycle.terminate.is_cancelled() {
-                    Err(End::pooler("server shutting down"))
-                } else {
-                    Ok(())
-                }
+                Ok(())
             }
+            // Immediate shutdown.
+            () = &mut self.terminate => Err(End::pooler("server shutting down")),
         }
     }
 
-    /// Gets a server for the next transaction, waiting out a PAUSE.
+    /// Gets a server for the next transaction, waiting out a PAUSE. An idle server is taken without
+    /// any timer or shared wakeup; only a client that has to wait pays for them.
     async fn acquire(&mut self, conn: &mut ClientConn) -> Result<ServerConn, End> {
         let lifecycle = &self.state.lifecycle;
         if lifecycle.draining.is_cancelled() {
             return Err(End::pooler("server shutting down"));
         }
         if lifecycle.is_paused() {
-            let mut paused = lifecycle.paused.subscribe();
-            tokio::select! {
-                // RESUME.
-                _ = paused.wait_for(|p| !*p) => {}
-                // Shutdown while paused.
-                () = lifecycle.draining.cancelled() => return Err(End::pooler("server shutting down")),
-            }
+            self.wait_resumed().await?;
+        } else if let Some(server) = self.pool.0.checkout_idle().await {
+            return Ok(server);
         }
         let notify = self.state.runtime().config.settings.query_wait_notify;
         let notify_at = (!notify.is_zero()).then(|| tokio::time::Instant::now() + notify);
-        let checkout = self.pool.0.checkout();
+        let pool = Arc::clone(&self.pool.0);
+        let checkout = pool.checkout();
         tokio::pin!(checkout);
         let mut notified = false;
         loop {
@@ -290,16 +296,27 @@ impl Session {
                 // query_wait_notify: tell a client that has waited this long that it is queued.
                 () = sleep_until_opt(notify_at), if !notified => {
                     notified = true;
-                    conn.send(|b| crate::protocol::backend::write_notice(
-                        b,
-                        crate::protocol::backend::Severity::Notice,
-                        "00000",
-                        "No server connection available in postgres backend, client being queued",
-                    ));
+                    conn.send(|b| backend::write_notice(b, Severity::Notice, "00000", QUEUED_NOTICE));
                     conn.flush().await?;
                 }
                 // WAIT_FOR_SERVERS drops clients still waiting for a server.
-                () = lifecycle.draining.cancelled() => return Err(End::pooler("server shutting down")),
+                () = &mut self.stop, if !self.stop_seen => {
+                    self.stop_seen = true;
+                    return Err(End::pooler("server shutting down"));
+                }
+            }
+        }
+    }
+
+    async fn wait_resumed(&mut self) -> Result<(), End> {
+        let mut paused = self.state.lifecycle.paused.subscribe();
+        tokio::select! {
+            // RESUME.
+            _ = paused.wait_for(|p| !*p) => Ok(()),
+            // Shutdown while paused.
+            () = &mut self.stop, if !self.stop_seen => {
+                self.stop_seen = true;
+                Err(End::pooler("server shutting down"))
             }
         }
     }
@@ -449,7 +466,7 @@ impl Session {
         };
         consider(t.query_timeout, relay.query_started, "query timeout");
         let waiting_for_client = relay.quiet().then_some(relay.last_ready);
-        let in_tx = relay.tx != crate::protocol::backend::TransactionStatus::Idle;
+        let in_tx = relay.tx != backend::TransactionStatus::Idle;
         consider(
             t.idle_transaction_timeout,
             waiting_for_client.filter(|_| in_tx),
@@ -535,6 +552,9 @@ impl Session {
             return Poll::Ready(Io::Timer);
         }
         if !self.stop_seen && self.stop.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Io::Stop);
+        }
+        if self.stop_seen && self.terminate.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Io::Stop);
         }
         if progress {

@@ -40,21 +40,12 @@ impl SharedLimit {
         }
     }
 
-    /// Gives one unit back and lets one waiting pool try again.
+    /// Gives one unit back and lets every pool blocked on this limit try again (the first to ask gets
+    /// it; the others register again). Waking only one could pick a pool that no longer needs it.
     pub fn release(&self) {
         self.count.fetch_sub(1, Ordering::AcqRel);
-        let next = {
-            let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
-            let mut found = None;
-            while let Some(w) = waiting.pop() {
-                if let Some(p) = w.upgrade() {
-                    found = Some(p);
-                    break;
-                }
-            }
-            found
-        };
-        if let Some(pool) = next {
+        let waiting = std::mem::take(&mut *self.waiting.lock().unwrap_or_else(|e| e.into_inner()));
+        for pool in waiting.iter().filter_map(Weak::upgrade) {
             pool.launch_if_needed();
         }
     }

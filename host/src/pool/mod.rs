@@ -150,22 +150,42 @@ impl Pool {
 
     /// Returns a server connection for this pool, waiting in line if none is free.
     pub async fn checkout(&self) -> Result<ServerConn, CheckoutError> {
-        let settings = self.settings();
-        if let Some(conn) = self.take_idle(&settings).await {
+        if let Some(conn) = self.checkout_idle().await {
             return Ok(conn);
         }
-        let (tx, mut rx) = oneshot::channel();
-        {
-            let mut inner = self.lock();
-            inner.waiters.push_back(Waiter { tx });
-        }
+        self.wait_checkout().await
+    }
+
+    /// The fast path: an idle connection if there is one, without queueing, timers or waiting.
+    pub async fn checkout_idle(&self) -> Option<ServerConn> {
+        self.take_idle(&self.settings()).await
+    }
+
+    /// The slow path: joins the queue (unless a connection went idle meanwhile) and waits for a
+    /// connection to be handed over, up to query_wait_timeout, dipping into the reserve after
+    /// reserve_pool_timeout.
+    pub async fn wait_checkout(&self) -> Result<ServerConn, CheckoutError> {
+        let settings = self.settings();
+        let mut rx = loop {
+            let (tx, rx) = oneshot::channel();
+            {
+                let mut inner = self.lock();
+                if inner.idle.is_empty() {
+                    inner.waiters.push_back(Waiter { tx });
+                    break rx;
+                }
+            }
+            if let Some(conn) = self.take_idle(&settings).await {
+                return Ok(conn);
+            }
+        };
         self.launch_if_needed();
         let wait = settings.query_wait_timeout;
         let wait_deadline = (!wait.is_zero()).then(|| tokio::time::Instant::now() + wait);
         let reserve_at = (settings.reserve_pool_size > 0
             && !settings.reserve_pool_timeout.is_zero())
         .then(|| tokio::time::Instant::now() + settings.reserve_pool_timeout);
-        let mut reserve_requested = false;
+        let mut reserve = None;
         loop {
             tokio::select! {
                 // The grant: a connection handed over by a release or a fresh login, or a login error.
@@ -175,10 +195,9 @@ impl Pool {
                     // The pool dropped the sender without an answer: only happens when it closes.
                     Err(_) => Err(CheckoutError::WaitTimeout),
                 },
-                // Waited reserve_pool_timeout: this client may use the reserve.
-                () = sleep_until_opt(reserve_at), if !reserve_requested => {
-                    reserve_requested = true;
-                    self.lock().reserve_wanted += 1;
+                // Waited reserve_pool_timeout: this client may use the reserve while it waits.
+                () = sleep_until_opt(reserve_at), if reserve.is_none() => {
+                    reserve = Some(ReserveClaim::new(self));
                     self.launch_if_needed();
                 }
                 // query_wait_timeout: give up, but never lose a connection granted at the same moment.
@@ -277,10 +296,7 @@ impl Pool {
     fn grant(&self, inner: &mut Inner, mut conn: ServerConn) -> Option<ServerConn> {
         while let Some(w) = inner.waiters.pop_front() {
             match w.tx.send(Ok(conn)) {
-                Ok(()) => {
-                    inner.reserve_wanted = inner.reserve_wanted.saturating_sub(1);
-                    return None;
-                }
+                Ok(()) => return None,
                 Err(Ok(back)) => conn = back,
                 Err(Err(_)) => return None,
             }
@@ -292,46 +308,59 @@ impl Pool {
     pub(crate) fn launch_if_needed(&self) {
         let Some(me) = self.me.upgrade() else { return };
         let settings = self.settings();
-        let mut launches = Vec::new();
-        {
-            let mut inner = self.lock();
-            inner.waiters.retain(|w| !w.tx.is_closed());
-            let min_wanted = self.min_pool_wanted(&settings);
-            loop {
-                let demand = inner.waiters.len() as u32 + min_wanted.saturating_sub(inner.open);
-                if inner.paused || demand <= inner.connecting {
-                    break;
-                }
-                if let Some((at, _)) = &inner.failure {
-                    let retry_at = *at + settings.server_login_retry;
-                    if Instant::now() < retry_at {
-                        if !inner.retry_scheduled {
-                            inner.retry_scheduled = true;
-                            let me = me.clone();
-                            tokio::spawn(async move {
-                                tokio::time::sleep_until(retry_at.into()).await;
-                                me.lock().retry_scheduled = false;
-                                me.launch_if_needed();
-                            });
-                        }
-                        break;
-                    }
-                }
-                let cap = settings.pool_size + inner.reserve_wanted.min(settings.reserve_pool_size);
-                if inner.open >= cap {
-                    break;
-                }
-                let Some(slot) = self.acquire_shared(&me, &settings) else {
-                    break;
-                };
-                inner.open += 1;
-                inner.connecting += 1;
-                launches.push(slot);
+        loop {
+            // Decide under the lock, and take the place at once so concurrent callers do not
+            // launch the same connection twice.
+            if !self.reserve_launch(&me, &settings) {
+                return;
             }
-        }
-        for slot in launches {
+            // Shared limits are taken outside the lock: taking one may evict another pool's
+            // connection or wake another pool, and both lock that pool.
+            if !self.acquire_shared(&me, &settings) {
+                let mut inner = self.lock();
+                inner.open -= 1;
+                inner.connecting -= 1;
+                return;
+            }
+            let slot = Slot {
+                pool: Arc::clone(&me),
+                connecting: true,
+            };
             tokio::spawn(Arc::clone(&me).open_connection(slot));
         }
+    }
+
+    /// Whether one more connection should be opened now; if so, counts it as opening.
+    fn reserve_launch(&self, me: &Arc<Pool>, settings: &PoolSettings) -> bool {
+        let mut inner = self.lock();
+        inner.waiters.retain(|w| !w.tx.is_closed());
+        let min_wanted = self.min_pool_wanted(settings);
+        let demand = inner.waiters.len() as u32 + min_wanted.saturating_sub(inner.open);
+        if inner.paused || demand <= inner.connecting {
+            return false;
+        }
+        if let Some((at, _)) = &inner.failure {
+            let retry_at = *at + settings.server_login_retry;
+            if Instant::now() < retry_at {
+                if !inner.retry_scheduled {
+                    inner.retry_scheduled = true;
+                    let me = Arc::clone(me);
+                    tokio::spawn(async move {
+                        tokio::time::sleep_until(retry_at.into()).await;
+                        me.lock().retry_scheduled = false;
+                        me.launch_if_needed();
+                    });
+                }
+                return false;
+            }
+        }
+        let reserve = inner.reserve_wanted.min(settings.reserve_pool_size);
+        if inner.open >= settings.pool_size.saturating_add(reserve) {
+            return false;
+        }
+        inner.open += 1;
+        inner.connecting += 1;
+        true
     }
 
     /// Connections to keep open even with no waiting client: min_pool_size, when the pool has a forced user
@@ -345,27 +374,25 @@ impl Pool {
         settings.min_pool_size.min(settings.pool_size)
     }
 
-    /// Takes a unit of the database and user limits, evicting idle connections of sibling pools if needed.
-    fn acquire_shared(&self, me: &Arc<Pool>, settings: &PoolSettings) -> Option<Slot> {
-        let db_ok = self.db_limit.try_acquire(settings.max_db_connections)
-            || (self.db_limit.evict_idle(self)
-                && self.db_limit.try_acquire(settings.max_db_connections));
+    /// Takes a unit of the database and user limits, evicting idle connections of sibling pools if
+    /// needed. Never called with this pool's lock held.
+    fn acquire_shared(&self, me: &Arc<Pool>, settings: &PoolSettings) -> bool {
+        let max_db = settings.max_db_connections;
+        let db_ok = self.db_limit.try_acquire(max_db)
+            || (self.db_limit.evict_idle(self) && self.db_limit.try_acquire(max_db));
         if !db_ok {
             self.db_limit.wait(Arc::downgrade(me));
-            return None;
+            return false;
         }
-        let user_ok = self.user_limit.try_acquire(settings.max_user_connections)
-            || (self.user_limit.evict_idle(self)
-                && self.user_limit.try_acquire(settings.max_user_connections));
+        let max_user = settings.max_user_connections;
+        let user_ok = self.user_limit.try_acquire(max_user)
+            || (self.user_limit.evict_idle(self) && self.user_limit.try_acquire(max_user));
         if !user_ok {
-            self.db_limit.release();
             self.user_limit.wait(Arc::downgrade(me));
-            return None;
+            self.db_limit.release();
+            return false;
         }
-        Some(Slot {
-            pool: Arc::clone(me),
-            connecting: true,
-        })
+        true
     }
 
     async fn open_connection(self: Arc<Self>, mut slot: Slot) {
@@ -518,6 +545,24 @@ impl std::fmt::Debug for Pool {
         f.debug_struct("Pool")
             .field("key", &self.key)
             .finish_non_exhaustive()
+    }
+}
+
+/// A waiting client that has waited reserve_pool_timeout: while it waits, the pool may grow into
+/// its reserve. Dropped when the client stops waiting (served or given up).
+struct ReserveClaim<'a>(&'a Pool);
+
+impl<'a> ReserveClaim<'a> {
+    fn new(pool: &'a Pool) -> Self {
+        pool.lock().reserve_wanted += 1;
+        Self(pool)
+    }
+}
+
+impl Drop for ReserveClaim<'_> {
+    fn drop(&mut self) {
+        let mut inner = self.0.lock();
+        inner.reserve_wanted = inner.reserve_wanted.saturating_sub(1);
     }
 }
 
