@@ -3,4 +3,5 @@
 
 mod config_cli;
 mod harness;
+mod process;
 mod smoke;
