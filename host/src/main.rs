@@ -61,16 +61,17 @@ fn start(cli: &Cli, loaded: config::Loaded) -> Result<(), Box<dyn std::error::Er
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let listeners = Listeners::bind(&loaded.config.settings)?;
-        let _pidfile = match &loaded.config.settings.pidfile {
+        // Signals first: a SIGTERM that arrives while binding must still mean a clean shutdown
+        // (pidfile and socket removed), not the default action.
+        let state = State::new(loaded.config);
+        process::spawn_signal_handlers(&state)?;
+        let settings = &state.runtime().config.settings;
+        let listeners = Listeners::bind(settings)?;
+        let _pidfile = match &settings.pidfile {
             Some(p) => Some(Pidfile::create(p)?),
             None => None,
         };
-        if let Some(user) = cli
-            .user
-            .as_deref()
-            .or(loaded.config.settings.user.as_deref())
-        {
+        if let Some(user) = cli.user.as_deref().or(settings.user.as_deref()) {
             process::switch_user(user)?;
         }
         for addr in listeners.local_addrs() {
@@ -79,8 +80,6 @@ fn start(cli: &Cli, loaded: config::Loaded) -> Result<(), Box<dyn std::error::Er
         if let Some((_, file)) = &listeners.unix {
             tracing::info!("listening on unix:{}", file.path.display());
         }
-        let state = State::new(loaded.config);
-        process::spawn_signal_handlers(&state)?;
         tracing::info!(
             "process up: pgwarden {}, pid {}",
             env!("CARGO_PKG_VERSION"),
