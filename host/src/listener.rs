@@ -5,7 +5,6 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -176,7 +175,10 @@ pub async fn run(listeners: Listeners, state: Arc<State>) {
             }
         }
         Some(ShutdownMode::WaitForServers) => {
-            while state.linked.load(Ordering::Acquire) > 0 && !lifecycle.terminate.is_cancelled() {
+            // Every server released: none in use by a client (idle, opening or gone is fine).
+            while state.pools.all().iter().any(|p| p.in_use() > 0)
+                && !lifecycle.terminate.is_cancelled()
+            {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }

@@ -56,8 +56,6 @@ pub struct State {
     pub cancels: Arc<CancelRegistry>,
     pub clients: Arc<ClientCounts>,
     pub lifecycle: Lifecycle,
-    /// Sessions currently linked to a server; a WAIT_FOR_SERVERS shutdown ends when this reaches zero.
-    pub linked: AtomicU32,
     next_generation: AtomicU64,
 }
 
@@ -71,7 +69,6 @@ impl State {
             cancels: Arc::new(CancelRegistry::default()),
             clients: Arc::default(),
             lifecycle: Lifecycle::default(),
-            linked: AtomicU32::new(0),
             next_generation: AtomicU64::new(2),
         })
     }

@@ -5,7 +5,6 @@ use std::fmt::Debug;
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -213,7 +212,7 @@ impl Session {
     async fn wait_for_message(&mut self, conn: &mut ClientConn) -> Result<(), End> {
         conn.flush().await?;
         conn.out.shrink_when_empty();
-        let max = self.state.runtime().config.settings.max_packet_size;
+        let max = self.state.runtime.load().config.settings.max_packet_size;
         let idle_since = Instant::now();
         loop {
             if let Some(h) = frame::peek(&conn.rbuf, max).map_err(|e| End::pooler(e.to_string()))? {
@@ -330,21 +329,17 @@ impl Session {
                 secret,
             });
         }
-        self.state.linked.fetch_add(1, Ordering::AcqRel);
     }
 
     async fn unlink(&mut self) {
         self.cancel.slot().unlink().await;
-        self.state.linked.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Relays between the client and the server until the pool mode lets the server go or the session ends.
     async fn relay(&mut self, conn: &mut ClientConn, server: &mut ServerConn) -> LinkEnd {
-        let settings = self.pool.0.settings();
-        let mode = settings.mode;
-        let max = settings.max_packet;
+        let (mode, max) = self.pool.0.mode_and_max_packet();
         let mut relay = Relay::new();
-        relay.disallow_simple_query = self.state.runtime().config.settings.disable_pqexec;
+        relay.disallow_simple_query = self.state.runtime.load().config.settings.disable_pqexec;
         if let Some(sql) = self.params.sync_sql(&server.params, &self.state.tracked) {
             let mut local = BytesMut::new();
             frontend::write_query(&mut local, &sql);
@@ -566,12 +561,11 @@ impl Session {
 
     /// Gives a clean server back between transactions (transaction and statement mode).
     async fn release(&mut self, mut server: ServerConn) {
-        let settings = self.pool.0.settings();
-        if settings.server_reset_query_always
-            && let Some(reset) = &settings.server_reset_query
-            && let Err(e) = server.simple_query(reset, settings.max_packet).await
-        {
-            return server.close(&format!("server_reset_query failed: {e}"));
+        if let Some(reset) = self.pool.0.reset_query_always() {
+            let (_, max) = self.pool.0.mode_and_max_packet();
+            if let Err(e) = server.simple_query(&reset, max).await {
+                return server.close(&format!("server_reset_query failed: {e}"));
+            }
         }
         self.pool.0.checkin(server);
     }

@@ -114,6 +114,23 @@ impl Pool {
         self.settings.load_full()
     }
 
+    /// server_reset_query, if it must also run in transaction and statement mode
+    /// (server_reset_query_always).
+    pub fn reset_query_always(&self) -> Option<String> {
+        let s = self.settings.load();
+        if s.server_reset_query_always {
+            s.server_reset_query.clone()
+        } else {
+            None
+        }
+    }
+
+    /// The two settings every transaction needs, read without cloning the settings `Arc`.
+    pub fn mode_and_max_packet(&self) -> (crate::config::PoolMode, u32) {
+        let s = self.settings.load();
+        (s.mode, s.max_packet)
+    }
+
     pub fn welcome(&self) -> Option<Arc<Welcome>> {
         self.welcome.load_full()
     }
@@ -158,7 +175,7 @@ impl Pool {
 
     /// The fast path: an idle connection if there is one, without queueing, timers or waiting.
     pub async fn checkout_idle(&self) -> Option<ServerConn> {
-        self.take_idle(&self.settings()).await
+        self.take_idle().await
     }
 
     /// The slow path: joins the queue (unless a connection went idle meanwhile) and waits for a
@@ -175,7 +192,7 @@ impl Pool {
                     break rx;
                 }
             }
-            if let Some(conn) = self.take_idle(&settings).await {
+            if let Some(conn) = self.take_idle().await {
                 return Ok(conn);
             }
         };
@@ -214,14 +231,16 @@ impl Pool {
 
     /// Pops a usable idle connection, closing stale ones and checking long-idle ones with
     /// server_check_query.
-    async fn take_idle(&self, settings: &PoolSettings) -> Option<ServerConn> {
+    async fn take_idle(&self) -> Option<ServerConn> {
         loop {
-            let (conn, stale) = {
+            let (conn, stale, check) = {
+                // A guard, not a clone: this runs for every transaction.
+                let settings = self.settings.load();
                 let mut inner = self.lock();
                 let mut stale = Vec::new();
                 let mut found = None;
                 while let Some(conn) = inner.idle.pop() {
-                    match self.retire_reason(&conn, settings) {
+                    match self.retire_reason(&conn, &settings) {
                         None => {
                             found = Some(conn);
                             break;
@@ -229,19 +248,24 @@ impl Pool {
                         Some(reason) => stale.push((conn, reason)),
                     }
                 }
-                (found, stale)
+                let check = found.as_ref().is_some_and(|c| {
+                    settings.server_check_query.is_some()
+                        && c.last_used.elapsed() >= settings.server_check_delay
+                });
+                (found, stale, check)
             };
             for (conn, reason) in stale {
                 conn.close(reason);
             }
             let mut conn = conn?;
-            let idle_for = conn.last_used.elapsed();
-            if let Some(check) = &settings.server_check_query
-                && idle_for >= settings.server_check_delay
-                && let Err(e) = conn.simple_query(check, settings.max_packet).await
-            {
-                tracing::info!(server = conn.id, "server check failed, closing: {e}");
-                continue;
+            if check {
+                let settings = self.settings();
+                if let Some(query) = &settings.server_check_query
+                    && let Err(e) = conn.simple_query(query, settings.max_packet).await
+                {
+                    tracing::info!(server = conn.id, "server check failed, closing: {e}");
+                    continue;
+                }
             }
             return Some(conn);
         }
@@ -264,7 +288,7 @@ impl Pool {
 
     /// Returns a clean, idle (ReadyForQuery 'I') connection to the pool.
     pub fn checkin(&self, mut conn: ServerConn) {
-        let settings = self.settings();
+        let settings = self.settings.load();
         if conn.epoch != self.epoch.load(Ordering::Acquire) {
             return conn.close("database configuration changed");
         }
@@ -533,6 +557,12 @@ impl Pool {
     pub fn counts(&self) -> (u32, u32) {
         let inner = self.lock();
         (inner.open, inner.idle.len() as u32)
+    }
+
+    /// Connections linked to a client (or being cleaned up after one), not idle and not opening.
+    pub fn in_use(&self) -> u32 {
+        let inner = self.lock();
+        inner.open - inner.connecting - inner.idle.len() as u32
     }
 
     pub fn waiting(&self) -> usize {
