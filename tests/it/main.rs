@@ -3,4 +3,5 @@
 
 mod auth;
 mod harness;
+mod reload;
 mod smoke;
