@@ -4,4 +4,5 @@
 mod auth;
 mod harness;
 mod reload;
+mod runbook;
 mod smoke;
