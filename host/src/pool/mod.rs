@@ -162,7 +162,28 @@ impl Pool {
             self.scram_keys.store(None);
             self.close_idle("database configuration changed");
         }
+        self.close_surplus_idle(&new);
         self.launch_if_needed();
+    }
+
+    /// Closes idle connections beyond the pool size (a reload lowered it), least recently used first, so
+    /// the next clients cannot get more servers than the new size allows. Busy ones go at release.
+    fn close_surplus_idle(&self, settings: &PoolSettings) {
+        let surplus: Vec<ServerConn> = {
+            let mut inner = self.lock();
+            let limit = if inner.reserve_wanted == 0 {
+                settings.pool_size
+            } else {
+                settings
+                    .pool_size
+                    .saturating_add(settings.reserve_pool_size)
+            };
+            let n = (inner.open.saturating_sub(limit) as usize).min(inner.idle.len());
+            inner.idle.drain(..n).collect()
+        };
+        for conn in surplus {
+            conn.close("too many servers in the pool");
+        }
     }
 
     /// Returns a server connection for this pool, waiting in line if none is free.
