@@ -453,7 +453,23 @@ fn runbook_configs_pass_check_and_list_their_pools() -> anyhow::Result<()> {
                 "{pool:?} not listed:\n{stdout}"
             );
         }
-        assert!(!stdout.contains("warning:"), "{stdout}");
+        // The only warnings are about features whose issues are still open (the admin console,
+        // auth_query): they name the key and say it is not implemented yet.
+        for w in stdout.lines().filter(|l| l.starts_with("warning:")) {
+            let planned = [
+                "admin_users",
+                "stats_users",
+                "auth_user",
+                "auth_query",
+                "auth_dbname",
+            ];
+            assert!(
+                planned
+                    .iter()
+                    .any(|k| w.contains(&format!(": {k}: not implemented by pgwarden yet"))),
+                "unexpected warning: {w}\n{stdout}"
+            );
+        }
         std::fs::remove_dir_all(dir)?;
     }
     Ok(())
