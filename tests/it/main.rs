@@ -2,9 +2,12 @@
 //! the pooler started in-process on port 0, and real clients.
 
 mod auth;
+mod cancel;
 mod config_cli;
 mod harness;
+mod params;
 mod process;
+mod protocol;
 mod reload;
 mod runbook;
 mod smoke;

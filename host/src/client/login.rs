@@ -206,7 +206,15 @@ async fn attach(
             .tracked
             .index("application_name")
             .expect("always tracked");
-        let name = format!("{} - {}", params.get(app).unwrap_or(""), info.peer);
+        // The client's own name, not the server's default that `params` starts from; PgBouncer calls a
+        // client that sent none "app".
+        let given = startup
+            .tracked
+            .iter()
+            .rev()
+            .find(|(i, _)| *i == app)
+            .map_or("app", |(_, v)| v.as_str());
+        let name = format!("{given} - {}", info.peer);
         params.set(app, &name);
     }
     let timeouts = ClientTimeouts::resolve(runtime, &startup.user, &pool.settings());

@@ -5,6 +5,7 @@
 //! acts on are parsed. Frames larger than [`STREAM_MIN`] of kinds the pooler never needs to read (DataRow,
 //! CopyData, Bind, …) are streamed through without being buffered whole.
 
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
@@ -38,6 +39,12 @@ pub struct Relay {
     pub outstanding: u32,
     /// The first `hidden` of those answer pgwarden's own queries (parameter sync): swallowed.
     pub hidden: u32,
+    /// What was sent and is still unanswered, in order, with the ends of the client's COPY data: PostgreSQL
+    /// ignores a Sync it reads in COPY FROM STDIN mode, so which Syncs will be answered is only known once the
+    /// COPY ends (tokio-postgres sends Bind/Execute/Sync, then the data, CopyDone, Sync: one ReadyForQuery).
+    pending: VecDeque<Pending>,
+    /// The server is in COPY FROM STDIN mode (CopyInResponse seen, no CommandComplete or error yet).
+    copy_in: bool,
     /// Extended-protocol messages were sent since the last Sync: the server is mid-batch.
     pub unsynced: bool,
     /// Transaction status from the last ReadyForQuery.
@@ -69,6 +76,8 @@ impl Relay {
         Self {
             outstanding: 0,
             hidden: 0,
+            pending: VecDeque::new(),
+            copy_in: false,
             unsynced: false,
             tx: TransactionStatus::Idle,
             client_stream_left: 0,
@@ -107,6 +116,7 @@ impl Relay {
     pub fn add_hidden_query(&mut self) {
         self.hidden += 1;
         self.outstanding += 1;
+        self.pending.push_back(Pending::Query);
     }
 
     /// Moves whole client frames (and the part of a streamed one that is here) from `input` to `out`.
@@ -147,12 +157,13 @@ impl Relay {
                     out.push(input.split_to(run).freeze());
                     return Err(RelayError::SimpleQueryDisallowed);
                 }
-                Kind::Query | Kind::FunctionCall => self.query_sent(),
+                Kind::Query | Kind::FunctionCall => self.query_sent(Pending::Query),
                 Kind::Sync => {
-                    self.query_sent();
+                    self.query_sent(Pending::Sync);
                     self.unsynced = false;
                 }
                 Kind::Extended | Kind::Flush => self.unsynced = true,
+                Kind::Copy if h.tag != fe::COPY_DATA => self.pending.push_back(Pending::CopyEnd),
                 Kind::Copy => {}
                 Kind::Password | Kind::Unknown => {
                     return Err(RelayError::UnexpectedFromClient(h.tag));
@@ -168,7 +179,7 @@ impl Relay {
         Ok(())
     }
 
-    fn query_sent(&mut self) {
+    fn query_sent(&mut self, what: Pending) {
         if self.outstanding == 0 {
             self.query_started = Some(Instant::now());
         }
@@ -176,7 +187,35 @@ impl Relay {
             self.tx_started = Some(Instant::now());
         }
         self.outstanding += 1;
+        self.pending.push_back(what);
         self.queries += 1;
+    }
+
+    /// The server left COPY FROM STDIN mode. It ignored every Sync it read in that mode: those sent before the
+    /// CopyDone/CopyFail that ended it (or all of them, when the server failed the COPY before the client
+    /// finished). No ReadyForQuery will answer them.
+    fn copy_ended(&mut self) {
+        self.copy_in = false;
+        let end = self
+            .pending
+            .iter()
+            .position(|p| *p == Pending::CopyEnd)
+            .unwrap_or(self.pending.len());
+        let mut i = 0;
+        let mut ignored = 0;
+        self.pending.retain(|p| {
+            let (before, at_end) = (i < end, i == end);
+            i += 1;
+            if before && *p == Pending::Sync {
+                ignored += 1;
+                return false;
+            }
+            !at_end
+        });
+        self.outstanding = self.outstanding.saturating_sub(ignored);
+        if self.outstanding == 0 {
+            self.query_started = None;
+        }
     }
 
     /// Moves server frames from `input` to `out`, hiding the answers to pgwarden's own queries and keeping the
@@ -224,8 +263,15 @@ impl Relay {
                 break;
             }
             let body = &input[run + HEADER_LEN..run + h.frame_len];
+            if self.copy_in && matches!(h.tag, be::COMMAND_COMPLETE | be::ERROR_RESPONSE) {
+                self.copy_ended();
+            }
             let forward = match h.tag {
                 be::READY_FOR_QUERY => self.ready_for_query(body)?,
+                be::COPY_IN_RESPONSE | be::COPY_BOTH_RESPONSE => {
+                    self.copy_in = true;
+                    self.hidden == 0
+                }
                 be::PARAMETER_STATUS => self.parameter_status(body, ctx)?,
                 be::ERROR_RESPONSE => {
                     let fields = ErrorFields::parse(body).map_err(RelayError::Server)?;
@@ -255,6 +301,12 @@ impl Relay {
     fn ready_for_query(&mut self, body: &[u8]) -> Result<bool, RelayError> {
         let status = backend::parse_ready_for_query(body).map_err(RelayError::Server)?;
         self.outstanding = self.outstanding.saturating_sub(1);
+        // Drop the answered Query or Sync, and any COPY ends queued before it.
+        while let Some(p) = self.pending.pop_front() {
+            if p != Pending::CopyEnd {
+                break;
+            }
+        }
         self.last_ready = Instant::now();
         if self.outstanding == 0 {
             self.query_started = None;
@@ -285,6 +337,17 @@ impl Relay {
         let changed_for_client = ctx.client_params.set(i, value);
         Ok(self.hidden == 0 || changed_for_client)
     }
+}
+
+/// An entry of [`Relay::pending`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    /// A Query or FunctionCall (the client's or pgwarden's own): one ReadyForQuery.
+    Query,
+    /// A Sync: one ReadyForQuery, unless the server reads it in COPY FROM STDIN mode.
+    Sync,
+    /// CopyDone or CopyFail: the end of the client's COPY data.
+    CopyEnd,
 }
 
 impl Default for Relay {

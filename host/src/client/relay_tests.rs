@@ -269,3 +269,79 @@ fn transaction_status_and_counts() {
     }
     assert_eq!(r.transactions, 1, "BEGIN; …; COMMIT is one transaction");
 }
+
+/// Answers from the server, run through the relay.
+fn server_says(r: &mut Relay, fx: &mut Fixture, frames: &[Vec<u8>]) {
+    let mut s = BytesMut::new();
+    for f in frames {
+        s.put_slice(f);
+    }
+    let mut out = OutQueue::default();
+    r.process_server(&mut s, &mut out, &mut fx.ctx()).unwrap();
+}
+
+fn client_says(r: &mut Relay, frames: &[Vec<u8>]) {
+    let mut input = BytesMut::new();
+    for f in frames {
+        input.put_slice(f);
+    }
+    let mut out = OutQueue::default();
+    r.process_client(&mut input, &mut out, u32::MAX).unwrap();
+}
+
+#[test]
+fn sync_sent_during_copy_in_gets_no_answer() {
+    // tokio-postgres' copy_in: Bind/Execute/Sync, then the data, CopyDone, Sync. PostgreSQL ignores the
+    // first Sync (it reads it in COPY FROM STDIN mode) and answers the batch with one ReadyForQuery.
+    let mut r = Relay::new();
+    let mut fx = Fixture::new();
+    client_says(
+        &mut r,
+        &[
+            frame(b'B', b"\0s0\0\0\0\0\0\0\0"),
+            frame(b'E', b"\0\0\0\0\0"),
+            frame(b'S', b""),
+        ],
+    );
+    server_says(&mut r, &mut fx, &[frame(b'2', b""), frame(b'G', b"\0\0\0")]);
+    client_says(
+        &mut r,
+        &[frame(b'd', b"1\n"), frame(b'c', b""), frame(b'S', b"")],
+    );
+    assert_eq!(r.outstanding, 2, "not known yet: the COPY has not ended");
+    let mut z = BytesMut::new();
+    write_ready_for_query(&mut z, TransactionStatus::Idle);
+    server_says(&mut r, &mut fx, &[frame(b'C', b"COPY 1\0"), z.to_vec()]);
+    assert!(r.releasable(), "outstanding {}", r.outstanding);
+
+    // The same when the server fails the COPY before the client has finished sending.
+    let mut r = Relay::new();
+    client_says(
+        &mut r,
+        &[
+            frame(b'B', b"\0s0\0\0\0\0\0\0\0"),
+            frame(b'E', b"\0\0\0\0\0"),
+            frame(b'S', b""),
+        ],
+    );
+    let mut err = BytesMut::new();
+    write_error(&mut err, Severity::Error, "22P02", "bad input");
+    server_says(&mut r, &mut fx, &[frame(b'G', b"\0\0\0"), err.to_vec()]);
+    client_says(&mut r, &[frame(b'c', b""), frame(b'S', b"")]);
+    assert_eq!(r.outstanding, 1);
+    server_says(&mut r, &mut fx, &[z.to_vec()]);
+    assert!(r.releasable(), "outstanding {}", r.outstanding);
+
+    // A simple-protocol COPY keeps its one answer.
+    let mut r = Relay::new();
+    let mut q = BytesMut::new();
+    write_query(&mut q, "copy t from stdin");
+    client_says(&mut r, &[q.to_vec()]);
+    server_says(&mut r, &mut fx, &[frame(b'G', b"\0\0\0")]);
+    client_says(&mut r, &[frame(b'd', b"1\n"), frame(b'c', b"")]);
+    server_says(&mut r, &mut fx, &[frame(b'C', b"COPY 1\0")]);
+    assert_eq!(r.outstanding, 1);
+    assert!(!r.releasable());
+    server_says(&mut r, &mut fx, &[z.to_vec()]);
+    assert!(r.releasable());
+}
