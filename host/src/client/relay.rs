@@ -94,6 +94,16 @@ impl Relay {
         }
     }
 
+    /// Starts a new link, keeping allocations (the pending queue) from the previous one.
+    pub fn reset(&mut self) {
+        let mut pending = std::mem::take(&mut self.pending);
+        pending.clear();
+        *self = Self {
+            pending,
+            ..Self::new()
+        };
+    }
+
     /// Everything sent has been answered, nothing is half-sent, and no transaction is open: the server can go
     /// to someone else.
     pub fn releasable(&self) -> bool {

@@ -98,6 +98,8 @@ pub struct Session {
     timeouts: ClientTimeouts,
     /// Output queued for the linked server (kept here so its allocation is reused).
     to_server: OutQueue,
+    /// Protocol state of the current link, reset per link (kept here so its allocations are reused).
+    relay_state: Relay,
     /// Fires when the process starts draining or terminating; polled only until it fires once.
     stop: Pin<Box<WaitForCancellationFutureOwned>>,
     stop_seen: bool,
@@ -160,6 +162,7 @@ impl Session {
             cancel,
             timeouts,
             to_server: OutQueue::default(),
+            relay_state: Relay::default(),
             stop: Box::pin(stop_token.cancelled_owned()),
             stop_seen: false,
             terminate: Box::pin(terminate_token.cancelled_owned()),
@@ -337,8 +340,21 @@ impl Session {
 
     /// Relays between the client and the server until the pool mode lets the server go or the session ends.
     async fn relay(&mut self, conn: &mut ClientConn, server: &mut ServerConn) -> LinkEnd {
+        // The relay state lives in the session so its allocations are reused link after link.
+        let mut relay = std::mem::take(&mut self.relay_state);
+        relay.reset();
+        let end = self.relay_with(&mut relay, conn, server).await;
+        self.relay_state = relay;
+        end
+    }
+
+    async fn relay_with(
+        &mut self,
+        relay: &mut Relay,
+        conn: &mut ClientConn,
+        server: &mut ServerConn,
+    ) -> LinkEnd {
         let (mode, max) = self.pool.0.mode_and_max_packet();
-        let mut relay = Relay::new();
         relay.disallow_simple_query = self.state.runtime.load().config.settings.disable_pqexec;
         if let Some(sql) = self.params.sync_sql(&server.params, &self.state.tracked) {
             let mut local = BytesMut::new();
@@ -360,15 +376,15 @@ impl Session {
             if let Err(e) = relay.process_server(&mut server.rbuf, &mut conn.out, &mut ctx) {
                 return finish_relay_error(&e);
             }
-            if let Some(end) = self.decide(mode, &relay) {
+            if let Some(end) = self.decide(mode, relay) {
                 return end;
             }
             if self.timeouts.any()
-                && let Err(end) = self.arm_timer(&relay)
+                && let Err(end) = self.arm_timer(relay)
             {
                 return end;
             }
-            let io = poll_fn(|cx| self.poll_io(cx, conn, server, &relay)).await;
+            let io = poll_fn(|cx| self.poll_io(cx, conn, server, relay)).await;
             match io {
                 Io::ClientData | Io::ServerData | Io::Progress => {}
                 Io::Timer => {}
