@@ -84,7 +84,14 @@ pub fn describe(loaded: &Loaded) -> String {
         .collect();
     let auth_file = c.auth_file.as_ref().map_or_else(
         || "no auth_file".to_owned(),
-        |f| format!("auth_file {} ({} users)", f.path.display(), users.len()),
+        |f| {
+            format!(
+                "auth_file {} ({} user{})",
+                f.path.display(),
+                users.len(),
+                if users.len() == 1 { "" } else { "s" }
+            )
+        },
     );
     let _ = writeln!(out, "auth: {}, {auth_file}", s.auth_type);
     let _ = writeln!(out, "pools:");

@@ -311,7 +311,7 @@ async fn check_describes_ini_pools_listeners_and_warnings() -> anyhow::Result<()
             "listen: 127.0.0.1:{port}, 127.0.0.2:{port}, {}/.s.PGSQL.{port}\n",
             dir.path.display()
         ),
-        format!("auth_file {} (1 users)", userlist.display()),
+        format!("auth_file {} (1 user)", userlist.display()),
         "  app -> 127.0.0.1:5999/appdb  pool_mode=transaction pool_size=7 ".to_owned(),
         "  * -> 127.0.0.1:5999/<client's database>  pool_mode=transaction pool_size=20 ".to_owned(),
         format!(

@@ -745,3 +745,50 @@ fn a_faulty_database_does_not_cascade() {
         (Some(5), Some("port"))
     );
 }
+
+#[test]
+fn verifier_only_logins_pgwarden_makes_itself_warn_at_load() {
+    let dir = TempDir::new("verifier-only");
+    let verifier =
+        "SCRAM-SHA-256$4096:c2FsdHNhbHQ=$9rB6w5yQJ9Dwz3e6nU4W1d0S0e4n6Zf8h0pQm2yC7xk=:3q2+7w==";
+    let users = dir.write(
+        "userlist.txt",
+        &format!("\"svc\" \"{verifier}\"\n\"pgbouncer_auth\" \"{verifier}\"\n\"plain\" \"pw\"\n"),
+    );
+    let ini = dir.write(
+        "pgbouncer.ini",
+        &format!(
+            "[databases]\n\
+             forced = host=x user=svc\n\
+             with_password = host=x user=svc password=secret\n\
+             plain_forced = host=x user=plain\n\
+             per_client = host=x\n\
+             [pgbouncer]\n\
+             auth_file = {}\n\
+             auth_user = pgbouncer_auth\n",
+            users.display()
+        ),
+    );
+    let loaded = ok(&ini);
+    let user_warnings: Vec<_> = loaded
+        .warnings
+        .iter()
+        .filter(|w| w.key.as_deref() == Some("user"))
+        .collect();
+    assert_eq!(user_warnings.len(), 1, "{:#?}", loaded.warnings);
+    assert_eq!(user_warnings[0].line, Some(2));
+    assert!(
+        user_warnings[0]
+            .message
+            .contains("\"forced\" logs in as \"svc\""),
+        "{}",
+        user_warnings[0]
+    );
+    let auth_user: Vec<_> = loaded
+        .warnings
+        .iter()
+        .filter(|w| w.key.as_deref() == Some("auth_user") && w.message.contains("SCRAM verifier"))
+        .collect();
+    assert_eq!(auth_user.len(), 1, "{:#?}", loaded.warnings);
+    assert_eq!(auth_user[0].line, Some(8));
+}

@@ -188,6 +188,7 @@ impl Checks<'_> {
         self.forced_users_for_auth_any(diags);
         self.auth_dbnames_exist(diags);
         self.password_source(diags);
+        self.verifier_only_server_logins(diags);
     }
 
     fn at(&self, key: &str) -> &Loc {
@@ -290,6 +291,54 @@ impl Checks<'_> {
                     message,
                 );
             }
+        }
+    }
+
+    /// A login pgwarden makes on its own (a forced `user=`, or `auth_user`) whose only secret is a SCRAM
+    /// verifier cannot answer a server that asks for a password: a verifier alone cannot produce a SCRAM
+    /// proof, and the client-side keys that could ("pass-through") only exist for a client's own login.
+    /// PgBouncer lets such clients wait for a timeout; say so when the config loads.
+    fn verifier_only_server_logins(&self, diags: &mut Diags) {
+        let Some(auth_file) = &self.config.auth_file else {
+            return;
+        };
+        let verifier_only = |user: &str| {
+            auth_file
+                .entries
+                .get(user)
+                .is_some_and(|s| s.starts_with("SCRAM-SHA-256$"))
+        };
+        let all = self
+            .config
+            .databases
+            .values()
+            .chain(self.config.fallback.as_ref());
+        for db in all {
+            if let Some(user) = &db.user
+                && db.password.is_none()
+                && verifier_only(user)
+            {
+                let message = format!(
+                    "database \"{}\" logs in as \"{user}\", whose only secret in {} is a SCRAM verifier: \
+                     pgwarden cannot log in with it when PostgreSQL asks for a password (no client SCRAM \
+                     login provides keys for a forced user); give the plain-text password in password= or \
+                     in the auth_file",
+                    db.name,
+                    auth_file.path.display()
+                );
+                diags.warn(self.db_item_at(&db.name, "user"), Some("user"), message);
+            }
+        }
+        if let Some(user) = &self.config.settings.auth_user
+            && verifier_only(user)
+        {
+            let message = format!(
+                "auth_user \"{user}\" has only a SCRAM verifier in {}: pgwarden cannot log in as it when \
+                 PostgreSQL asks for a password, so auth_query lookups would fail; give its plain-text \
+                 password in the auth_file",
+                auth_file.path.display()
+            );
+            diags.warn(self.at("auth_user"), Some("auth_user"), message);
         }
     }
 
