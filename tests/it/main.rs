@@ -3,6 +3,7 @@
 
 mod auth;
 mod cancel;
+mod clients;
 mod config_cli;
 mod harness;
 mod params;
