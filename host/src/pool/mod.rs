@@ -286,49 +286,65 @@ impl Pool {
     }
 
     /// Opens new connections while clients wait for more than are being opened, within every limit.
+    ///
+    /// The shared limits are taken without holding this pool's lock: taking them may close an idle connection
+    /// of another pool, whose slot then locks that pool and wakes the pools waiting for room (this one
+    /// included), so holding the lock meanwhile deadlocks.
     pub(crate) fn launch_if_needed(&self) {
         let Some(me) = self.me.upgrade() else { return };
         let settings = self.settings();
         let mut launches = Vec::new();
-        {
-            let mut inner = self.lock();
-            inner.waiters.retain(|w| !w.tx.is_closed());
-            let min_wanted = self.min_pool_wanted(&settings);
-            loop {
-                let demand = inner.waiters.len() as u32 + min_wanted.saturating_sub(inner.open);
-                if inner.paused || demand <= inner.connecting {
-                    break;
-                }
-                if let Some((at, _)) = &inner.failure {
-                    let retry_at = *at + settings.server_login_retry;
-                    if Instant::now() < retry_at {
-                        if !inner.retry_scheduled {
-                            inner.retry_scheduled = true;
-                            let me = me.clone();
-                            tokio::spawn(async move {
-                                tokio::time::sleep_until(retry_at.into()).await;
-                                me.lock().retry_scheduled = false;
-                                me.launch_if_needed();
-                            });
-                        }
-                        break;
-                    }
-                }
-                let cap = settings.pool_size + inner.reserve_wanted.min(settings.reserve_pool_size);
-                if inner.open >= cap {
-                    break;
-                }
-                let Some(slot) = self.acquire_shared(&me, &settings) else {
-                    break;
-                };
-                inner.open += 1;
-                inner.connecting += 1;
-                launches.push(slot);
+        loop {
+            let wanted = self.wants_connection(&mut self.lock(), &me, &settings);
+            if !wanted || !self.acquire_shared(&me, &settings) {
+                break;
             }
+            let mut inner = self.lock();
+            // Another launch may have met the demand while the limits were being taken.
+            if !self.wants_connection(&mut inner, &me, &settings) {
+                drop(inner);
+                self.db_limit.release();
+                self.user_limit.release();
+                break;
+            }
+            inner.open += 1;
+            inner.connecting += 1;
+            launches.push(Slot {
+                pool: Arc::clone(&me),
+                connecting: true,
+            });
         }
         for slot in launches {
             tokio::spawn(Arc::clone(&me).open_connection(slot));
         }
+    }
+
+    /// Whether one more connection should be opened now, within the pool's own size (not the shared limits).
+    /// Schedules a retry when a failed login holds new attempts back.
+    fn wants_connection(&self, inner: &mut Inner, me: &Arc<Pool>, settings: &PoolSettings) -> bool {
+        inner.waiters.retain(|w| !w.tx.is_closed());
+        let min_wanted = self.min_pool_wanted(settings);
+        let demand = inner.waiters.len() as u32 + min_wanted.saturating_sub(inner.open);
+        if inner.paused || demand <= inner.connecting {
+            return false;
+        }
+        if let Some((at, _)) = &inner.failure {
+            let retry_at = *at + settings.server_login_retry;
+            if Instant::now() < retry_at {
+                if !inner.retry_scheduled {
+                    inner.retry_scheduled = true;
+                    let me = me.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep_until(retry_at.into()).await;
+                        me.lock().retry_scheduled = false;
+                        me.launch_if_needed();
+                    });
+                }
+                return false;
+            }
+        }
+        let cap = settings.pool_size + inner.reserve_wanted.min(settings.reserve_pool_size);
+        inner.open < cap
     }
 
     /// Connections to keep open even with no waiting client: min_pool_size, when the pool has a forced user
@@ -343,13 +359,14 @@ impl Pool {
     }
 
     /// Takes a unit of the database and user limits, evicting idle connections of sibling pools if needed.
-    fn acquire_shared(&self, me: &Arc<Pool>, settings: &PoolSettings) -> Option<Slot> {
+    /// Must be called without this pool's lock held (see [`Pool::launch_if_needed`]).
+    fn acquire_shared(&self, me: &Arc<Pool>, settings: &PoolSettings) -> bool {
         let db_ok = self.db_limit.try_acquire(settings.max_db_connections)
             || (self.db_limit.evict_idle(self)
                 && self.db_limit.try_acquire(settings.max_db_connections));
         if !db_ok {
             self.db_limit.wait(Arc::downgrade(me));
-            return None;
+            return false;
         }
         let user_ok = self.user_limit.try_acquire(settings.max_user_connections)
             || (self.user_limit.evict_idle(self)
@@ -357,12 +374,9 @@ impl Pool {
         if !user_ok {
             self.db_limit.release();
             self.user_limit.wait(Arc::downgrade(me));
-            return None;
+            return false;
         }
-        Some(Slot {
-            pool: Arc::clone(me),
-            connecting: true,
-        })
+        true
     }
 
     async fn open_connection(self: Arc<Self>, mut slot: Slot) {
