@@ -77,7 +77,10 @@ pub enum CheckoutError {
     WaitTimeout,
     #[error("{0}")]
     Server(Arc<ServerError>),
-    #[error("server login has been failing, cached error: {0} (server_login_retry)")]
+    #[error(
+        "server login has been failing, cached error: {} (server_login_retry)",
+        .0.cached_message()
+    )]
     FastFail(Arc<ServerError>),
 }
 
