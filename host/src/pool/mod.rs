@@ -315,6 +315,7 @@ impl Pool {
             launches.push(Slot {
                 pool: Arc::clone(&me),
                 connecting: true,
+                relaunch: false,
             });
         }
         for slot in launches {
@@ -383,6 +384,7 @@ impl Pool {
     }
 
     async fn open_connection(self: Arc<Self>, mut slot: Slot) {
+        slot.relaunch = true;
         let settings = self.settings();
         let epoch = self.epoch.load(Ordering::Acquire);
         let keys = self.scram_keys.load_full();
@@ -518,6 +520,10 @@ impl std::fmt::Debug for Pool {
 pub struct Slot {
     pool: Arc<Pool>,
     connecting: bool,
+    /// Whether dropping the slot may open another connection in its place. False until the task opening the
+    /// connection first runs: a task the runtime refuses (it is shutting down) drops its future unpolled,
+    /// inside `tokio::spawn`, and relaunching from there would recurse until the stack overflows.
+    relaunch: bool,
 }
 
 impl Drop for Slot {
@@ -531,7 +537,9 @@ impl Drop for Slot {
         }
         self.pool.db_limit.release();
         self.pool.user_limit.release();
-        self.pool.launch_if_needed();
+        if self.relaunch {
+            self.pool.launch_if_needed();
+        }
     }
 }
 
@@ -551,4 +559,82 @@ async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
 /// How long ago, for logs.
 pub fn age(since: Instant) -> Duration {
     since.elapsed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PoolMode;
+    use crate::server::LoginSpec;
+
+    /// Settings of a forced-user pool that keeps a connection to `port` open.
+    fn settings(port: u16) -> PoolSettings {
+        let long = Duration::from_secs(60);
+        PoolSettings {
+            mode: PoolMode::Transaction,
+            pool_size: 1,
+            min_pool_size: 1,
+            reserve_pool_size: 0,
+            reserve_pool_timeout: long,
+            max_db_connections: 0,
+            max_user_connections: 0,
+            hosts: vec!["127.0.0.1".into()],
+            login: LoginSpec {
+                host: "127.0.0.1".into(),
+                port,
+                user: "u".into(),
+                database: "d".into(),
+                startup_params: Vec::new(),
+                secret: None,
+                secret_source: "from auth_file",
+                connect_timeout: long,
+                connect_query: None,
+                keepalive: crate::net::Keepalive::default(),
+                max_packet: u32::MAX,
+            },
+            forced_user: true,
+            server_lifetime: long,
+            server_idle_timeout: long,
+            server_login_retry: long,
+            server_check_delay: long,
+            server_check_query: None,
+            server_reset_query: None,
+            server_reset_query_always: false,
+            query_wait_timeout: long,
+            max_packet: u32::MAX,
+        }
+    }
+
+    #[test]
+    fn connections_cut_by_runtime_shutdown_do_not_relaunch_forever() {
+        // Accepts and never answers: logins stay in progress until the runtime goes.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        silent.set_nonblocking(true).expect("nonblocking");
+        let port = silent.local_addr().expect("addr").port();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let (pool, _accepted) = rt.block_on(async {
+            let pool = Pool::new(
+                PoolKey::new("d", "u"),
+                settings(port),
+                Arc::default(),
+                Arc::default(),
+                Arc::new(Tracked::new(&[])),
+            );
+            pool.launch_if_needed();
+            // The login task has run once it has connected.
+            loop {
+                match silent.accept() {
+                    Ok((sock, _)) => break (pool, sock),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                }
+            }
+        });
+        // The cut login drops its slot while the runtime refuses new tasks; this must not recurse forever.
+        drop(rt);
+        assert_eq!(pool.counts().0, 0);
+    }
 }
