@@ -2,4 +2,6 @@
 //! the pooler started in-process on port 0, and real clients.
 
 mod harness;
+mod pool_support;
+mod pooling;
 mod smoke;
