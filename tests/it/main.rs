@@ -5,3 +5,4 @@ mod harness;
 mod pool_support;
 mod pooling;
 mod smoke;
+mod timeouts;

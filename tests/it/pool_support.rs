@@ -234,3 +234,31 @@ pub async fn finish<T>(task: JoinHandle<anyhow::Result<T>>) -> anyhow::Result<T>
         .await
         .context("query still waiting")??
 }
+
+/// A watched session end: when it happened and the error it carried.
+pub type EndWatch = JoinHandle<(Instant, anyhow::Result<tokio_postgres::Error>)>;
+
+/// Notes the moment a client's session ends, for timing assertions made later.
+pub fn watch_end(task: ConnTask) -> EndWatch {
+    tokio::spawn(async move {
+        let res = task.await;
+        let at = Instant::now();
+        let error = match res {
+            Ok(Err(e)) => Ok(e),
+            Ok(Ok(())) => Err(anyhow::anyhow!("the session ended without an error")),
+            Err(join) => Err(anyhow::anyhow!("connection task failed: {join}")),
+        };
+        (at, error)
+    })
+}
+
+/// Waits (bounded) for a watched session to end; returns when it ended and its error.
+pub async fn ended(
+    watch: EndWatch,
+    within: Duration,
+) -> anyhow::Result<(Instant, tokio_postgres::Error)> {
+    let (at, error) = tokio::time::timeout(within, watch)
+        .await
+        .with_context(|| format!("the session was still open after {within:?}"))??;
+    Ok((at, error?))
+}
