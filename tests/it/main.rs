@@ -2,6 +2,7 @@
 //! the pooler started in-process on port 0, and real clients.
 
 mod harness;
+mod lifecycle;
 mod pool_support;
 mod pooling;
 mod smoke;
