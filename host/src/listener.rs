@@ -12,7 +12,8 @@ use tokio::net::{TcpListener, UnixListener};
 
 use crate::config::Settings;
 use crate::net::{Keepalive, Stream};
-use crate::state::{ShutdownMode, State};
+use crate::pool::{PoolKey, PoolSettings};
+use crate::state::{Runtime, ShutdownMode, State};
 
 /// How long an immediate shutdown waits for sessions to write their goodbyes.
 const GOODBYE: Duration = Duration::from_secs(2);
@@ -252,6 +253,7 @@ async fn janitor(state: Arc<State>) {
     loop {
         tick.tick().await;
         let runtime = state.runtime();
+        create_forced_user_pools(&state, &runtime);
         let autodb_idle = runtime.config.settings.autodb_idle_timeout;
         for pool in state.pools.all() {
             pool.maintain();
@@ -269,5 +271,20 @@ async fn janitor(state: Arc<State>) {
                 state.pools.remove_if_empty(&pool.key);
             }
         }
+    }
+}
+
+/// A forced-user entry with a min_pool_size gets its pool before any client comes, so that the minimum is
+/// kept open from the start (PgBouncer does the same). Other pools appear with their first client.
+fn create_forced_user_pools(state: &State, runtime: &Runtime) {
+    let config = &runtime.config;
+    for db in config.databases.values() {
+        let Some(user) = &db.user else { continue };
+        if db.min_pool_size.unwrap_or(config.settings.min_pool_size) == 0 {
+            continue;
+        }
+        state.pools.ensure(&PoolKey::new(&db.name, user), || {
+            PoolSettings::resolve(config, &runtime.secrets, db, &db.name, user)
+        });
     }
 }

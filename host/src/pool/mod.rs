@@ -79,7 +79,10 @@ pub enum CheckoutError {
     WaitTimeout,
     #[error("{0}")]
     Server(Arc<ServerError>),
-    #[error("server login has been failing, cached error: {0} (server_login_retry)")]
+    #[error(
+        "server login has been failing, cached error: {} (server_login_retry)",
+        .0.cached_message()
+    )]
     FastFail(Arc<ServerError>),
 }
 
@@ -353,11 +356,15 @@ impl Pool {
     pub(crate) fn launch_if_needed(&self) {
         let Some(me) = self.me.upgrade() else { return };
         let settings = self.settings();
+        // Reserve every launch first and spawn afterwards: a spawn the runtime refuses (it is shutting
+        // down) drops its slot at once, and a loop that spawned as it went would see the demand again
+        // and spin.
+        let mut slots = Vec::new();
         loop {
             // Decide under the lock, and take the place at once so concurrent callers do not
             // launch the same connection twice.
             if !self.reserve_launch(&me, &settings) {
-                return;
+                break;
             }
             // Shared limits are taken outside the lock: taking one may evict another pool's
             // connection or wake another pool, and both lock that pool.
@@ -365,12 +372,15 @@ impl Pool {
                 let mut inner = self.lock();
                 inner.open -= 1;
                 inner.connecting -= 1;
-                return;
+                break;
             }
-            let slot = Slot {
+            slots.push(Slot {
                 pool: Arc::clone(&me),
                 connecting: true,
-            };
+                relaunch: false,
+            });
+        }
+        for slot in slots {
             tokio::spawn(Arc::clone(&me).open_connection(slot));
         }
     }
@@ -441,6 +451,7 @@ impl Pool {
     }
 
     async fn open_connection(self: Arc<Self>, mut slot: Slot) {
+        slot.relaunch = true;
         let settings = self.settings();
         let epoch = self.epoch.load(Ordering::Acquire);
         let keys = self.scram_keys.load_full();
@@ -621,6 +632,10 @@ impl Drop for ReserveClaim<'_> {
 pub struct Slot {
     pool: Arc<Pool>,
     connecting: bool,
+    /// Whether dropping the slot may open another connection in its place. False until the task opening
+    /// the connection first runs: a task the runtime refuses (it is shutting down) drops its future
+    /// unpolled, inside `tokio::spawn`, and relaunching from there would recurse until the stack overflows.
+    relaunch: bool,
 }
 
 impl Drop for Slot {
@@ -634,7 +649,9 @@ impl Drop for Slot {
         }
         self.pool.db_limit.release();
         self.pool.user_limit.release();
-        self.pool.launch_if_needed();
+        if self.relaunch {
+            self.pool.launch_if_needed();
+        }
     }
 }
 
@@ -654,4 +671,82 @@ async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
 /// How long ago, for logs.
 pub fn age(since: Instant) -> Duration {
     since.elapsed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PoolMode;
+    use crate::server::LoginSpec;
+
+    /// Settings of a forced-user pool that keeps a connection to `port` open.
+    fn settings(port: u16) -> PoolSettings {
+        let long = Duration::from_secs(60);
+        PoolSettings {
+            mode: PoolMode::Transaction,
+            pool_size: 1,
+            min_pool_size: 1,
+            reserve_pool_size: 0,
+            reserve_pool_timeout: long,
+            max_db_connections: 0,
+            max_user_connections: 0,
+            hosts: vec!["127.0.0.1".into()],
+            login: LoginSpec {
+                host: "127.0.0.1".into(),
+                port,
+                user: "u".into(),
+                database: "d".into(),
+                startup_params: Vec::new(),
+                secret: None,
+                secret_source: "from auth_file",
+                connect_timeout: long,
+                connect_query: None,
+                keepalive: crate::net::Keepalive::default(),
+                max_packet: u32::MAX,
+            },
+            forced_user: true,
+            server_lifetime: long,
+            server_idle_timeout: long,
+            server_login_retry: long,
+            server_check_delay: long,
+            server_check_query: None,
+            server_reset_query: None,
+            server_reset_query_always: false,
+            query_wait_timeout: long,
+            max_packet: u32::MAX,
+        }
+    }
+
+    #[test]
+    fn connections_cut_by_runtime_shutdown_do_not_relaunch_forever() {
+        // Accepts and never answers: logins stay in progress until the runtime goes.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        silent.set_nonblocking(true).expect("nonblocking");
+        let port = silent.local_addr().expect("addr").port();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let (pool, _accepted) = rt.block_on(async {
+            let pool = Pool::new(
+                PoolKey::new("d", "u"),
+                settings(port),
+                Arc::default(),
+                Arc::default(),
+                Arc::new(Tracked::new(&[])),
+            );
+            pool.launch_if_needed();
+            // The login task has run once it has connected.
+            loop {
+                match silent.accept() {
+                    Ok((sock, _)) => break (pool, sock),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                }
+            }
+        });
+        // The cut login drops its slot while the runtime refuses new tasks; this must not recurse forever.
+        drop(rt);
+        assert_eq!(pool.counts().0, 0);
+    }
 }

@@ -53,6 +53,28 @@ impl Pools {
             .cloned()
     }
 
+    /// Makes sure the pool for `key` exists (created with `settings()` if not), without joining a client:
+    /// for forced-user pools whose min_pool_size is kept open before any client comes.
+    pub fn ensure(&self, key: &PoolKey, settings: impl FnOnce() -> PoolSettings) -> Arc<Pool> {
+        if let Some(pool) = self.get(key) {
+            return pool;
+        }
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(pool) = map.get(key) {
+            return Arc::clone(pool);
+        }
+        let pool = self.create(key, settings);
+        map.insert(key.clone(), Arc::clone(&pool));
+        pool
+    }
+
+    fn create(&self, key: &PoolKey, settings: impl FnOnce() -> PoolSettings) -> Arc<Pool> {
+        let db_limit = shared(&self.db_limits, &key.database);
+        let user_limit = shared(&self.user_limits, &key.user);
+        let tracked = Arc::clone(&self.tracked);
+        Pool::new(key.clone(), settings(), db_limit, user_limit, tracked)
+    }
+
     /// Joins a client to the pool for `key`, creating the pool with `settings()` if it does not
     /// exist yet. The join happens under the registry lock, so the janitor can never forget a pool a
     /// client is about to use. Pair with [`Pool::client_left`].
@@ -69,10 +91,7 @@ impl Pools {
             pool.client_joined();
             return Arc::clone(pool);
         }
-        let db_limit = shared(&self.db_limits, &key.database);
-        let user_limit = shared(&self.user_limits, &key.user);
-        let tracked = Arc::clone(&self.tracked);
-        let pool = Pool::new(key.clone(), settings(), db_limit, user_limit, tracked);
+        let pool = self.create(key, settings);
         pool.client_joined();
         map.insert(key.clone(), Arc::clone(&pool));
         pool

@@ -43,6 +43,15 @@ impl ServerError {
         }
     }
 
+    /// The failure as PgBouncer quotes it in "server login has been failing, cached error: ...": the server's
+    /// own message when it refused the login, else what went wrong ("connect timeout", ...).
+    pub fn cached_message(&self) -> String {
+        match self {
+            Self::Login(e) => e.message.clone(),
+            other => other.to_string(),
+        }
+    }
+
     /// SQLSTATE and message a client gets when its login or query dies because of this.
     pub fn client_error(&self) -> (String, String) {
         match self {
@@ -51,5 +60,28 @@ impl ServerError {
             Self::CannotAuthenticate(msg) => ("28000".into(), msg.clone()),
             _ => (crate::protocol::PROTOCOL_VIOLATION.into(), self.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cached_message_quotes_the_server_or_the_failure() {
+        let refused = ServerError::Login(Box::new(ErrorFields {
+            severity: "FATAL".into(),
+            code: "28P01".into(),
+            message: "password authentication failed for user \"u\"".into(),
+            ..ErrorFields::default()
+        }));
+        assert_eq!(
+            refused.cached_message(),
+            "password authentication failed for user \"u\""
+        );
+        assert_eq!(
+            ServerError::ConnectTimeout.cached_message(),
+            "connect timeout"
+        );
     }
 }
