@@ -571,3 +571,35 @@ async fn pgwarden_recovers_from_postgres_stopped_and_started_under_pgbench() -> 
     after.ensure_clean()?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_idle_timeout_keeps_min_pool_size_open() -> anyhow::Result<()> {
+    // Like PgBouncer: idle servers beyond min_pool_size are closed, the minimum stays.
+    let pg = PgCluster::shared();
+    let db = TestDb::create(pg, "sidlemin", PasswordEncryption::Md5)?;
+    let pooler = pooler_for(
+        pg,
+        &db,
+        "min_pool_size=2",
+        "default_pool_size = 4\nserver_idle_timeout = 0.3",
+    )
+    .await?;
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (c, _task) = connect_db(&pooler, &db).await?;
+        c.batch_execute("BEGIN; SELECT 1").await?;
+        clients.push(c);
+    }
+    for c in &clients {
+        c.batch_execute("COMMIT").await?;
+    }
+    assert_eq!(backends(pg, &db.name, None).await?, 4);
+    wait_backends(pg, &db.name, None, 2, WAIT).await?;
+    // Well past the timeout, the minimum is still open (and the same servers: nothing was reopened).
+    let before = pg.backend_pids_async(&db.name).await?;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let after = pg.backend_pids_async(&db.name).await?;
+    assert_eq!(after.len(), 2, "min_pool_size not kept: {after:?}");
+    assert_eq!(before, after, "the kept servers were closed and reopened");
+    Ok(())
+}

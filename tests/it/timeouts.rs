@@ -278,3 +278,29 @@ async fn transaction_timeout_ends_long_transactions_only() -> anyhow::Result<()>
     assert_fatal(&error, "08P01", "transaction timeout");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_idle_timeout_spares_a_session_client_holding_its_server() -> anyhow::Result<()> {
+    // PgBouncer applies client_idle_timeout only to clients holding no server; a session-mode client
+    // holds one for its whole session, so it is never idle-timed out (a transaction-mode client between
+    // transactions is: see client_idle_timeout_closes_idle_clients_only).
+    let pg = PgCluster::shared();
+    let db = TestDb::create(pg, "idlesess", PasswordEncryption::Md5)?;
+    let pooler = Pooler::start(
+        &format!(
+            "{} = host=127.0.0.1 port={} dbname={} pool_mode=session",
+            db.name,
+            pg.port(),
+            db.name
+        ),
+        "client_idle_timeout = 0.3",
+        &db.userlist_line(),
+    )
+    .await?;
+    let (client, task) = connect_db(&pooler, &db).await?;
+    assert_eq!(scalar(&client, "SELECT 1").await?, "1");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(!task.is_finished(), "the session client was disconnected");
+    assert_eq!(scalar(&client, "SELECT 2").await?, "2");
+    Ok(())
+}

@@ -60,11 +60,11 @@ impl ClientTimeouts {
         }
     }
 
-    fn any(&self) -> bool {
+    /// Whether any timeout applies while the client holds a server (client_idle_timeout does not).
+    fn any_while_linked(&self) -> bool {
         !(self.query_timeout.is_zero()
             && self.idle_transaction_timeout.is_zero()
-            && self.transaction_timeout.is_zero()
-            && self.client_idle_timeout.is_zero())
+            && self.transaction_timeout.is_zero())
     }
 }
 
@@ -379,7 +379,7 @@ impl Session {
             if let Some(end) = self.decide(mode, relay) {
                 return end;
             }
-            if self.timeouts.any()
+            if self.timeouts.any_while_linked()
                 && let Err(end) = self.arm_timer(relay)
             {
                 return end;
@@ -476,17 +476,14 @@ impl Session {
             }
         };
         consider(t.query_timeout, relay.query_started, "query timeout");
+        // client_idle_timeout is not checked here: like PgBouncer, it only applies to clients that hold
+        // no server (between transactions, see wait_client_readable).
         let waiting_for_client = relay.quiet().then_some(relay.last_ready);
         let in_tx = relay.tx != backend::TransactionStatus::Idle;
         consider(
             t.idle_transaction_timeout,
             waiting_for_client.filter(|_| in_tx),
             "idle transaction timeout",
-        );
-        consider(
-            t.client_idle_timeout,
-            waiting_for_client.filter(|_| !in_tx),
-            "client_idle_timeout",
         );
         consider(
             t.transaction_timeout,

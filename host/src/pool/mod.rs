@@ -534,12 +534,19 @@ impl Pool {
             let mut inner = self.lock();
             let mut retired = Vec::new();
             let mut keep = Vec::with_capacity(inner.idle.len());
+            // server_idle_timeout never takes the pool below min_pool_size (PgBouncer keeps those).
+            let mut open = inner.open;
+            let idle_timeout = settings.server_idle_timeout;
             for conn in inner.idle.drain(..) {
                 let reason = self.retire_reason(&conn, &settings).or_else(|| {
-                    let idle_timeout = settings.server_idle_timeout;
-                    (!idle_timeout.is_zero() && conn.last_used.elapsed() >= idle_timeout)
+                    (!idle_timeout.is_zero()
+                        && conn.last_used.elapsed() >= idle_timeout
+                        && open > settings.min_pool_size)
                         .then_some("server idle timeout")
                 });
+                if reason.is_some() {
+                    open -= 1;
+                }
                 match reason {
                     Some(r) => retired.push((conn, r)),
                     None => keep.push(conn),
