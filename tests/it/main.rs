@@ -14,5 +14,6 @@ mod process;
 mod protocol;
 mod reload;
 mod runbook;
+mod settings;
 mod smoke;
 mod timeouts;
