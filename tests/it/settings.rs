@@ -134,3 +134,42 @@ async fn autodb_idle_timeout_frees_pools_made_from_the_fallback_entry() -> anyho
     .await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_entry_startup_settings_reach_the_server_and_the_client() -> anyhow::Result<()> {
+    // client_encoding, datestyle, timezone and application_name of a [databases] entry are asked of the
+    // server at login, so clients that do not set them see the entry's values.
+    let pg = PgCluster::shared();
+    let db = TestDb::create(pg, "entryparams", PasswordEncryption::Md5)?;
+    let pooler = Pooler::start(
+        &entry(
+            pg,
+            &db,
+            "timezone=Asia/Tokyo datestyle='SQL, DMY' client_encoding=LATIN1 application_name=from_entry",
+        ),
+        "pool_mode = transaction",
+        &db.userlist_line(),
+    )
+    .await?;
+    let mut raw = RawClient::connect(pooler.port).await?;
+    let msgs = raw
+        .login(&[("user", &db.user), ("database", &db.name)], &db.password)
+        .await?;
+    let told = pgwarden_tests::raw::parameter_statuses(&msgs);
+    let get = |k: &str| told.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    assert_eq!(get("TimeZone"), Some("Asia/Tokyo"));
+    assert_eq!(get("DateStyle"), Some("SQL, DMY"));
+    assert_eq!(get("client_encoding"), Some("LATIN1"));
+    assert_eq!(get("application_name"), Some("from_entry"));
+    let (client, _task) = connect_db(&pooler, &db).await?;
+    assert_eq!(scalar(&client, "SHOW TimeZone").await?, "Asia/Tokyo");
+    assert_eq!(
+        scalar(
+            &client,
+            "SELECT setting FROM pg_settings WHERE name = 'DateStyle'"
+        )
+        .await?,
+        "SQL, DMY"
+    );
+    Ok(())
+}
