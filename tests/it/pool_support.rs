@@ -262,3 +262,16 @@ pub async fn ended(
         .with_context(|| format!("the session was still open after {within:?}"))??;
     Ok((at, error?))
 }
+
+/// A transaction-mode pooler in front of a fresh test database, with extra `[pgbouncer]` settings.
+pub async fn setup(prefix: &str, settings: &str) -> anyhow::Result<(TestDb, Pooler)> {
+    let pg = PgCluster::shared();
+    let db = TestDb::create(pg, prefix, PasswordEncryption::Md5)?;
+    let pooler = Pooler::start(
+        &entry(pg, &db, ""),
+        &format!("pool_mode = transaction\n{settings}"),
+        &db.userlist_line(),
+    )
+    .await?;
+    Ok((db, pooler))
+}

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{SinkExt, TryStreamExt, future::join_all};
-use pgwarden::protocol::backend::Authentication;
 use pgwarden::protocol::{frontend, startup};
 use pgwarden_tests::pg::{PasswordEncryption, PgCluster};
 use pgwarden_tests::pooler::{Pooler, TestDb, fresh_dir};
@@ -274,37 +273,7 @@ fn startup_packet(version: u32, params: &[(&str, &str)]) -> Vec<u8> {
 /// Answers the pooler's password request (md5 or cleartext) after a hand-sent StartupMessage; returns
 /// every message up to ReadyForQuery or an error.
 async fn finish_login(c: &mut RawClient, db: &TestDb) -> anyhow::Result<Vec<Msg>> {
-    let mut seen = Vec::new();
-    loop {
-        let Some(m) = c.recv().await? else {
-            bail!("closed during login: {seen:?}")
-        };
-        if m.tag == b'R' {
-            let mut out = BytesMut::new();
-            match Authentication::parse(&m.body)? {
-                Authentication::Ok => {}
-                Authentication::CleartextPassword => {
-                    frontend::write_password(&mut out, db.password.as_bytes())
-                }
-                Authentication::Md5Password { salt } => {
-                    let hashed = pgwarden::auth::md5_secret(&db.password, &db.user);
-                    frontend::write_password(
-                        &mut out,
-                        pgwarden::auth::md5_salted(&hashed, salt).as_bytes(),
-                    );
-                }
-                other => bail!("cannot answer {other:?}"),
-            }
-            if !out.is_empty() {
-                c.send(&out).await?;
-            }
-        }
-        let done = m.tag == b'Z' || m.tag == b'E';
-        seen.push(m);
-        if done {
-            return Ok(seen);
-        }
-    }
+    c.finish_login(&db.user, &db.password).await
 }
 
 /// A tokio-postgres client whose notices are collected on a channel.

@@ -7,20 +7,7 @@ use pgwarden_tests::pg::{PasswordEncryption, PgCluster};
 use pgwarden_tests::pooler::{Pooler, TestDb};
 use pgwarden_tests::raw::{RawClient, first_error};
 
-use crate::pool_support::{WAIT, connect_db, entry, scalar, wait_until};
-
-/// A transaction-mode pooler in front of a fresh test database, with extra settings.
-async fn setup(prefix: &str, settings: &str) -> anyhow::Result<(TestDb, Pooler)> {
-    let pg = PgCluster::shared();
-    let db = TestDb::create(pg, prefix, PasswordEncryption::Md5)?;
-    let pooler = Pooler::start(
-        &entry(pg, &db, ""),
-        &format!("pool_mode = transaction\n{settings}"),
-        &db.userlist_line(),
-    )
-    .await?;
-    Ok((db, pooler))
-}
+use crate::pool_support::{WAIT, connect_db, entry, scalar, setup, wait_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disable_pqexec_refuses_simple_queries_only() -> anyhow::Result<()> {

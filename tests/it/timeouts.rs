@@ -9,22 +9,9 @@ use pgwarden_tests::pooler::{Pooler, TestDb};
 use pgwarden_tests::raw::RawClient;
 
 use crate::pool_support::{
-    WAIT, assert_fatal, connect_db, ended, entry, finish, pool_of, scalar, spawn_scalar,
+    WAIT, assert_fatal, connect_db, ended, finish, pool_of, scalar, setup, spawn_scalar,
     wait_queued, wait_until, watch_end,
 };
-
-/// A pooler in transaction mode in front of a fresh test database, with extra settings.
-async fn setup(prefix: &str, settings: &str) -> anyhow::Result<(TestDb, Pooler)> {
-    let pg = PgCluster::shared();
-    let db = TestDb::create(pg, prefix, PasswordEncryption::Md5)?;
-    let pooler = Pooler::start(
-        &entry(pg, &db, ""),
-        &format!("pool_mode = transaction\n{settings}"),
-        &db.userlist_line(),
-    )
-    .await?;
-    Ok((db, pooler))
-}
 
 /// Fails unless `elapsed` is at least most of `timeout` (it did not fire early) and not absurdly long.
 fn assert_fired_after(elapsed: Duration, timeout: Duration) {

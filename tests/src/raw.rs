@@ -111,6 +111,12 @@ impl RawClient {
             .find(|(k, _)| *k == "user")
             .map(|(_, v)| *v)
             .unwrap_or_default();
+        self.finish_login(user, password).await
+    }
+
+    /// After a StartupMessage (sent any way): answers a cleartext or md5 password request and returns every
+    /// message up to ReadyForQuery or an error.
+    pub async fn finish_login(&mut self, user: &str, password: &str) -> anyhow::Result<Vec<Msg>> {
         let mut seen = Vec::new();
         loop {
             let Some(m) = self.recv().await? else {
