@@ -110,7 +110,6 @@ pub fn describe(loaded: &Loaded) -> String {
                 &db.name
             })
         );
-        let mode = c.users.values().next().map(|_| "").unwrap_or("");
         let pool_mode = db.pool_mode.unwrap_or(s.pool_mode);
         let size = db.pool_size.unwrap_or(s.default_pool_size);
         let reserve = db.reserve_pool_size.unwrap_or(s.reserve_pool_size);
@@ -121,7 +120,7 @@ pub fn describe(loaded: &Loaded) -> String {
         };
         let _ = writeln!(
             out,
-            "  {} -> {target}  pool_mode={pool_mode}{mode} pool_size={size} reserve_pool_size={reserve}; {who}",
+            "  {} -> {target}  pool_mode={pool_mode} pool_size={size} reserve_pool_size={reserve}; {who}",
             db.name
         );
     }

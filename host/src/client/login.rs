@@ -41,13 +41,12 @@ async fn login(
     total: ClientTotal,
 ) -> Result<Option<Session>, End> {
     let msg = match read_first(conn).await? {
-        StartupRequest::Cancel { pid, secret } => {
+        First::Cancel { pid, secret } => {
             let timeout = state.runtime().config.settings.cancel_wait_timeout;
             state.cancels.forward(pid, secret, timeout).await;
             return Ok(None);
         }
-        StartupRequest::Startup(msg) => msg,
-        StartupRequest::Ssl | StartupRequest::GssEnc => unreachable_first(),
+        First::Startup(msg) => msg,
     };
     let runtime = state.runtime();
     let settings = &runtime.config.settings;
@@ -88,13 +87,19 @@ async fn login(
         )));
     };
     let session = attach(state, &runtime, &startup, &db, keys, total, info).await?;
-    welcome(conn, &session, &msg);
+    welcome(conn, &session);
     conn.flush().await?;
     Ok(Some(session))
 }
 
+/// What a connection turns out to be once encryption requests are answered.
+enum First {
+    Cancel { pid: u32, secret: u32 },
+    Startup(StartupMessage),
+}
+
 /// Reads the first packet, answering SSLRequest and GSSENCRequest with 'N' (no TLS or GSS encryption yet).
-async fn read_first(conn: &mut ClientConn) -> Result<StartupRequest, End> {
+async fn read_first(conn: &mut ClientConn) -> Result<First, End> {
     let mut refusals = 0;
     loop {
         match startup::parse(&mut conn.rbuf).map_err(|e| End::protocol(&e))? {
@@ -109,7 +114,10 @@ async fn read_first(conn: &mut ClientConn) -> Result<StartupRequest, End> {
                 conn.send(client_startup::write_refusal);
                 conn.flush().await?;
             }
-            Some(other) => return Ok(other),
+            Some(StartupRequest::Cancel { pid, secret }) => {
+                return Ok(First::Cancel { pid, secret });
+            }
+            Some(StartupRequest::Startup(msg)) => return Ok(First::Startup(msg)),
             None => {
                 conn.rbuf.reserve(512);
                 match conn.stream.read_buf(&mut conn.rbuf).await {
@@ -124,11 +132,6 @@ async fn read_first(conn: &mut ClientConn) -> Result<StartupRequest, End> {
             }
         }
     }
-}
-
-fn unreachable_first() -> ! {
-    // read_first loops on encryption requests and never returns one.
-    unreachable!("read_first returned an encryption request")
 }
 
 /// The database entry for a name: an exact `[databases]` entry, else the `*` fallback for that name.
@@ -217,7 +220,7 @@ async fn attach(
         let name = format!("{given} - {}", info.peer);
         params.set(app, &name);
     }
-    let timeouts = ClientTimeouts::resolve(runtime, &startup.user, &pool.settings());
+    let timeouts = ClientTimeouts::resolve(runtime, &startup.user);
     Ok(Session::new(
         Arc::clone(state),
         info.clone(),
@@ -242,7 +245,7 @@ pub fn checkout_end(e: &CheckoutError) -> End {
 }
 
 /// AuthenticationOk, the server's parameters (with the client's own values), our cancel key, ReadyForQuery.
-fn welcome(conn: &mut ClientConn, session: &Session, _msg: &StartupMessage) {
+fn welcome(conn: &mut ClientConn, session: &Session) {
     let pool: &Arc<Pool> = session.pool();
     let tracked = &session.state().tracked;
     conn.send(backend::write_auth_ok);

@@ -17,7 +17,7 @@ use super::{ClientConn, ClientInfo, End, OutQueue, login::checkout_end};
 use crate::cancel::{CancelHandle, CancelTarget};
 use crate::config::PoolMode;
 use crate::params::ParamValues;
-use crate::pool::{Pool, PoolSettings};
+use crate::pool::Pool;
 use crate::protocol::backend::{self, Severity};
 use crate::protocol::frontend::{self, Kind};
 use crate::protocol::{HEADER_LEN, frame};
@@ -43,7 +43,7 @@ pub struct ClientTimeouts {
 }
 
 impl ClientTimeouts {
-    pub fn resolve(runtime: &Runtime, user: &str, _pool: &PoolSettings) -> Self {
+    pub fn resolve(runtime: &Runtime, user: &str) -> Self {
         let s = &runtime.config.settings;
         let u = runtime.config.users.get(user);
         let pick = |user: Option<Duration>, global: Duration| {

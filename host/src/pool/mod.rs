@@ -675,11 +675,6 @@ async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
     }
 }
 
-/// How long ago, for logs.
-pub fn age(since: Instant) -> Duration {
-    since.elapsed()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
