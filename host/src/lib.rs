@@ -24,11 +24,13 @@ pub mod listener;
 pub mod logging;
 pub mod net;
 pub mod params;
+pub mod plugin;
 pub mod pool;
 pub mod process;
 pub mod protocol;
 pub mod reload;
 pub mod server;
+pub mod sql;
 pub mod state;
 
 pub use config::Config;

@@ -284,7 +284,7 @@ fn create_forced_user_pools(state: &State, runtime: &Runtime) {
             continue;
         }
         state.pools.ensure(&PoolKey::new(&db.name, user), || {
-            PoolSettings::resolve(config, &runtime.secrets, db, &db.name, user)
+            PoolSettings::resolve(runtime, db, &db.name, user)
         });
     }
 }

@@ -63,7 +63,7 @@ fn start(cli: &Cli, loaded: config::Loaded) -> Result<(), Box<dyn std::error::Er
     runtime.block_on(async {
         // Signals first: a SIGTERM that arrives while binding must still mean a clean shutdown
         // (pidfile and socket removed), not the default action.
-        let state = State::new(loaded.config);
+        let state = State::new(loaded.config)?;
         process::spawn_signal_handlers(&state)?;
         let settings = &state.runtime().config.settings;
         let listeners = Listeners::bind(settings)?;

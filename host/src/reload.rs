@@ -4,30 +4,56 @@
 use std::sync::Arc;
 
 use crate::config::{self, ConfigError};
+use crate::plugin::{LoadError, PluginSet};
 use crate::pool::PoolSettings;
 use crate::state::{Runtime, State};
 
-/// Reloads the configuration the process was started with. On error the old configuration stays and
-/// the error (every diagnostic) is logged and returned.
-pub async fn reload(state: &Arc<State>) -> Result<(), ConfigError> {
+/// Why a reload changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("{0}")]
+    Config(ConfigError),
+    #[error("{0}")]
+    Plugin(LoadError),
+}
+
+/// Reloads the configuration the process was started with, and its plugins. Both are validated (plugins
+/// compiled and initialised) before anything is swapped; on error the running generation stays and the
+/// error is logged and returned.
+pub async fn reload(state: &Arc<State>) -> Result<(), ReloadError> {
     let old = state.runtime();
     let path = old.config.path.clone();
-    let loaded = match tokio::task::spawn_blocking(move || config::load(&path)).await {
-        Ok(res) => res,
-        Err(join) => Err(ConfigError {
+    let engine = Arc::clone(&state.plugin_engine);
+    let previous = Arc::clone(&old.plugins);
+    let loaded = tokio::task::spawn_blocking(move || {
+        let loaded = config::load(&path).map_err(ReloadError::Config)?;
+        let plugins = PluginSet::load(&engine, &loaded.config.plugins, Some(&previous))
+            .map_err(ReloadError::Plugin)?;
+        Ok((loaded, plugins))
+    })
+    .await
+    .unwrap_or_else(|join| {
+        Err(ReloadError::Config(ConfigError {
             diagnostics: vec![config::Diagnostic {
                 file: old.config.path.clone(),
                 line: None,
                 key: None,
                 message: format!("reload task failed: {join}"),
             }],
-        }),
-    };
-    let loaded = match loaded {
+        }))
+    });
+    let (loaded, plugins) = match loaded {
         Ok(l) => l,
         Err(e) => {
-            for d in &e.diagnostics {
-                tracing::error!("reload failed, keeping the running configuration: {d}");
+            match &e {
+                ReloadError::Config(c) => {
+                    for d in &c.diagnostics {
+                        tracing::error!("reload failed, keeping the running configuration: {d}");
+                    }
+                }
+                ReloadError::Plugin(p) => {
+                    tracing::error!("reload failed, keeping the running configuration: {p}");
+                }
             }
             return Err(e);
         }
@@ -36,7 +62,11 @@ pub async fn reload(state: &Arc<State>) -> Result<(), ConfigError> {
         tracing::warn!("{w}");
     }
     warn_fixed_settings(&old.config.settings, &loaded.config.settings);
-    let runtime = Arc::new(Runtime::new(loaded.config, state.next_generation()));
+    let runtime = Arc::new(Runtime::new(
+        loaded.config,
+        Arc::new(plugins),
+        state.next_generation(),
+    ));
     state.runtime.store(Arc::clone(&runtime));
     apply(state, &runtime);
     tracing::info!("configuration reloaded (generation {})", runtime.generation);
@@ -48,13 +78,10 @@ pub async fn reload(state: &Arc<State>) -> Result<(), ConfigError> {
 pub fn apply(state: &State, runtime: &Runtime) {
     for pool in state.pools.all() {
         if let Some(db) = runtime.config.database(&pool.key.database) {
-            let settings = PoolSettings::resolve(
-                &runtime.config,
-                &runtime.secrets,
-                &db,
-                &db.name,
-                &pool.key.user,
-            );
+            let mut settings = PoolSettings::resolve(runtime, &db, &db.name, &pool.key.user);
+            if let Some(mode) = pool.key.mode {
+                settings.mode = mode;
+            }
             pool.update_settings(settings);
         }
     }

@@ -14,22 +14,27 @@ use crate::auth::Secret;
 use crate::cancel::CancelRegistry;
 use crate::config::Config;
 use crate::params::Tracked;
+use crate::plugin::{LoadError, PluginEngine, PluginSet};
 use crate::pool::Pools;
+
+/// (plugin, user, database) of a cached auth lookup.
+pub type AuthCacheKey = (String, String, String);
 
 /// Secrets from `auth_file`, parsed, by user name.
 pub type Secrets = HashMap<String, Secret>;
 
-/// One generation of configuration. Swapped whole on reload; a session keeps the `Arc` it started a
-/// transaction with.
+/// One generation of configuration and plugins. Swapped whole on reload; a session keeps the `Arc` it
+/// started a transaction with, so a transaction finishes under the plugins it began with.
 #[derive(Debug)]
 pub struct Runtime {
     pub config: Config,
     pub secrets: Secrets,
+    pub plugins: Arc<PluginSet>,
     pub generation: u64,
 }
 
 impl Runtime {
-    pub fn new(config: Config, generation: u64) -> Self {
+    pub fn new(config: Config, plugins: Arc<PluginSet>, generation: u64) -> Self {
         let secrets = config
             .auth_file
             .as_ref()
@@ -43,6 +48,7 @@ impl Runtime {
         Self {
             config,
             secrets,
+            plugins,
             generation,
         }
     }
@@ -50,6 +56,10 @@ impl Runtime {
 
 pub struct State {
     pub runtime: ArcSwap<Runtime>,
+    /// The one WebAssembly engine (compiles and runs every plugin generation).
+    pub plugin_engine: Arc<PluginEngine>,
+    /// Answers of auth plugins kept for their cache_ttl: (plugin, user, database) → when, secret.
+    pub auth_cache: Mutex<HashMap<AuthCacheKey, (std::time::Instant, Option<String>)>>,
     pub pools: Pools,
     /// Tracked parameter names; fixed for the process (track_extra_parameters needs a restart).
     pub tracked: Arc<Tracked>,
@@ -60,17 +70,36 @@ pub struct State {
 }
 
 impl State {
-    pub fn new(config: Config) -> Arc<Self> {
+    /// Sets up the shared state for `config`, compiling and initialising its plugins (which may take
+    /// seconds for large components: call it before serving, or off the async runtime).
+    pub fn new(config: Config) -> Result<Arc<Self>, StartError> {
+        let cache_dir = match &config.plugin_cache_dir {
+            Some(dir) if dir.as_os_str().is_empty() => None,
+            Some(dir) => Some(dir.clone()),
+            None => crate::plugin::default_cache_dir(),
+        };
+        // A cache directory that cannot be used is not worth refusing to start over.
+        let engine = match PluginEngine::new(cache_dir.as_deref()) {
+            Ok(e) => e,
+            Err(e) if cache_dir.is_some() => {
+                tracing::warn!("{e}; compiling plugins without a cache");
+                PluginEngine::new(None).map_err(StartError::Engine)?
+            }
+            Err(e) => return Err(StartError::Engine(e)),
+        };
+        let plugins = Arc::new(PluginSet::load(&engine, &config.plugins, None)?);
         let tracked = Arc::new(Tracked::new(&config.settings.track_extra_parameters));
-        Arc::new(Self {
-            runtime: ArcSwap::from_pointee(Runtime::new(config, 1)),
+        Ok(Arc::new(Self {
+            runtime: ArcSwap::from_pointee(Runtime::new(config, plugins, 1)),
+            plugin_engine: engine,
+            auth_cache: Mutex::default(),
             pools: Pools::new(Arc::clone(&tracked)),
             tracked,
             cancels: Arc::new(CancelRegistry::default()),
             clients: Arc::default(),
             lifecycle: Lifecycle::default(),
             next_generation: AtomicU64::new(2),
-        })
+        }))
     }
 
     pub fn runtime(&self) -> Arc<Runtime> {
@@ -98,6 +127,15 @@ impl std::fmt::Debug for State {
             .field("generation", &self.runtime.load().generation)
             .finish_non_exhaustive()
     }
+}
+
+/// Why the pooler cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Engine(String),
+    #[error("{0}")]
+    Plugin(#[from] LoadError),
 }
 
 /// How the process is ending, PgBouncer's SHUTDOWN modes.

@@ -278,7 +278,8 @@ async fn invalid_reload_is_rejected_and_the_old_config_keeps_serving() -> anyhow
         let line = line_of(&text, bad_line);
         let err = match pooler.reload().await {
             Ok(()) => panic!("reload accepted {bad_line:?}"),
-            Err(e) => e,
+            Err(pgwarden::reload::ReloadError::Config(e)) => e,
+            Err(other) => panic!("not a configuration error: {other}"),
         };
         let found = err.diagnostics.iter().find(|d| {
             d.file == pooler.ini_path() && d.line == line && d.key.as_deref() == Some(key)

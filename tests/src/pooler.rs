@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, bail};
-use pgwarden::config::{self, ConfigError};
+use pgwarden::config;
+use pgwarden::reload::ReloadError;
 use pgwarden::state::ShutdownMode;
 use pgwarden::{Listeners, State};
 use tokio::task::JoinHandle;
@@ -114,7 +115,7 @@ impl Pooler {
         let loaded = config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
         let listeners = Listeners::bind(&loaded.config.settings)
             .with_context(|| format!("binding port {port}"))?;
-        let state = State::new(loaded.config);
+        let state = State::new(loaded.config).map_err(|e| anyhow::anyhow!("{e}"))?;
         let task = tokio::spawn(pgwarden::run(listeners, Arc::clone(&state)));
         Ok(Self {
             state,
@@ -133,7 +134,7 @@ impl Pooler {
     }
 
     /// SIGHUP's work, in-process.
-    pub async fn reload(&self) -> Result<(), ConfigError> {
+    pub async fn reload(&self) -> Result<(), ReloadError> {
         pgwarden::reload::reload(&self.state).await
     }
 

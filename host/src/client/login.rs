@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 
 use tokio::io::AsyncReadExt;
 
+use super::hooks::{self, Routing};
 use super::session::{ClientTimeouts, PoolClient, Session};
 use super::startup::{self as client_startup, ClientStartup};
 use super::{ClientConn, ClientInfo, End, auth};
@@ -66,9 +67,13 @@ async fn login(
             startup.user
         );
     }
-    let db = lookup_database(&runtime, &startup.database);
-    let secret = runtime.secrets.get(&startup.user);
-    let method = auth::method(settings.auth_type, secret);
+    let routing = hooks::route(&runtime, &startup, &msg.params, info.peer)?;
+    let db = lookup_database(&runtime, &routing.database);
+    let secret = match runtime.secrets.get(&startup.user) {
+        Some(s) => Some(s.clone()),
+        None => hooks::lookup(state, &runtime, &startup.user, &routing.database).await?,
+    };
+    let method = auth::method(settings.auth_type, secret.as_ref());
     if method == AuthType::Trust && secret.is_none() {
         return Err(End::fatal("28000", "\"trust\" authentication failed"));
     }
@@ -76,17 +81,28 @@ async fn login(
         conn,
         method,
         &startup.user,
-        secret,
+        secret.as_ref(),
         settings.scram_iterations,
     )
     .await?;
     let Some(db) = db else {
         return Err(End::pooler(format!(
             "no such database: {}",
-            startup.database
+            routing.database
         )));
     };
-    let session = attach(state, &runtime, &startup, &db, keys, total, info).await?;
+    let session = attach(
+        state,
+        &runtime,
+        &startup,
+        &msg.params,
+        &db,
+        &routing,
+        keys,
+        total,
+        info,
+    )
+    .await?;
     welcome(conn, &session);
     conn.flush().await?;
     Ok(Some(session))
@@ -147,20 +163,36 @@ fn lookup_database(runtime: &Runtime, name: &str) -> Option<Arc<Database>> {
 }
 
 /// Picks the pool and checks the client limits; makes sure the pool can log in and knows its welcome.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the login's parts, assembled once"
+)]
 async fn attach(
     state: &Arc<State>,
     runtime: &Runtime,
     startup: &ClientStartup,
+    startup_params: &[(String, String)],
     db: &Database,
+    routing: &Routing,
     keys: Option<crate::auth::ScramKeys>,
     total: ClientTotal,
     info: &ClientInfo,
 ) -> Result<Session, End> {
     let settings = &runtime.config.settings;
+    // A router's server_user acts as a forced user= for this client.
+    let mut db = db.clone();
+    if let Some(user) = &routing.server_user {
+        db.user = Some(user.clone());
+    }
+    let db = &db;
     let pool_user = db.user.clone().unwrap_or_else(|| startup.user.clone());
-    let key = PoolKey::new(&db.name, &pool_user);
+    let key = PoolKey::routed(&db.name, &pool_user, routing.mode);
     let pool = state.pools.join(&key, || {
-        PoolSettings::resolve(&runtime.config, &runtime.secrets, db, &db.name, &pool_user)
+        let mut settings = PoolSettings::resolve(runtime, db, &db.name, &pool_user);
+        if let Some(mode) = routing.mode {
+            settings.mode = mode;
+        }
+        settings
     });
     let pool_client = PoolClient::joined(Arc::clone(&pool));
 
@@ -221,6 +253,19 @@ async fn attach(
         params.set(app, &name);
     }
     let timeouts = ClientTimeouts::resolve(runtime, &startup.user);
+    let app = state
+        .tracked
+        .index("application_name")
+        .and_then(|i| params.get(i))
+        .unwrap_or("");
+    let plugin_info = crate::plugin::convert::session_info(
+        &startup.user,
+        &startup.database,
+        app,
+        info.peer,
+        startup_params,
+        pool.settings().mode,
+    );
     Ok(Session::new(
         Arc::clone(state),
         info.clone(),
@@ -229,6 +274,7 @@ async fn attach(
         params,
         state.cancels.register(),
         timeouts,
+        plugin_info,
         vec![Box::new(total), Box::new(db_count), Box::new(user_count)],
     ))
 }

@@ -5,6 +5,7 @@
 //! `outq` (zero-copy output queue).
 
 mod auth;
+mod hooks;
 mod login;
 mod outq;
 mod relay;

@@ -13,7 +13,7 @@ use bytes::{Buf, BytesMut};
 use super::outq::OutQueue;
 use crate::params::{ParamValues, Tracked};
 use crate::protocol::backend::{self, ErrorFields, TransactionStatus, tag as be};
-use crate::protocol::frontend::{Kind, tag as fe};
+use crate::protocol::frontend::{self, Kind, tag as fe};
 use crate::protocol::{HEADER_LEN, ProtocolError, frame};
 
 /// Frames above this size may be streamed instead of buffered whole.
@@ -54,6 +54,10 @@ pub struct Relay {
     /// Bytes left of a server frame being streamed (or discarded, when hidden) to the client.
     server_stream_left: usize,
     server_stream_hidden: bool,
+    /// A Parse was denied by a policy: the client's messages are dropped until its Sync.
+    skip_until_sync: bool,
+    /// The client frame being streamed is being dropped (it belongs to a denied batch).
+    client_stream_drop: bool,
     /// The client sent Terminate: nothing more will be read from it.
     pub client_terminated: bool,
     /// The server sent a FATAL error: it is going away.
@@ -81,6 +85,8 @@ impl Relay {
             unsynced: false,
             tx: TransactionStatus::Idle,
             client_stream_left: 0,
+            skip_until_sync: false,
+            client_stream_drop: false,
             server_stream_left: 0,
             server_stream_hidden: false,
             client_terminated: false,
@@ -129,18 +135,26 @@ impl Relay {
         self.pending.push_back(Pending::Query);
     }
 
-    /// Moves whole client frames (and the part of a streamed one that is here) from `input` to `out`.
+    /// Moves whole client frames (and the part of a streamed one that is here) from `input` to `out`,
+    /// asking `policy` (when there is one) about every Query and Parse first.
     pub fn process_client(
         &mut self,
         input: &mut BytesMut,
         out: &mut OutQueue,
         max: u32,
+        mut policy: Option<&mut dyn QueryPolicy>,
     ) -> Result<(), RelayError> {
         let mut run = 0;
         while !self.client_terminated {
             if self.client_stream_left > 0 {
                 let n = self.client_stream_left.min(input.len() - run);
-                run += n;
+                if self.client_stream_drop {
+                    out.push(input.split_to(run).freeze());
+                    run = 0;
+                    input.advance(n);
+                } else {
+                    run += n;
+                }
                 self.client_stream_left -= n;
                 if self.client_stream_left > 0 {
                     break;
@@ -156,7 +170,43 @@ impl Relay {
             if !whole && !streamable {
                 break;
             }
-            match Kind::of(h.tag) {
+            let kind = Kind::of(h.tag);
+            if self.skip_until_sync && !matches!(kind, Kind::Sync | Kind::Terminate) {
+                // The rest of a batch whose Parse was denied: the server never sees it, as PostgreSQL
+                // itself would skip it after an error.
+                out.push(input.split_to(run).freeze());
+                run = 0;
+                if whole {
+                    input.advance(h.frame_len);
+                } else {
+                    self.client_stream_left = h.frame_len;
+                    self.client_stream_drop = true;
+                }
+                continue;
+            }
+            self.client_stream_drop = false;
+            if whole
+                && matches!(h.tag, fe::QUERY | fe::PARSE)
+                && let Some(policy) = policy.as_deref_mut()
+            {
+                let body = &input[run + HEADER_LEN..run + h.frame_len];
+                if let Some(denial) = self.ask(policy, h.tag, body)? {
+                    out.push(input.split_to(run).freeze());
+                    run = 0;
+                    input.advance(h.frame_len);
+                    out.push(denial_query(&denial));
+                    if h.tag == fe::PARSE {
+                        // The server answers with the error and a ReadyForQuery the client does not expect
+                        // until its own Sync: that one is swallowed.
+                        self.query_sent(Pending::SilentReady);
+                        self.skip_until_sync = true;
+                    } else {
+                        self.query_sent(Pending::Query);
+                    }
+                    continue;
+                }
+            }
+            match kind {
                 Kind::Terminate => {
                     out.push(input.split_to(run).freeze());
                     input.advance(h.frame_len);
@@ -171,6 +221,7 @@ impl Relay {
                 Kind::Sync => {
                     self.query_sent(Pending::Sync);
                     self.unsynced = false;
+                    self.skip_until_sync = false;
                 }
                 Kind::Extended | Kind::Flush => self.unsynced = true,
                 Kind::Copy if h.tag != fe::COPY_DATA => self.pending.push_back(Pending::CopyEnd),
@@ -187,6 +238,23 @@ impl Relay {
         }
         out.push(input.split_to(run).freeze());
         Ok(())
+    }
+
+    /// The policy's verdict on a Query or Parse body: `Some` to deny.
+    fn ask(
+        &self,
+        policy: &mut dyn QueryPolicy,
+        tag: u8,
+        body: &[u8],
+    ) -> Result<Option<Denial>, RelayError> {
+        let in_tx = self.tx != TransactionStatus::Idle;
+        if tag == fe::QUERY {
+            let sql = frontend::parse_query(body).map_err(RelayError::Client)?;
+            Ok(policy.check(sql, false, "", in_tx))
+        } else {
+            let parse = frontend::Parse::decode(body).map_err(RelayError::Client)?;
+            Ok(policy.check(parse.query, true, parse.name, in_tx))
+        }
     }
 
     fn query_sent(&mut self, what: Pending) {
@@ -312,8 +380,10 @@ impl Relay {
         let status = backend::parse_ready_for_query(body).map_err(RelayError::Server)?;
         self.outstanding = self.outstanding.saturating_sub(1);
         // Drop the answered Query or Sync, and any COPY ends queued before it.
+        let mut answered = None;
         while let Some(p) = self.pending.pop_front() {
             if p != Pending::CopyEnd {
+                answered = Some(p);
                 break;
             }
         }
@@ -323,6 +393,11 @@ impl Relay {
         }
         if self.hidden > 0 {
             self.hidden -= 1;
+            return Ok(false);
+        }
+        if answered == Some(Pending::SilentReady) {
+            // The server's state changed (a failed transaction stays failed), the client hears at its Sync.
+            self.tx = status;
             return Ok(false);
         }
         if status == TransactionStatus::Idle && self.tx_started.take().is_some() {
@@ -358,6 +433,51 @@ enum Pending {
     Sync,
     /// CopyDone or CopyFail: the end of the client's COPY data.
     CopyEnd,
+    /// pgwarden's stand-in for a denied Parse: its error goes to the client, its ReadyForQuery does not.
+    SilentReady,
+}
+
+/// A query policy (the plugins that apply to this client), asked about each Query and Parse.
+pub trait QueryPolicy {
+    /// `None` allows the SQL; `Some` denies it with that error.
+    fn check(
+        &mut self,
+        sql: &str,
+        extended: bool,
+        statement_name: &str,
+        in_transaction: bool,
+    ) -> Option<Denial>;
+}
+
+/// A denied query's error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    pub sqlstate: String,
+    pub message: String,
+    pub detail: Option<String>,
+    pub hint: Option<String>,
+}
+
+/// The query pgwarden sends instead of a denied one: PostgreSQL raises the denial itself, so the client
+/// gets its error with PostgreSQL's exact transaction semantics (inside a transaction block the transaction
+/// fails; inside an already failed one the client gets "current transaction is aborted", as always).
+pub(crate) fn denial_query(d: &Denial) -> bytes::Bytes {
+    // The dollar-quote tag must not occur in the texts.
+    let lit = |s: &str| crate::params::quote_literal(&s.replace("$pgwarden$", "$ pgwarden$"));
+    let mut sql = format!(
+        "DO $pgwarden$BEGIN RAISE EXCEPTION USING ERRCODE = {}, MESSAGE = {}",
+        lit(&d.sqlstate),
+        lit(&d.message)
+    );
+    for (key, value) in [("DETAIL", &d.detail), ("HINT", &d.hint)] {
+        if let Some(v) = value {
+            sql.push_str(&format!(", {key} = {}", lit(v)));
+        }
+    }
+    sql.push_str("; END$pgwarden$");
+    let mut buf = BytesMut::with_capacity(sql.len() + 6);
+    frontend::write_query(&mut buf, &sql);
+    buf.freeze()
 }
 
 impl Default for Relay {

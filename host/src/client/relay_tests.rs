@@ -62,7 +62,8 @@ fn pipelined_queries_keep_the_server_until_all_are_answered() {
     write_query(&mut input, "select 2");
     let sent = input.to_vec();
     let mut out = OutQueue::default();
-    r.process_client(&mut input, &mut out, u32::MAX).unwrap();
+    r.process_client(&mut input, &mut out, u32::MAX, None)
+        .unwrap();
     assert_eq!(drain(&mut out), sent, "forwarded verbatim as one run");
     assert_eq!(r.outstanding, 2);
     assert!(!r.releasable());
@@ -90,11 +91,13 @@ fn partial_frames_wait_for_the_rest() {
     write_query(&mut whole, "select 1");
     let mut input = BytesMut::from(&whole[..6]);
     let mut out = OutQueue::default();
-    r.process_client(&mut input, &mut out, u32::MAX).unwrap();
+    r.process_client(&mut input, &mut out, u32::MAX, None)
+        .unwrap();
     assert!(out.is_empty());
     assert_eq!(r.outstanding, 0);
     input.put_slice(&whole[6..]);
-    r.process_client(&mut input, &mut out, u32::MAX).unwrap();
+    r.process_client(&mut input, &mut out, u32::MAX, None)
+        .unwrap();
     assert_eq!(drain(&mut out), whole.to_vec());
     assert_eq!(r.outstanding, 1);
 }
@@ -108,12 +111,14 @@ fn extended_batch_is_unsynced_until_sync() {
     input.put_slice(&frame(b'E', b"\0\0\0\0\0"));
     input.put_slice(&frame(b'H', b""));
     let mut out = OutQueue::default();
-    r.process_client(&mut input, &mut out, u32::MAX).unwrap();
+    r.process_client(&mut input, &mut out, u32::MAX, None)
+        .unwrap();
     assert!(r.unsynced);
     assert_eq!(r.outstanding, 0);
     assert!(!r.releasable(), "mid-batch");
     write_sync(&mut input);
-    r.process_client(&mut input, &mut out, u32::MAX).unwrap();
+    r.process_client(&mut input, &mut out, u32::MAX, None)
+        .unwrap();
     assert!(!r.unsynced);
     assert_eq!(r.outstanding, 1);
 }
@@ -127,7 +132,8 @@ fn terminate_is_not_forwarded_and_stops_reading() {
     write_terminate(&mut input);
     write_query(&mut input, "select 2");
     let mut out = OutQueue::default();
-    r.process_client(&mut input, &mut out, u32::MAX).unwrap();
+    r.process_client(&mut input, &mut out, u32::MAX, None)
+        .unwrap();
     assert_eq!(drain(&mut out), q);
     assert!(r.client_terminated);
     assert_eq!(r.outstanding, 1);
@@ -138,12 +144,12 @@ fn unexpected_and_oversized_client_frames_are_errors() {
     let mut out = OutQueue::default();
     let mut input = BytesMut::from(&frame(b'p', b"pw\0")[..]);
     assert!(matches!(
-        Relay::new().process_client(&mut input, &mut out, u32::MAX),
+        Relay::new().process_client(&mut input, &mut out, u32::MAX, None),
         Err(RelayError::UnexpectedFromClient(b'p'))
     ));
     let mut input = BytesMut::from(&frame(b'Q', &[b'x'; 100])[..]);
     assert!(matches!(
-        Relay::new().process_client(&mut input, &mut out, 50),
+        Relay::new().process_client(&mut input, &mut out, 50, None),
         Err(RelayError::Client(ProtocolError::TooLarge { .. }))
     ));
 }
@@ -160,7 +166,8 @@ fn hidden_sync_answers_are_swallowed_but_changed_parameters_reach_the_client() {
     let mut input = BytesMut::new();
     write_query(&mut input, "select now()");
     let mut out = OutQueue::default();
-    r.process_client(&mut input, &mut out, u32::MAX).unwrap();
+    r.process_client(&mut input, &mut out, u32::MAX, None)
+        .unwrap();
     drain(&mut out);
     assert_eq!(r.outstanding, 2);
 
@@ -259,7 +266,8 @@ fn transaction_status_and_counts() {
     ] {
         let mut input = BytesMut::new();
         write_query(&mut input, "x");
-        r.process_client(&mut input, &mut out, u32::MAX).unwrap();
+        r.process_client(&mut input, &mut out, u32::MAX, None)
+            .unwrap();
         let mut s = BytesMut::new();
         write_ready_for_query(&mut s, status);
         r.process_server(&mut s, &mut out, &mut fx.ctx()).unwrap();
@@ -286,7 +294,8 @@ fn client_says(r: &mut Relay, frames: &[Vec<u8>]) {
         input.put_slice(f);
     }
     let mut out = OutQueue::default();
-    r.process_client(&mut input, &mut out, u32::MAX).unwrap();
+    r.process_client(&mut input, &mut out, u32::MAX, None)
+        .unwrap();
 }
 
 #[test]
@@ -367,7 +376,7 @@ fn random_input_never_panics() {
         let mut fx = Fixture::new();
         let mut out = OutQueue::default();
         let mut input = BytesMut::from(&bytes[..]);
-        let _ = r.process_client(&mut input, &mut out, 1 << 20);
+        let _ = r.process_client(&mut input, &mut out, 1 << 20, None);
         let mut input = BytesMut::from(&bytes[..]);
         r.add_hidden_query();
         let _ = r.process_server(&mut input, &mut out, &mut fx.ctx());
@@ -375,7 +384,140 @@ fn random_input_never_panics() {
         let _ = crate::protocol::startup::parse(&mut input);
         let _ = ErrorFields::parse(&bytes);
         let _ = backend::Authentication::parse(&bytes);
-        let _ = crate::protocol::frontend::Parse::decode(&bytes);
-        let _ = crate::protocol::frontend::parse_sasl_initial(&bytes);
+        let _ = frontend::Parse::decode(&bytes);
+        let _ = frontend::parse_sasl_initial(&bytes);
     }
+}
+
+/// A policy that denies SQL containing "forbidden".
+struct DenyForbidden {
+    seen: Vec<(String, bool, String, bool)>,
+}
+
+impl QueryPolicy for DenyForbidden {
+    fn check(&mut self, sql: &str, extended: bool, name: &str, in_tx: bool) -> Option<Denial> {
+        self.seen
+            .push((sql.to_owned(), extended, name.to_owned(), in_tx));
+        sql.contains("forbidden").then(|| Denial {
+            sqlstate: "25006".into(),
+            message: "it's $pgwarden$ forbidden".into(),
+            detail: None,
+            hint: Some("ask".into()),
+        })
+    }
+}
+
+fn queries_in(bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut buf = BytesMut::from(bytes);
+    let mut out = Vec::new();
+    while let Some(f) = frame::split(&mut buf, u32::MAX).unwrap() {
+        out.push((f.tag, f.body.to_vec()));
+    }
+    out
+}
+
+#[test]
+fn a_denied_query_is_replaced_by_one_that_raises_the_denial() {
+    let mut r = Relay::new();
+    let mut policy = DenyForbidden { seen: vec![] };
+    let mut input = BytesMut::new();
+    write_query(&mut input, "select 1");
+    write_query(&mut input, "delete from forbidden");
+    let mut out = OutQueue::default();
+    r.process_client(&mut input, &mut out, u32::MAX, Some(&mut policy))
+        .unwrap();
+    let sent = queries_in(&drain(&mut out));
+    assert_eq!(sent.len(), 2);
+    assert_eq!(sent[0].1, b"select 1\0");
+    let replacement = String::from_utf8(sent[1].1.clone()).unwrap();
+    assert!(
+        replacement.starts_with("DO $pgwarden$BEGIN RAISE EXCEPTION USING ERRCODE = '25006'"),
+        "{replacement}"
+    );
+    assert!(
+        replacement.contains("MESSAGE = 'it''s $ pgwarden$ forbidden'"),
+        "quotes and the tag escaped: {replacement}"
+    );
+    assert!(replacement.contains("HINT = 'ask'"));
+    assert_eq!(
+        r.outstanding, 2,
+        "the replacement is answered like the query it replaces"
+    );
+    assert_eq!(policy.seen.len(), 2);
+    assert!(!policy.seen[1].1, "simple protocol");
+}
+
+#[test]
+fn a_denied_parse_skips_its_batch_and_hides_one_ready_for_query() {
+    let mut r = Relay::new();
+    let mut fx = Fixture::new();
+    let mut policy = DenyForbidden { seen: vec![] };
+    let mut input = BytesMut::new();
+    input.put_slice(&frame(b'P', b"s1\0insert into forbidden values (1)\0\0\0"));
+    input.put_slice(&frame(b'B', b"\0s1\0\0\0\0\0\0\0"));
+    input.put_slice(&frame(b'E', b"\0\0\0\0\0"));
+    write_sync(&mut input);
+    write_query(&mut input, "select 2");
+    let mut out = OutQueue::default();
+    r.process_client(&mut input, &mut out, u32::MAX, Some(&mut policy))
+        .unwrap();
+    let sent = queries_in(&drain(&mut out));
+    let tags: Vec<u8> = sent.iter().map(|(t, _)| *t).collect();
+    assert_eq!(
+        tags,
+        b"QSQ".to_vec(),
+        "stand-in query, the client's Sync, then its next query"
+    );
+    assert_eq!(
+        policy.seen[0],
+        (
+            "insert into forbidden values (1)".into(),
+            true,
+            "s1".into(),
+            false
+        )
+    );
+    assert_eq!(r.outstanding, 3);
+
+    // The server: error + ReadyForQuery for the stand-in, ReadyForQuery for the Sync, then the next query.
+    let mut s = BytesMut::new();
+    write_error(&mut s, Severity::Error, "25006", "it's forbidden");
+    write_ready_for_query(&mut s, TransactionStatus::Idle);
+    write_ready_for_query(&mut s, TransactionStatus::Idle);
+    s.put_slice(&frame(b'C', b"SELECT 1\0"));
+    write_ready_for_query(&mut s, TransactionStatus::Idle);
+    r.process_server(&mut s, &mut out, &mut fx.ctx()).unwrap();
+    let got: Vec<u8> = queries_in(&drain(&mut out))
+        .iter()
+        .map(|(t, _)| *t)
+        .collect();
+    assert_eq!(
+        got,
+        b"EZCZ".to_vec(),
+        "the client sees its error, one ReadyForQuery per Sync/Query"
+    );
+    assert!(r.releasable());
+}
+
+#[test]
+fn skipping_drops_streamed_frames_of_the_denied_batch_too() {
+    let mut r = Relay::new();
+    let mut policy = DenyForbidden { seen: vec![] };
+    let mut input = BytesMut::new();
+    input.put_slice(&frame(b'P', b"\0forbidden\0\0\0"));
+    let big_bind = frame(b'B', &vec![0u8; STREAM_MIN * 2]);
+    input.put_slice(&big_bind[..100]);
+    let mut out = OutQueue::default();
+    r.process_client(&mut input, &mut out, u32::MAX, Some(&mut policy))
+        .unwrap();
+    input.put_slice(&big_bind[100..]);
+    write_sync(&mut input);
+    r.process_client(&mut input, &mut out, u32::MAX, Some(&mut policy))
+        .unwrap();
+    let tags: Vec<u8> = queries_in(&drain(&mut out))
+        .iter()
+        .map(|(t, _)| *t)
+        .collect();
+    assert_eq!(tags, b"QS".to_vec());
+    assert!(input.is_empty());
 }

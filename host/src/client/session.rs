@@ -12,11 +12,14 @@ use bytes::BytesMut;
 use tokio::time::Sleep;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use super::relay::{Relay, RelayError, STREAM_MIN, ServerCtx};
+use super::relay::{Denial, QueryPolicy, Relay, RelayError, STREAM_MIN, ServerCtx};
 use super::{ClientConn, ClientInfo, End, OutQueue, login::checkout_end};
 use crate::cancel::{CancelHandle, CancelTarget};
 use crate::config::PoolMode;
+use crate::config::{Hook, OnError};
 use crate::params::ParamValues;
+use crate::plugin::bindings::exports::pgwarden::plugin::policy::Verdict;
+use crate::plugin::convert::{self, SessionInfo};
 use crate::pool::Pool;
 use crate::protocol::backend::{self, Severity};
 use crate::protocol::frontend::{self, Kind};
@@ -100,6 +103,8 @@ pub struct Session {
     to_server: OutQueue,
     /// Protocol state of the current link, reset per link (kept here so its allocations are reused).
     relay_state: Relay,
+    /// What policy plugins are told about this client (built once at login).
+    plugin_info: SessionInfo,
     /// Fires when the process starts draining or terminating; polled only until it fires once.
     stop: Pin<Box<WaitForCancellationFutureOwned>>,
     stop_seen: bool,
@@ -149,6 +154,7 @@ impl Session {
         params: ParamValues,
         cancel: CancelHandle,
         timeouts: ClientTimeouts,
+        plugin_info: SessionInfo,
         guards: Vec<Guard>,
     ) -> Self {
         let stop_token: CancellationToken = state.lifecycle.draining.child_token();
@@ -163,6 +169,7 @@ impl Session {
             timeouts,
             to_server: OutQueue::default(),
             relay_state: Relay::default(),
+            plugin_info,
             stop: Box::pin(stop_token.cancelled_owned()),
             stop_seen: false,
             terminate: Box::pin(terminate_token.cancelled_owned()),
@@ -356,6 +363,9 @@ impl Session {
     ) -> LinkEnd {
         let (mode, max) = self.pool.0.mode_and_max_packet();
         relay.disallow_simple_query = self.state.runtime.load().config.settings.disable_pqexec;
+        // The plugins a transaction starts with are the ones it finishes with, whatever a reload swaps in
+        // meanwhile; a session-mode client picks up a new generation between transactions.
+        let mut policy_runtime = self.policy_runtime();
         if let Some(sql) = self.params.sync_sql(&server.params, &self.state.tracked) {
             let mut local = BytesMut::new();
             frontend::write_query(&mut local, &sql);
@@ -364,7 +374,27 @@ impl Session {
         }
         self.timer = None;
         loop {
-            if let Err(e) = relay.process_client(&mut conn.rbuf, &mut self.to_server, max) {
+            if mode == PoolMode::Session && relay.releasable() {
+                let current = self.state.runtime.load().generation;
+                if policy_runtime
+                    .as_ref()
+                    .is_none_or(|rt| rt.generation != current)
+                {
+                    policy_runtime = self.policy_runtime();
+                }
+            }
+            let mut policy = policy_runtime.as_deref().map(|runtime| SessionPolicy {
+                runtime,
+                database: &self.pool.0.key.database,
+                info: &mut self.plugin_info,
+                app: self
+                    .state
+                    .tracked
+                    .index("application_name")
+                    .and_then(|i| self.params.get(i)),
+            });
+            let policy = policy.as_mut().map(|p| p as &mut dyn QueryPolicy);
+            if let Err(e) = relay.process_client(&mut conn.rbuf, &mut self.to_server, max, policy) {
                 return finish_relay_error(&e);
             }
             let mut ctx = ServerCtx {
@@ -425,6 +455,15 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// The current generation, if any of its policy plugins applies to this client's pool.
+    fn policy_runtime(&self) -> Option<Arc<Runtime>> {
+        let current = self.state.runtime.load();
+        current
+            .plugins
+            .has_policy(&self.pool.0.key.database)
+            .then(|| Arc::clone(&current))
     }
 
     /// What the pool mode and the protocol state say now, if anything.
@@ -588,6 +627,58 @@ impl Session {
         let pool = Arc::clone(&self.pool.0);
         let state = Arc::clone(&self.state);
         tokio::spawn(async move { dispose(state, pool, server, disposal).await });
+    }
+}
+
+/// The policy plugins of one generation, as this client's relay asks them.
+struct SessionPolicy<'a> {
+    runtime: &'a Runtime,
+    database: &'a str,
+    info: &'a mut SessionInfo,
+    app: Option<&'a str>,
+}
+
+impl QueryPolicy for SessionPolicy<'_> {
+    fn check(
+        &mut self,
+        sql: &str,
+        extended: bool,
+        statement_name: &str,
+        in_transaction: bool,
+    ) -> Option<Denial> {
+        self.info.in_transaction = in_transaction;
+        if let Some(app) = self.app
+            && self.info.application_name != app
+        {
+            app.clone_into(&mut self.info.application_name);
+        }
+        let query = convert::query(sql, extended, statement_name);
+        for plugin in self.runtime.plugins.for_hook(Hook::Policy, self.database) {
+            match plugin.check(self.info, &query) {
+                Ok(Verdict::Allow) => {}
+                Ok(Verdict::Deny(d)) => {
+                    return Some(Denial {
+                        sqlstate: convert::sqlstate(&d.sqlstate, "42501"),
+                        message: d.message,
+                        detail: d.detail,
+                        hint: d.hint,
+                    });
+                }
+                Err(e) if plugin.spec.on_error == OnError::Allow => {
+                    tracing::warn!("{e}; query allowed unchecked (on_error = allow)");
+                }
+                Err(e) => {
+                    tracing::error!("{e}; query refused");
+                    return Some(Denial {
+                        sqlstate: "XX000".into(),
+                        message: format!("query refused: {e}"),
+                        detail: None,
+                        hint: Some("a query policy plugin failed, and pgwarden refuses queries it could not check".into()),
+                    });
+                }
+            }
+        }
+        None
     }
 }
 

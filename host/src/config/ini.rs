@@ -195,12 +195,42 @@ impl Reader<'_> {
                 Some(&key),
                 "[peers] is not supported by pgwarden yet; entry ignored",
             ),
-            Some(Section::PgWarden) => {
-                let line = loc.line.unwrap_or(0);
-                self.raw
-                    .pgwarden_section
-                    .push((key, value.to_owned(), line));
-            }
+            Some(Section::PgWarden) => self.pgwarden_key(loc, &key, value),
+        }
+    }
+
+    /// pgwarden's own section: `plugin.NAME.KEY = value` and `plugin_cache_dir`. PgBouncer never reads
+    /// this section, so a plain pgbouncer.ini keeps working unchanged.
+    fn pgwarden_key(&mut self, loc: &Loc, key: &str, value: &str) {
+        let raw_value = RawValue::Str(value.to_owned());
+        if key == "plugin_cache_dir" {
+            self.raw.plugin_runtime.push(RawItem {
+                key: "cache_dir".into(),
+                value: raw_value,
+                loc: loc.clone(),
+            });
+            return;
+        }
+        let Some((name, rest)) = key.strip_prefix("plugin.").and_then(|r| r.split_once('.')) else {
+            self.diags.error(
+                loc,
+                Some(key),
+                "unknown [pgwarden] key (expected plugin.<name>.<setting> or plugin_cache_dir)",
+            );
+            return;
+        };
+        let item = RawItem {
+            key: rest.to_owned(),
+            value: raw_value,
+            loc: loc.clone(),
+        };
+        match self.raw.plugins.iter_mut().find(|e| e.name == name) {
+            Some(entry) => entry.items.push(item),
+            None => self.raw.plugins.push(RawEntry {
+                name: name.to_owned(),
+                loc: loc.clone(),
+                items: vec![item],
+            }),
         }
     }
 

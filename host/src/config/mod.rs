@@ -14,6 +14,7 @@ mod entries;
 mod example;
 mod ini;
 mod native;
+mod plugins;
 mod raw;
 mod reference;
 mod settings;
@@ -33,6 +34,7 @@ use std::path::{Path, PathBuf};
 pub use diag::{ConfigError, Diagnostic};
 pub use entries::{Database, UserSettings};
 pub use example::commented_toml;
+pub use plugins::{AUTO_AUTH, Hook, OnError, PluginSource, PluginSpec};
 pub use reference::reference_markdown;
 pub use settings::{NOT_IMPLEMENTED, Settings, is_reloadable};
 pub use types::{AuthType, LoadBalanceHosts, PoolMode, TlsMode};
@@ -63,9 +65,11 @@ pub struct Config {
     pub users: BTreeMap<String, UserSettings>,
     /// The parsed `auth_file`; `None` when `auth_file` is not set.
     pub auth_file: Option<AuthFile>,
-    /// The ini `[pgwarden]` section (key, value, line), kept raw for the plugin code to
-    /// validate. Always empty for TOML files.
-    pub pgwarden_section: Vec<(String, String, u32)>,
+    /// Plugins, in the order they run.
+    pub plugins: Vec<PluginSpec>,
+    /// Where compiled plugins are cached between runs: `None` = the default location, an empty path = no
+    /// cache.
+    pub plugin_cache_dir: Option<PathBuf>,
 }
 
 impl Config {

@@ -34,6 +34,9 @@ struct TomlFile {
     databases: BTreeMap<Spanned<String>, Spanned<Table>>,
     #[serde(default)]
     users: BTreeMap<Spanned<String>, Spanned<Table>>,
+    /// `cache_dir = "..."` and one `[plugins.NAME]` table per plugin.
+    #[serde(default)]
+    plugins: Table,
 }
 
 /// Reads and parses a TOML configuration file.
@@ -58,12 +61,72 @@ pub(crate) fn parse(path: &Path, text: &str, diags: &mut Diags) -> RawConfig {
         }
     };
     let at = |offset: usize| Loc::new(path, Some(line_of(text, offset)));
+    let (plugins, plugin_runtime) = plugin_tables(&file.plugins, &at, diags);
     RawConfig {
         settings: items(&file.pgwarden, &at),
         databases: entries(&file.databases, &at),
         users: entries(&file.users, &at),
-        pgwarden_section: Vec::new(),
+        plugins,
+        plugin_runtime,
     }
+}
+
+/// `[plugins]`: `cache_dir` and one table per plugin, whose `config` sub-table becomes `config.*` items.
+fn plugin_tables(
+    table: &Table,
+    at: &impl Fn(usize) -> Loc,
+    diags: &mut Diags,
+) -> (Vec<RawEntry>, Vec<RawItem>) {
+    let mut plugins = Vec::new();
+    let mut runtime = Vec::new();
+    for (name, value) in table {
+        let loc = at(name.span().start);
+        match value.get_ref() {
+            toml::Value::Table(t) => {
+                let mut items = Vec::new();
+                for (key, v) in t {
+                    match (key.as_str(), v) {
+                        ("config", toml::Value::Table(cfg)) => {
+                            for (k, cv) in cfg {
+                                items.push(RawItem {
+                                    key: format!("config.{k}"),
+                                    value: convert(cv),
+                                    loc: loc.clone(),
+                                });
+                            }
+                        }
+                        _ => items.push(RawItem {
+                            key: key.to_ascii_lowercase(),
+                            value: convert(v),
+                            loc: loc.clone(),
+                        }),
+                    }
+                }
+                plugins.push((
+                    name.span().start,
+                    RawEntry {
+                        name: name.get_ref().clone(),
+                        loc,
+                        items,
+                    },
+                ));
+            }
+            v if name.get_ref() == "cache_dir" => {
+                runtime.push(RawItem {
+                    key: "cache_dir".into(),
+                    value: convert(v),
+                    loc,
+                });
+            }
+            _ => diags.error(
+                &loc,
+                Some(name.get_ref()),
+                "expected a [plugins.NAME] table or cache_dir",
+            ),
+        }
+    }
+    plugins.sort_by_key(|(start, _)| *start);
+    (plugins.into_iter().map(|(_, e)| e).collect(), runtime)
 }
 
 fn items(table: &Table, at: &impl Fn(usize) -> Loc) -> Vec<RawItem> {
@@ -135,7 +198,7 @@ fn report_toml_error(path: &Path, text: &str, err: &toml::de::Error, diags: &mut
         diags.error(
             &loc,
             Some(name),
-            "unknown top-level table (expected [pgwarden], [databases] or [users])",
+            "unknown top-level table (expected [pgwarden], [databases], [users] or [plugins])",
         );
     } else {
         diags.error(&loc, None, message.to_owned());

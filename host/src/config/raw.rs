@@ -28,7 +28,11 @@ pub(crate) struct RawConfig {
     pub settings: Vec<RawItem>,
     pub databases: Vec<RawEntry>,
     pub users: Vec<RawEntry>,
-    pub pgwarden_section: Vec<(String, String, u32)>,
+    /// One entry per plugin (ini `plugin.NAME.KEY` in `[pgwarden]`, TOML `[plugins.NAME]`); keys of its
+    /// own configuration table are prefixed `config.`.
+    pub plugins: Vec<RawEntry>,
+    /// Plugin runtime settings (`plugin_cache_dir` in ini, `[plugins] cache_dir` in TOML), as `cache_dir`.
+    pub plugin_runtime: Vec<RawItem>,
 }
 
 /// Resolves a path written in a configuration file. PgBouncer takes relative paths from the

@@ -42,6 +42,7 @@ pub fn reference_markdown() -> String {
     out.push_str("\n## `[users]` keys\n\n");
     out.push_str(USERS_INTRO);
     entry_table(&mut out, USER_KEYS);
+    out.push_str(super::plugins::REFERENCE);
     out
 }
 

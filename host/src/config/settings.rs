@@ -49,10 +49,6 @@ pub const NOT_IMPLEMENTED: &[&str] = &[
     // Statistics logging arrives with the console and metrics.
     "log_stats",
     "stats_period",
-    // auth_query/auth_user arrive with the auth-query plugin.
-    "auth_user",
-    "auth_query",
-    "auth_dbname",
     "server_fast_close",
     "client_tls_ca_file",
     "client_tls_cert_file",

@@ -148,7 +148,7 @@ fn runbook_config_loads_exactly() {
     assert_eq!(c.databases["db"], db);
     assert_eq!(c.fallback, None);
     assert!(c.users.is_empty());
-    assert!(c.pgwarden_section.is_empty());
+    assert!(c.plugins.is_empty());
     assert_eq!(c.path, ini);
 
     let auth = c.auth_file.expect("auth file loaded");
@@ -621,19 +621,23 @@ fn sections_peers_pgwarden_and_missing_main() {
     let dir = TempDir::new("sections");
     let ini = dir.write(
         "s.ini",
-        "[pgbouncer]\nauth_user = x\n[peers]\n1 = host=/tmp/a\n[pgwarden]\nplugin.dir = /plugins\nRateLimit = 10 per second\n",
+        "[pgbouncer]\nauth_user = x\n[peers]\n1 = host=/tmp/a\n[pgwarden]\nplugin.ro.path = builtin:readonly\nplugin.ro.config.Message = no writes\n",
     );
     let loaded = ok(&ini);
     let w = about(&loaded.warnings, "1");
     assert_eq!(w.line, Some(4));
     assert!(w.message.contains("not supported by pgwarden yet"), "{w}");
+    let ro = loaded
+        .config
+        .plugins
+        .iter()
+        .find(|p| p.name == "ro")
+        .expect("the ro plugin");
     assert_eq!(
-        loaded.config.pgwarden_section,
-        vec![
-            ("plugin.dir".to_owned(), "/plugins".to_owned(), 6),
-            ("RateLimit".to_owned(), "10 per second".to_owned(), 7),
-        ]
+        ro.config,
+        vec![("Message".to_owned(), "no writes".to_owned())]
     );
+    assert_eq!(ro.line, Some(6));
 
     let no_main = dir.write("n.ini", "[databases]\na = host=x\n");
     let errs = errors(&no_main);
@@ -791,4 +795,182 @@ fn verifier_only_logins_pgwarden_makes_itself_warn_at_load() {
         .collect();
     assert_eq!(auth_user.len(), 1, "{:#?}", loaded.warnings);
     assert_eq!(auth_user[0].line, Some(8));
+}
+
+mod plugin_config {
+    use super::*;
+
+    const INI: &str = "[pgbouncer]\nauth_type = trust\n\
+        [pgwarden]\n\
+        plugin_cache_dir = cache\n\
+        plugin.ro.path = builtin:readonly\n\
+        plugin.ro.databases = analytics, reports\n\
+        plugin.ro.order = 5\n\
+        plugin.ro.config.message = analytics is read-only\n\
+        plugin.route.path = plugins/router.wasm\n\
+        plugin.route.hooks = router\n\
+        plugin.route.on_error = allow\n\
+        plugin.route.timeout = 20ms\n\
+        plugin.route.memory_limit = 16MiB\n\
+        plugin.route.server_parameters = statement_timeout=5s, work_mem=4MB\n\
+        plugin.route.config.rule.1 = user=analytics_ro -> database=ro\n";
+
+    const TOML: &str = "[pgwarden]\nauth_type = \"trust\"\n\
+        [plugins]\ncache_dir = \"cache\"\n\
+        [plugins.ro]\npath = \"builtin:readonly\"\ndatabases = [\"analytics\", \"reports\"]\norder = 5\n\
+        [plugins.ro.config]\nmessage = \"analytics is read-only\"\n\
+        [plugins.route]\npath = \"plugins/router.wasm\"\nhooks = [\"router\"]\non_error = \"allow\"\ntimeout = \"20ms\"\n\
+        memory_limit = \"16MiB\"\nserver_parameters = [\"statement_timeout=5s\", \"work_mem=4MB\"]\n\
+        [plugins.route.config]\n\"rule.1\" = \"user=analytics_ro -> database=ro\"\n";
+
+    #[test]
+    fn ini_and_toml_plugins_mean_the_same() {
+        let dir = TempDir::new("plugins");
+        let ini = ok(&dir.write("p.ini", INI)).config;
+        let toml = ok(&dir.write("p.toml", TOML)).config;
+        assert_eq!(ini.plugin_cache_dir, Some(dir.0.join("cache")));
+        assert_eq!(ini.plugin_cache_dir, toml.plugin_cache_dir);
+        assert_eq!(ini.plugins.len(), 2);
+        for (a, b) in ini.plugins.iter().zip(&toml.plugins) {
+            let mut b = b.clone();
+            b.file = a.file.clone();
+            b.line = a.line;
+            assert_eq!(*a, b);
+        }
+        let route = &ini.plugins[0];
+        assert_eq!(route.name, "route", "order 0 runs before order 5");
+        assert_eq!(
+            route.source,
+            PluginSource::File(dir.0.join("plugins/router.wasm"))
+        );
+        assert_eq!(route.hooks, Some(vec![Hook::Router]));
+        assert_eq!(route.on_error, OnError::Allow);
+        assert_eq!(route.timeout, Duration::from_millis(20));
+        assert_eq!(route.memory_limit, 16 << 20);
+        assert_eq!(
+            route.server_parameters,
+            vec![
+                ("statement_timeout".into(), "5s".into()),
+                ("work_mem".into(), "4MB".into())
+            ]
+        );
+        assert_eq!(
+            route.config,
+            vec![("rule.1".into(), "user=analytics_ro -> database=ro".into())]
+        );
+        let ro = &ini.plugins[1];
+        assert_eq!(
+            ro.databases,
+            Some(vec!["analytics".into(), "reports".into()])
+        );
+        assert!(ro.applies_to("reports") && !ro.applies_to("app"));
+        assert_eq!(ro.on_error, OnError::Deny, "fail closed by default");
+        assert_eq!(
+            ro.server_parameters,
+            vec![("default_transaction_read_only".into(), "on".into())],
+            "defence in depth"
+        );
+    }
+
+    #[test]
+    fn plugin_errors_name_file_line_and_key() {
+        let dir = TempDir::new("plugin-errors");
+        let ini = dir.write(
+            "bad.ini",
+            "[pgbouncer]\nauth_type = trust\n[pgwarden]\n\
+             plugin.a.path = builtin:readonly\n\
+             plugin.a.hooks = policy, routing\n\
+             plugin.a.memory_limit = 12 parsecs\n\
+             plugin.a.colour = blue\n\
+             plugin.b.order = 1\n\
+             rate_limit = 10\n",
+        );
+        let errs = errors(&ini);
+        let keys: Vec<(Option<u32>, &str)> = errs
+            .iter()
+            .map(|d| (d.line, d.key.as_deref().unwrap_or("")))
+            .collect();
+        assert_eq!(
+            keys,
+            vec![
+                (Some(5), "plugin.a.hooks"),
+                (Some(6), "plugin.a.memory_limit"),
+                (Some(7), "plugin.a.colour"),
+                (Some(8), "plugin.b.path"),
+                (Some(9), "rate_limit"),
+            ],
+            "{errs:#?}"
+        );
+        assert!(
+            errs[0].message.contains("unknown hook \"routing\""),
+            "{}",
+            errs[0]
+        );
+        let toml = dir.write(
+            "bad.toml",
+            "[plugins.a]\npath = \"x.wasm\"\ntimeout = 0\n[plugins]\n",
+        );
+        let errs = errors(&toml);
+        assert!(
+            errs.iter()
+                .any(|d| d.key.as_deref() == Some("plugin.a.timeout") && d.line == Some(1)),
+            "{errs:#?}"
+        );
+    }
+
+    #[test]
+    fn auth_user_loads_the_auth_query_plugin_by_itself() {
+        let dir = TempDir::new("autoauth");
+        let users = dir.write("u.txt", "\"pgbouncer_auth\" \"secret\"\n");
+        let ini = dir.write(
+            "a.ini",
+            &format!(
+                "[databases]\nmain = host=db\nother = host=db auth_user=other_auth auth_dbname=main\n\
+                 [pgbouncer]\nauth_file = {}\nauth_user = pgbouncer_auth\n\
+                 auth_query = SELECT usename, passwd FROM pgbouncer.user_lookup($1)\n",
+                users.display()
+            ),
+        );
+        let loaded = ok(&ini);
+        assert!(
+            unplanned(&loaded.warnings).is_empty(),
+            "{:#?}",
+            loaded.warnings
+        );
+        let [p] = &loaded.config.plugins[..] else {
+            panic!("{:#?}", loaded.config.plugins)
+        };
+        assert_eq!(p.name, AUTO_AUTH);
+        assert_eq!(p.source, PluginSource::Builtin("auth-query".into()));
+        assert_eq!(p.hooks, Some(vec![Hook::Auth]));
+        assert_eq!(
+            p.config,
+            vec![
+                ("auth_user".to_owned(), "pgbouncer_auth".to_owned()),
+                (
+                    "auth_query".to_owned(),
+                    "SELECT usename, passwd FROM pgbouncer.user_lookup($1)".to_owned()
+                ),
+                (
+                    "database.other.auth_user".to_owned(),
+                    "other_auth".to_owned()
+                ),
+                ("database.other.auth_dbname".to_owned(), "main".to_owned()),
+            ]
+        );
+        // A plugin named auth_query replaces the automatic one.
+        let own = dir.write(
+            "own.ini",
+            &format!(
+                "[pgbouncer]\nauth_file = {}\nauth_user = pgbouncer_auth\n[pgwarden]\nplugin.auth_query.path = mine.wasm\n",
+                users.display()
+            ),
+        );
+        let loaded = ok(&own);
+        assert_eq!(loaded.config.plugins.len(), 1);
+        assert_eq!(
+            loaded.config.plugins[0].source,
+            PluginSource::File(dir.0.join("mine.wasm"))
+        );
+    }
 }

@@ -26,6 +26,8 @@ pub(crate) fn build(path: &Path, raw: &RawConfig, diags: &mut Diags) -> Config {
         let at = set_at.get("auth_file").unwrap_or(&main);
         userlist::load(&resolve_relative(&at.file, file), at, diags)
     });
+    let plugins = super::plugins::build(&raw.plugins, &settings, &databases, &main, diags);
+    let plugin_cache_dir = super::plugins::runtime_dir(&raw.plugin_runtime, diags);
     let config = Config {
         path: path.to_path_buf(),
         settings,
@@ -33,7 +35,8 @@ pub(crate) fn build(path: &Path, raw: &RawConfig, diags: &mut Diags) -> Config {
         fallback,
         users,
         auth_file,
-        pgwarden_section: raw.pgwarden_section.clone(),
+        plugins,
+        plugin_cache_dir,
     };
     let checks = Checks {
         config: &config,

@@ -4,13 +4,16 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 use super::{Pool, PoolSettings, SharedLimit};
+use crate::config::PoolMode;
 use crate::params::Tracked;
 
-/// Identifies a pool: the database entry clients asked for and the user the pool logs in as.
+/// Identifies a pool: the database entry clients asked for, the user the pool logs in as, and the pool
+/// mode when a router plugin chose one other than the configured one.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PoolKey {
     pub database: Arc<str>,
     pub user: Arc<str>,
+    pub mode: Option<PoolMode>,
 }
 
 impl PoolKey {
@@ -18,13 +21,26 @@ impl PoolKey {
         Self {
             database: database.into(),
             user: user.into(),
+            mode: None,
+        }
+    }
+
+    /// The pool for clients a router sent to `database` as `user` in `mode`.
+    pub fn routed(database: &str, user: &str, mode: Option<PoolMode>) -> Self {
+        Self {
+            mode,
+            ..Self::new(database, user)
         }
     }
 }
 
 impl std::fmt::Display for PoolKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.database, self.user)
+        write!(f, "{}/{}", self.database, self.user)?;
+        if let Some(mode) = self.mode {
+            write!(f, " ({mode})")?;
+        }
+        Ok(())
     }
 }
 

@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use crate::config::{Config, Database, PoolMode};
+use crate::config::{Database, PoolMode};
 use crate::net::Keepalive;
 use crate::server::LoginSpec;
-use crate::state::Secrets;
+use crate::state::Runtime;
 
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
@@ -37,13 +37,9 @@ pub struct PoolSettings {
 impl PoolSettings {
     /// Resolves the settings of the pool for database entry `db` (clients asked for `db_name`) logging in as
     /// `pool_user`.
-    pub fn resolve(
-        config: &Config,
-        secrets: &Secrets,
-        db: &Database,
-        db_name: &str,
-        pool_user: &str,
-    ) -> Self {
+    pub fn resolve(runtime: &Runtime, db: &Database, db_name: &str, pool_user: &str) -> Self {
+        let config = &runtime.config;
+        let secrets = &runtime.secrets;
         let s = &config.settings;
         let user = config.users.get(pool_user);
         let forced_user = db.user.is_some();
@@ -66,6 +62,9 @@ impl PoolSettings {
                 startup_params.push((key.to_owned(), v.clone()));
             }
         }
+        // Defence in depth from the plugins in scope (the readonly policy starts every server connection
+        // with default_transaction_read_only=on).
+        startup_params.extend(runtime.plugins.server_parameters(db_name));
         let default_host = s
             .unix_socket_dir
             .as_ref()

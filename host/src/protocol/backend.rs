@@ -132,6 +132,25 @@ pub fn parse_backend_key_data(body: &[u8]) -> Result<(u32, u32), ProtocolError> 
     Ok((pid, secret))
 }
 
+/// Parses a DataRow body: one value per column, `None` for NULL.
+pub fn parse_data_row(body: &[u8]) -> Result<Vec<Option<&[u8]>>, ProtocolError> {
+    let mut r = Reader::new(body);
+    let n = r.i16()?;
+    let n = usize::try_from(n)
+        .map_err(|_| ProtocolError::Malformed("negative column count in DataRow"))?;
+    let mut values = Vec::with_capacity(n.min(r.remaining() / 4 + 1));
+    for _ in 0..n {
+        let len = r.i32()?;
+        values.push(if len < 0 {
+            None
+        } else {
+            Some(r.bytes(len as usize)?)
+        });
+    }
+    r.expect_end()?;
+    Ok(values)
+}
+
 /// Parses a ReadyForQuery body.
 pub fn parse_ready_for_query(body: &[u8]) -> Result<TransactionStatus, ProtocolError> {
     match body {

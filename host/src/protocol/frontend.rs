@@ -125,6 +125,48 @@ pub fn write_query(buf: &mut BytesMut, sql: &str) {
     finish(buf, at);
 }
 
+/// Parse with no parameter types given (the server infers them).
+pub fn write_parse(buf: &mut BytesMut, name: &str, sql: &str) {
+    let at = begin(buf, tag::PARSE);
+    put_cstr(buf, name);
+    put_cstr(buf, sql);
+    buf.put_i16(0);
+    finish(buf, at);
+}
+
+/// Bind with every parameter and result column in text format; `None` is NULL.
+pub fn write_bind_text(
+    buf: &mut BytesMut,
+    portal: &str,
+    statement: &str,
+    params: &[Option<String>],
+) {
+    let at = begin(buf, tag::BIND);
+    put_cstr(buf, portal);
+    put_cstr(buf, statement);
+    buf.put_i16(0);
+    buf.put_i16(i16::try_from(params.len()).unwrap_or(i16::MAX));
+    for p in params.iter().take(i16::MAX as usize) {
+        match p {
+            Some(v) => {
+                buf.put_i32(i32::try_from(v.len()).unwrap_or(i32::MAX));
+                buf.put_slice(v.as_bytes());
+            }
+            None => buf.put_i32(-1),
+        }
+    }
+    buf.put_i16(0);
+    finish(buf, at);
+}
+
+/// Execute a portal, all rows.
+pub fn write_execute(buf: &mut BytesMut, portal: &str) {
+    let at = begin(buf, tag::EXECUTE);
+    put_cstr(buf, portal);
+    buf.put_i32(0);
+    finish(buf, at);
+}
+
 pub fn write_terminate(buf: &mut BytesMut) {
     let at = begin(buf, tag::TERMINATE);
     finish(buf, at);

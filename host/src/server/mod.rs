@@ -113,6 +113,62 @@ impl ServerConn {
         }
     }
 
+    /// Runs one parameterised query (extended protocol, text values) and returns its rows; a server
+    /// ErrorResponse is `ServerError::Query`. Used for auth plugins' `database.query`.
+    pub async fn query_params(
+        &mut self,
+        sql: &str,
+        params: &[Option<String>],
+        max_packet: u32,
+    ) -> Result<Vec<Vec<Option<String>>>, ServerError> {
+        let mut out = BytesMut::with_capacity(sql.len() + 64);
+        frontend::write_parse(&mut out, "", sql);
+        frontend::write_bind_text(&mut out, "", "", params);
+        frontend::write_execute(&mut out, "");
+        frontend::write_sync(&mut out);
+        self.stream.write_all(&out).await?;
+        let mut rows = Vec::new();
+        let mut error = None;
+        loop {
+            let f = read_frame(&mut self.stream, &mut self.rbuf, max_packet).await?;
+            match f.tag {
+                tag::DATA_ROW => {
+                    let values = backend::parse_data_row(&f.body)?;
+                    rows.push(
+                        values
+                            .into_iter()
+                            .map(|v| v.map(|b| String::from_utf8_lossy(b).into_owned()))
+                            .collect(),
+                    );
+                }
+                tag::ERROR_RESPONSE => error = Some(ErrorFields::parse(&f.body)?),
+                tag::PARAMETER_STATUS => {
+                    self.note_parameter_status(&f.body)?;
+                }
+                tag::READY_FOR_QUERY => {
+                    let status = backend::parse_ready_for_query(&f.body)?;
+                    if let Some(e) = error {
+                        return Err(ServerError::Query(Box::new(e)));
+                    }
+                    if status != backend::TransactionStatus::Idle {
+                        return Err(ServerError::Unexpected {
+                            tag: f.tag,
+                            phase: "a pooler query (left a transaction open)",
+                        });
+                    }
+                    return Ok(rows);
+                }
+                tag::COPY_IN_RESPONSE | tag::COPY_OUT_RESPONSE | tag::COPY_BOTH_RESPONSE => {
+                    return Err(ServerError::Unexpected {
+                        tag: f.tag,
+                        phase: "a pooler query",
+                    });
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Records a ParameterStatus the server sent; returns the tracked index, if the parameter is tracked.
     pub fn note_parameter_status(&mut self, body: &[u8]) -> Result<Option<usize>, ServerError> {
         let (name, value) = backend::parse_parameter_status(body)?;

@@ -1,0 +1,139 @@
+//! Host data into the WIT records plugins see, and their answers back into host terms.
+
+use super::bindings::exports::pgwarden::plugin::policy;
+use super::bindings::pgwarden::plugin::types;
+use crate::config::PoolMode;
+use crate::net::Peer;
+use crate::sql::{self, StatementKind};
+
+/// What a hook is told about a client. Built once per client and kept up to date, so a policy check
+/// does not rebuild it.
+pub type SessionInfo = types::SessionInfo;
+
+pub fn session_info(
+    user: &str,
+    database: &str,
+    application_name: &str,
+    peer: Peer,
+    startup: &[(String, String)],
+    mode: PoolMode,
+) -> SessionInfo {
+    let (client_address, client_ip) = match peer {
+        Peer::Tcp(addr) => (addr.to_string(), addr.ip().to_string()),
+        Peer::Unix => ("unix".to_owned(), String::new()),
+        Peer::Unknown => ("unknown".to_owned(), String::new()),
+    };
+    SessionInfo {
+        user: user.to_owned(),
+        database: database.to_owned(),
+        application_name: application_name.to_owned(),
+        client_address,
+        client_ip,
+        tls: false,
+        startup_parameters: startup.to_vec(),
+        pool_mode: pool_mode(mode),
+        in_transaction: false,
+    }
+}
+
+pub fn pool_mode(mode: PoolMode) -> types::PoolMode {
+    match mode {
+        PoolMode::Session => types::PoolMode::Session,
+        PoolMode::Transaction => types::PoolMode::Transaction,
+        PoolMode::Statement => types::PoolMode::Statement,
+    }
+}
+
+pub fn from_pool_mode(mode: types::PoolMode) -> PoolMode {
+    match mode {
+        types::PoolMode::Session => PoolMode::Session,
+        types::PoolMode::Transaction => PoolMode::Transaction,
+        types::PoolMode::Statement => PoolMode::Statement,
+    }
+}
+
+/// The query record for `sql`, with pgwarden's summary of each statement.
+pub fn query(sql_text: &str, extended: bool, statement_name: &str) -> policy::Query {
+    policy::Query {
+        sql: sql_text.to_owned(),
+        protocol: if extended {
+            policy::Protocol::Extended
+        } else {
+            policy::Protocol::Simple
+        },
+        statement_name: statement_name.to_owned(),
+        statements: sql::summarize(sql_text)
+            .into_iter()
+            .map(statement)
+            .collect(),
+    }
+}
+
+fn statement(s: sql::Statement) -> policy::Statement {
+    policy::Statement {
+        text: s.text,
+        command: s.command,
+        kind: match s.kind {
+            StatementKind::Query => policy::StatementKind::Query,
+            StatementKind::DataChange => policy::StatementKind::DataChange,
+            StatementKind::SchemaChange => policy::StatementKind::SchemaChange,
+            StatementKind::TransactionControl => policy::StatementKind::TransactionControl,
+            StatementKind::Session => policy::StatementKind::Session,
+            StatementKind::Other => policy::StatementKind::Other,
+        },
+        words: s.words,
+        functions: s.functions,
+        read_only: s.read_only,
+    }
+}
+
+/// A SQLSTATE a plugin gave, checked: five characters of digits and upper-case letters. Anything else
+/// becomes `fallback`, so a careless plugin cannot send clients a malformed error.
+pub fn sqlstate(code: &str, fallback: &'static str) -> String {
+    let ok = code.len() == 5
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase());
+    if ok {
+        code.to_owned()
+    } else {
+        fallback.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlstates_are_checked() {
+        assert_eq!(sqlstate("25006", "XX000"), "25006");
+        assert_eq!(sqlstate("P0001", "XX000"), "P0001");
+        assert_eq!(sqlstate("2500", "XX000"), "XX000");
+        assert_eq!(sqlstate("25006\0", "XX000"), "XX000");
+        assert_eq!(sqlstate("abcde", "XX000"), "XX000");
+    }
+
+    #[test]
+    fn session_info_from_peer() {
+        let peer = Peer::Tcp("10.1.2.3:5555".parse().unwrap());
+        let s = session_info(
+            "u",
+            "d",
+            "app",
+            peer,
+            &[("user".into(), "u".into())],
+            PoolMode::Session,
+        );
+        assert_eq!(
+            (s.client_address.as_str(), s.client_ip.as_str()),
+            ("10.1.2.3:5555", "10.1.2.3")
+        );
+        assert_eq!(s.pool_mode, types::PoolMode::Session);
+        let s = session_info("u", "d", "", Peer::Unix, &[], PoolMode::Transaction);
+        assert_eq!(
+            (s.client_address.as_str(), s.client_ip.as_str()),
+            ("unix", "")
+        );
+    }
+}

@@ -1,0 +1,127 @@
+//! The one wasmtime engine of the process, its linker, and the epoch ticker that enforces call deadlines.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine};
+
+use super::bindings::Host_;
+use super::host::PluginState;
+
+/// How often the epoch advances; a call's deadline is a whole number of ticks.
+pub const TICK: Duration = Duration::from_millis(1);
+
+/// The engine, the linker every plugin is instantiated with, and compiled components by content hash
+/// (so a reload that leaves a plugin's file unchanged does not compile it again).
+pub struct PluginEngine {
+    engine: Engine,
+    linker: Linker<PluginState>,
+    compiled: Mutex<HashMap<[u8; 32], Component>>,
+    /// The epoch ticker starts with the first plugin: a pooler without plugins has no thread waking up
+    /// every millisecond.
+    ticker: std::sync::Once,
+}
+
+impl PluginEngine {
+    /// Creates the engine. `cache_dir` (when set) keeps compiled components on disk between runs, which
+    /// matters for large components (JavaScript, Python) that take seconds to compile.
+    pub fn new(cache_dir: Option<&Path>) -> Result<Arc<Self>, String> {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        // Deadlines: every call gets a budget of epoch ticks; a runaway guest traps when it is spent.
+        config.epoch_interruption(true);
+        // Plugins are called synchronously; the structures for concurrent component calls would only make
+        // every call slower.
+        config.concurrency_support(false);
+        if let Some(dir) = cache_dir {
+            let mut cache_config = wasmtime::CacheConfig::new();
+            cache_config.with_directory(dir);
+            let cache = wasmtime::Cache::new(cache_config)
+                .map_err(|e| format!("plugin cache {}: {e}", dir.display()))?;
+            config.cache(Some(cache));
+        }
+        let engine = Engine::new(&config)
+            .map_err(|e| format!("cannot create the WebAssembly engine: {e}"))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| e.to_string())?;
+        super::wasi::add_sync_io(&mut linker).map_err(|e| format!("cannot link WASI I/O: {e}"))?;
+        Host_::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |s| s)
+            .map_err(|e| e.to_string())?;
+        Ok(Arc::new(Self {
+            engine,
+            linker,
+            compiled: Mutex::default(),
+            ticker: std::sync::Once::new(),
+        }))
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn linker(&self) -> &Linker<PluginState> {
+        &self.linker
+    }
+
+    /// Compiles `bytes` (a component), or returns the component compiled earlier from the same bytes.
+    pub fn compile(&self, bytes: &[u8]) -> Result<Component, String> {
+        self.ticker.call_once(|| spawn_ticker(&self.engine));
+        use sha2::Digest;
+        let hash: [u8; 32] = sha2::Sha256::digest(bytes).into();
+        if let Some(c) = self
+            .compiled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&hash)
+        {
+            return Ok(c.clone());
+        }
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| format!("not a valid component: {e:#}"))?;
+        self.compiled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(hash, component.clone());
+        Ok(component)
+    }
+}
+
+/// The default place for compiled plugins: `$XDG_CACHE_HOME/pgwarden` or `$HOME/.cache/pgwarden`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("pgwarden").join("plugins"))
+}
+
+/// A thread that advances the engine's epoch every tick; it holds only a weak reference, so it ends when
+/// the engine is dropped.
+fn spawn_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    let spawned = std::thread::Builder::new()
+        .name("pgwarden-epoch".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(TICK);
+                match weak.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => return,
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        // Without the ticker the epoch never advances, so no deadline would ever fire. Say so loudly.
+        tracing::error!(
+            "cannot start the plugin deadline thread: {e}; plugin calls will not be time-limited"
+        );
+    }
+}
+
+impl std::fmt::Debug for PluginEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginEngine").finish_non_exhaustive()
+    }
+}
