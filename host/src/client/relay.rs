@@ -185,6 +185,21 @@ impl Relay {
                 continue;
             }
             self.client_stream_drop = false;
+            if h.tag == fe::FUNCTION_CALL && policy.is_some() {
+                // A fastpath call names a function by OID with binary arguments: no policy can read it (it
+                // could be set_config or a function that writes), so where queries are checked it is refused.
+                out.push(input.split_to(run).freeze());
+                run = 0;
+                if whole {
+                    input.advance(h.frame_len);
+                } else {
+                    self.client_stream_left = h.frame_len;
+                    self.client_stream_drop = true;
+                }
+                out.push(denial_query(&fastpath_denial()));
+                self.query_sent(Pending::Query);
+                continue;
+            }
             if whole
                 && matches!(h.tag, fe::QUERY | fe::PARSE)
                 && let Some(policy) = policy.as_deref_mut()
@@ -456,6 +471,16 @@ pub struct Denial {
     pub message: String,
     pub detail: Option<String>,
     pub hint: Option<String>,
+}
+
+/// The refusal of a fastpath FunctionCall on a connection whose queries a policy checks.
+fn fastpath_denial() -> Denial {
+    Denial {
+        sqlstate: "0A000".into(),
+        message: "fastpath function calls are not allowed where pgwarden checks queries".into(),
+        detail: None,
+        hint: Some("call the function with SELECT".into()),
+    }
 }
 
 /// The query pgwarden sends instead of a denied one: PostgreSQL raises the denial itself, so the client

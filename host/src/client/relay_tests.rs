@@ -521,3 +521,40 @@ fn skipping_drops_streamed_frames_of_the_denied_batch_too() {
     assert_eq!(tags, b"QS".to_vec());
     assert!(input.is_empty());
 }
+
+#[test]
+fn a_function_call_is_refused_where_a_policy_checks_queries() {
+    let call = frame(b'F', &[0, 0, 8, 30, 0, 0, 0, 0, 0, 0]);
+    // Without a policy it goes to the server as sent.
+    let mut r = Relay::new();
+    let mut input = BytesMut::from(&call[..]);
+    let mut out = OutQueue::default();
+    r.process_client(&mut input, &mut out, u32::MAX, None)
+        .unwrap();
+    assert_eq!(drain(&mut out), call);
+
+    // With one, it is replaced by a query raising the refusal, answered like the call would be; a call too
+    // big to arrive at once is dropped as it streams in.
+    let mut r = Relay::new();
+    let mut policy = DenyForbidden { seen: vec![] };
+    let big = frame(b'F', &vec![0u8; STREAM_MIN * 2]);
+    let mut input = BytesMut::from(&call[..]);
+    input.put_slice(&big[..100]);
+    let mut out = OutQueue::default();
+    r.process_client(&mut input, &mut out, u32::MAX, Some(&mut policy))
+        .unwrap();
+    input.put_slice(&big[100..]);
+    write_query(&mut input, "select 1");
+    r.process_client(&mut input, &mut out, u32::MAX, Some(&mut policy))
+        .unwrap();
+    let sent = queries_in(&drain(&mut out));
+    let tags: Vec<u8> = sent.iter().map(|(t, _)| *t).collect();
+    assert_eq!(tags, b"QQQ".to_vec());
+    let refusal = String::from_utf8(sent[0].1.clone()).unwrap();
+    assert!(refusal.contains("ERRCODE = '0A000'"), "{refusal}");
+    assert_eq!(sent[1], sent[0]);
+    assert_eq!(sent[2].1, b"select 1\0");
+    assert_eq!(r.outstanding, 3);
+    assert!(input.is_empty());
+    assert_eq!(policy.seen.len(), 1, "the policy is not asked about calls");
+}
