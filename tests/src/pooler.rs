@@ -101,6 +101,14 @@ pub fn write_config(
     Ok(ini)
 }
 
+/// pgwarden's own `[pgwarden]` section holding `plugins` (`plugin.NAME.KEY = value` lines), to append after
+/// the `[pgbouncer]` settings of [`write_config`] (which writes them last). The on-disk compile cache is
+/// off (`plugin_cache_dir =`), so a test never depends on what an earlier run left there; a later
+/// `plugin_cache_dir` line in `plugins` overrides it.
+pub fn pgwarden_section(plugins: &str) -> String {
+    format!("\n[pgwarden]\nplugin_cache_dir =\n{plugins}\n")
+}
+
 impl Pooler {
     /// Starts a pooler from `[databases]` lines, extra `[pgbouncer]` settings and a userlist.
     pub async fn start(databases: &str, settings: &str, userlist: &str) -> anyhow::Result<Self> {
@@ -108,6 +116,18 @@ impl Pooler {
         let port = free_port()?;
         let ini = write_config(&dir, port, databases, settings, userlist)?;
         Self::start_file(&ini, dir, port).await
+    }
+
+    /// [`Pooler::start`] with plugins: `plugins` are the lines of a `[pgwarden]` section (see
+    /// [`pgwarden_section`]).
+    pub async fn start_with_plugins(
+        databases: &str,
+        settings: &str,
+        userlist: &str,
+        plugins: &str,
+    ) -> anyhow::Result<Self> {
+        let settings = format!("{settings}\n{}", pgwarden_section(plugins));
+        Self::start(databases, &settings, userlist).await
     }
 
     /// Starts a pooler from a config file already written (ini or TOML) that listens on `port`.

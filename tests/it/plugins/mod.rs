@@ -1,0 +1,6 @@
+//! pgwarden's WebAssembly plugin hooks through the pooler, against the real PostgreSQL with real clients:
+//! the shipped `readonly`, `router` and `auth-query` plugins, the failure policy and sandbox (with the
+//! misbehaving `testing` plugin), plugin generations swapped by reload under load, and `--check`.
+
+mod readonly;
+mod support;
