@@ -73,9 +73,11 @@ pub fn route(
                 break;
             }
             Ok(Err(denial)) => {
-                return Err(End::fatal(
+                return Err(End::fatal_with(
                     convert::sqlstate(&denial.sqlstate, "28000"),
                     denial.message,
+                    denial.detail,
+                    denial.hint,
                 ));
             }
             Err(e) if router.spec.on_error == OnError::Allow => {

@@ -93,6 +93,9 @@ pub enum End {
     Fatal {
         code: Cow<'static, str>,
         message: String,
+        /// DETAIL and HINT, for refusals that carry them (a router plugin's denial).
+        detail: Option<String>,
+        hint: Option<String>,
     },
     /// Close without a word (the client left, or the socket failed).
     Closed(String),
@@ -103,6 +106,23 @@ impl End {
         Self::Fatal {
             code: code.into(),
             message: message.into(),
+            detail: None,
+            hint: None,
+        }
+    }
+
+    /// A FATAL with DETAIL and HINT fields.
+    pub fn fatal_with(
+        code: impl Into<Cow<'static, str>>,
+        message: impl Into<String>,
+        detail: Option<String>,
+        hint: Option<String>,
+    ) -> Self {
+        Self::Fatal {
+            code: code.into(),
+            message: message.into(),
+            detail,
+            hint,
         }
     }
 
@@ -155,11 +175,24 @@ pub async fn serve(state: Arc<State>, stream: Stream) {
 
 async fn finish(state: &State, conn: &mut ClientConn, info: &ClientInfo, end: End) {
     let settings = &state.runtime().config.settings;
-    if let End::Fatal { code, message } = &end {
+    if let End::Fatal {
+        code,
+        message,
+        detail,
+        hint,
+    } = &end
+    {
         if settings.log_pooler_errors {
             tracing::warn!("{info}: pooler error: {message}");
         }
-        conn.send(|b| backend::write_error(b, Severity::Fatal, code, message));
+        let fields = backend::ErrorFields {
+            severity: Severity::Fatal.as_str().to_owned(),
+            code: code.to_string(),
+            message: message.clone(),
+            detail: detail.clone(),
+            hint: hint.clone(),
+        };
+        conn.send(|b| backend::write_error_fields(b, backend::tag::ERROR_RESPONSE, &fields));
         // Best effort, bounded: a client that does not read must not keep the task alive.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), conn.flush()).await;
     }
