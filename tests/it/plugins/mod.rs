@@ -3,4 +3,6 @@
 //! misbehaving `testing` plugin), plugin generations swapped by reload under load, and `--check`.
 
 mod readonly;
+mod router;
 mod support;
+
