@@ -5,4 +5,3 @@
 mod readonly;
 mod router;
 mod support;
-

@@ -525,3 +525,65 @@ async fn readonly_refuses_fastpath_function_calls() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// `standard_conforming_strings` decides where a plain string with `\'` ends. With it on (the default),
+/// `'a\'; DELETE FROM t; --'` is the string `a\` and then a DELETE; with it off (the client's startup
+/// `options`), `\'` is an escaped quote and the whole text is one SELECT of a string, while
+/// `'a\''; DELETE FROM t; --'` becomes `a'` and a DELETE (PostgreSQL 15 does exactly this when asked
+/// directly). Whichever reading the client's session has, the text with a hidden DELETE is refused by the
+/// plugin (its own message, not the read-only server's) and nothing is deleted. The pooler refuses the
+/// harmless reading too: a statement that lexes differently under the other setting is never read-only
+/// (the client could flip the setting in the same query). Backslashes away from quotes read the same
+/// both ways and pass, and the option really reached the server (`'a\b'` is 3 characters or 2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readonly_follows_standard_conforming_strings() -> anyhow::Result<()> {
+    let s = Setup::start("plug_ro_scs").await?;
+    let before = s.fingerprint().await?;
+    let hidden_when_on = r"SELECT 'a\'; DELETE FROM t; --'";
+    let hidden_when_off = r"SELECT 'a\''; DELETE FROM t; --'";
+    for (setting, length) in [("on", "3"), ("off", "2")] {
+        let mut psql = psql_verbose(&s.pooler, &s.db.user, &s.db.password, &s.ro);
+        psql.env.push((
+            "PGOPTIONS".to_owned(),
+            format!("-c standard_conforming_strings={setting}"),
+        ));
+        assert_eq!(
+            psql.run_ok_async("SHOW standard_conforming_strings")
+                .await?,
+            setting
+        );
+        for sql in [hidden_when_on, hidden_when_off] {
+            assert_eq!(
+                psql_error(&psql, sql).await?,
+                ("25006".to_owned(), ro_denial("SELECT")),
+                "standard_conforming_strings={setting}: {sql}"
+            );
+            assert_eq!(s.fingerprint().await?, before, "{setting}: {sql} wrote");
+        }
+        assert_eq!(
+            psql.run_ok_async(r"SELECT length('a\b'), count(*) FROM t")
+                .await?,
+            format!("{length}|2"),
+            "standard_conforming_strings={setting}"
+        );
+    }
+    // The writable alias, same texts: PostgreSQL's own reading decides, proving each hides a DELETE
+    // exactly under the setting named above.
+    for (setting, sql) in [("on", hidden_when_on), ("off", hidden_when_off)] {
+        let mut psql = s.pooler.psql(&s.db);
+        psql.env.push((
+            "PGOPTIONS".to_owned(),
+            format!("-c standard_conforming_strings={setting}"),
+        ));
+        psql.run_ok_async(sql).await?;
+        assert_eq!(
+            s.pg.query_scalar_async(&s.db.name, "SELECT count(*) FROM t")
+                .await?,
+            "0",
+            "{setting}: {sql} did not delete on the writable alias"
+        );
+        s.pg.exec_async(&s.db.name, "INSERT INTO t VALUES (1, 'a'), (2, 'b')")
+            .await?;
+    }
+    Ok(())
+}

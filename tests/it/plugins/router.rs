@@ -169,8 +169,15 @@ async fn router_deny_rules_refuse_the_connection() -> anyhow::Result<()> {
     ];
     let pooler = start(pg, &db, &other, 2, &[&denied, &blocked], &rules).await?;
 
-    let err = connect(&pooler, &denied, &db.name).await.err().expect("denied user logged in");
-    assert_login_refused(&err, "42501", &format!("no access for {} here", denied.name));
+    let err = connect(&pooler, &denied, &db.name)
+        .await
+        .err()
+        .expect("denied user logged in");
+    assert_login_refused(
+        &err,
+        "42501",
+        &format!("no access for {} here", denied.name),
+    );
     let fields = err
         .downcast_ref::<tokio_postgres::Error>()
         .and_then(|e| e.as_db_error())
@@ -187,13 +194,27 @@ async fn router_deny_rules_refuse_the_connection() -> anyhow::Result<()> {
         .await
         .err()
         .expect("denied user logged in with a wrong password");
-    assert_login_refused(&err, "42501", &format!("no access for {} here", denied.name));
+    assert_login_refused(
+        &err,
+        "42501",
+        &format!("no access for {} here", denied.name),
+    );
 
-    let err = connect(&pooler, &blocked, &db.name).await.err().expect("blocked user logged in");
-    assert_login_refused(&err, "28000", "connection refused by pgwarden router (rule.2)");
+    let err = connect(&pooler, &blocked, &db.name)
+        .await
+        .err()
+        .expect("blocked user logged in");
+    assert_login_refused(
+        &err,
+        "28000",
+        "connection refused by pgwarden router (rule.2)",
+    );
     // The rule names a database: the blocked user may use another.
     let elsewhere = connect(&pooler, &blocked, &format!("{}_other", db.name)).await?;
-    assert_eq!(scalar(&elsewhere, "SELECT current_user").await?, blocked.name);
+    assert_eq!(
+        scalar(&elsewhere, "SELECT current_user").await?,
+        blocked.name
+    );
 
     let owner = pooler.connect_as(&db).await?;
     assert_eq!(scalar(&owner, "SELECT current_database()").await?, db.name);
