@@ -69,9 +69,13 @@ async fn login(
     }
     let routing = hooks::route(&runtime, &startup, &msg.params, info.peer)?;
     let db = lookup_database(&runtime, &routing.database);
-    let secret = match runtime.secrets.get(&startup.user) {
-        Some(s) => Some(s.clone()),
-        None => hooks::lookup(state, &runtime, &startup.user, &routing.database).await?,
+    // A secret the auth plugin found also serves the pool's server logins as this user.
+    let (secret, looked_up) = match runtime.secrets.get(&startup.user) {
+        Some(s) => (Some(s.clone()), false),
+        None => (
+            hooks::lookup(state, &runtime, &startup.user, &routing.database).await?,
+            true,
+        ),
     };
     let method = auth::method(settings.auth_type, secret.as_ref());
     if method == AuthType::Trust && secret.is_none() {
@@ -99,6 +103,7 @@ async fn login(
         &db,
         &routing,
         keys,
+        secret.filter(|_| looked_up),
         total,
         info,
     )
@@ -175,6 +180,7 @@ async fn attach(
     db: &Database,
     routing: &Routing,
     keys: Option<crate::auth::ScramKeys>,
+    looked_up: Option<crate::auth::Secret>,
     total: ClientTotal,
     info: &ClientInfo,
 ) -> Result<Session, End> {
@@ -218,6 +224,11 @@ async fn attach(
         && db.user.is_none()
     {
         pool.offer_scram_keys(keys);
+    }
+    if let Some(secret) = looked_up
+        && db.user.is_none()
+    {
+        pool.offer_secret(secret);
     }
     pool.check_fast_fail().map_err(|e| checkout_end(&e))?;
     if pool.welcome().is_none() {

@@ -21,7 +21,7 @@ pub use limits::SharedLimit;
 pub use registry::{PoolKey, Pools};
 pub use settings::PoolSettings;
 
-use crate::auth::secret::ScramKeys;
+use crate::auth::secret::{ScramKeys, Secret};
 use crate::params::Tracked;
 use crate::server::{self, ServerConn, ServerError, Welcome};
 
@@ -40,6 +40,9 @@ pub struct Pool {
     welcome: ArcSwapOption<Welcome>,
     /// SCRAM keys recovered from a client's own SCRAM login, so that server logins need no plain password.
     scram_keys: ArcSwapOption<ScramKeys>,
+    /// The secret an auth plugin found for the pool's user (who is not in auth_file), for server logins
+    /// when the settings hold none.
+    looked_up: ArcSwapOption<Secret>,
     tracked: Arc<Tracked>,
     /// Bumped when the connection settings change on reload; connections of an older epoch are closed.
     epoch: AtomicU64,
@@ -102,6 +105,7 @@ impl Pool {
             user_limit,
             welcome: ArcSwapOption::empty(),
             scram_keys: ArcSwapOption::empty(),
+            looked_up: ArcSwapOption::empty(),
             tracked,
             epoch: AtomicU64::new(1),
             clients: AtomicU32::new(0),
@@ -147,6 +151,12 @@ impl Pool {
         if self.scram_keys.load().is_none() {
             self.scram_keys.store(Some(Arc::new(keys)));
         }
+    }
+
+    /// Remembers the secret an auth plugin found for the pool's user at a client's login (the latest wins:
+    /// it is what the server holds now).
+    pub fn offer_secret(&self, secret: Secret) {
+        self.looked_up.store(Some(Arc::new(secret)));
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -455,7 +465,16 @@ impl Pool {
         let settings = self.settings();
         let epoch = self.epoch.load(Ordering::Acquire);
         let keys = self.scram_keys.load_full();
-        let result = server::connect(&settings.login, keys.as_deref(), &self.tracked).await;
+        let found = self.looked_up.load_full();
+        let login = match (&settings.login.secret, found) {
+            (None, Some(secret)) => std::borrow::Cow::Owned(server::LoginSpec {
+                secret: Some((*secret).clone()),
+                secret_source: "found by the auth plugin",
+                ..settings.login.clone()
+            }),
+            _ => std::borrow::Cow::Borrowed(&settings.login),
+        };
+        let result = server::connect(&login, keys.as_deref(), &self.tracked).await;
         slot.connecting = false;
         match result {
             Ok((mut conn, welcome)) => {
