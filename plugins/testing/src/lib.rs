@@ -14,7 +14,13 @@
 //! `pgwarden_test_trap` panics; `pgwarden_test_loop` spins forever (the host's deadline must stop
 //! it); `pgwarden_test_oom` allocates until memory runs out; `pgwarden_test_deny` denies with
 //! SQLSTATE 42501 and `denied by testing plugin`; `pgwarden_test_log` logs
-//! `testing plugin saw: <sql>` at info and allows; anything else is allowed.
+//! `testing plugin saw: <sql>` at info and allows; anything else is allowed. Sandbox probes, which
+//! deny with SQLSTATE 42501 and report what happened in the message: `pgwarden_test_fs:<path>`
+//! reads the file (`testing: fs: read N bytes` or `testing: fs: error: <error>`),
+//! `pgwarden_test_net:<host:port>` opens a TCP connection (`testing: net: connected` or
+//! `testing: net: error: <error>`), `pgwarden_test_clock` reads the wall clock
+//! (`testing: clock: <seconds since the Unix epoch>`). A probe's argument ends at whitespace, `'` or
+//! `;`.
 //!
 //! Router (`route`), by the whole application name: `pgwarden_test_route_to=<alias>` routes to
 //! database `<alias>`; `pgwarden_test_trap` panics; `pgwarden_test_loop` spins; `pgwarden_test_deny`
@@ -78,6 +84,9 @@ impl pgwarden_plugin_sdk::init::Guest for Testing {
 impl pgwarden_plugin_sdk::policy::Guest for Testing {
     fn check(_session: SessionInfo, query: Query) -> Verdict {
         let sql = query.sql;
+        if let Some(outcome) = probe(&sql) {
+            return Verdict::Deny(deny(sqlstate::INSUFFICIENT_PRIVILEGE, outcome));
+        }
         if sql.contains("pgwarden_test_trap") {
             panic!("testing: trap requested by the query");
         } else if sql.contains("pgwarden_test_loop") {
@@ -167,6 +176,39 @@ fn lookup_with(
             .strip_prefix("pgwarden_test_secret_")
             .map(str::to_string)),
     }
+}
+
+/// The argument following `marker` in `sql`, up to whitespace, `'` or `;`.
+fn argument<'a>(sql: &'a str, marker: &str) -> Option<&'a str> {
+    let rest = &sql[sql.find(marker)? + marker.len()..];
+    let end = rest
+        .find(|c: char| c.is_whitespace() || c == '\'' || c == ';')
+        .unwrap_or(rest.len());
+    Some(&rest[..end])
+}
+
+/// Runs the sandbox probe `sql` asks for, if any, and describes its outcome.
+fn probe(sql: &str) -> Option<String> {
+    if let Some(path) = argument(sql, "pgwarden_test_fs:") {
+        return Some(match std::fs::read(path) {
+            Ok(bytes) => format!("testing: fs: read {} bytes", bytes.len()),
+            Err(e) => format!("testing: fs: error: {e}"),
+        });
+    }
+    if let Some(addr) = argument(sql, "pgwarden_test_net:") {
+        return Some(match std::net::TcpStream::connect(addr) {
+            Ok(_) => "testing: net: connected".to_string(),
+            Err(e) => format!("testing: net: error: {e}"),
+        });
+    }
+    if sql.contains("pgwarden_test_clock") {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        return Some(match now {
+            Ok(d) => format!("testing: clock: {}", d.as_secs()),
+            Err(e) => format!("testing: clock: error: {e}"),
+        });
+    }
+    None
 }
 
 /// Never returns: the host's CPU deadline is what must end the call.
@@ -273,6 +315,38 @@ mod tests {
         let trapped =
             std::panic::catch_unwind(|| Testing::check(session(""), query("pgwarden_test_trap")));
         assert!(trapped.is_err());
+    }
+
+    #[test]
+    fn sandbox_probes() {
+        assert_eq!(
+            argument("SELECT 'pgwarden_test_fs:/a/b' x", "pgwarden_test_fs:"),
+            Some("/a/b")
+        );
+        assert_eq!(
+            argument("SELECT 1; -- pgwarden_test_net:127.0.0.1:1", "pgwarden_test_net:"),
+            Some("127.0.0.1:1")
+        );
+        assert_eq!(probe("SELECT 1"), None);
+        // Natively nothing is sandboxed: the probes work.
+        let file = std::env::temp_dir().join("pgwarden_testing_probe");
+        std::fs::write(&file, b"four").unwrap();
+        assert_eq!(
+            probe(&format!("SELECT 'pgwarden_test_fs:{}'", file.display())),
+            Some("testing: fs: read 4 bytes".to_string())
+        );
+        let clock = probe("SELECT 'pgwarden_test_clock'").unwrap();
+        assert_ne!(clock, "testing: clock: 0");
+        let Verdict::Deny(denial) =
+            Testing::check(session(""), query("SELECT 'pgwarden_test_net:127.0.0.1:1'"))
+        else {
+            panic!("allowed")
+        };
+        assert!(
+            denial.message.starts_with("testing: net: error: "),
+            "{}",
+            denial.message
+        );
     }
 
     #[test]
