@@ -5,5 +5,6 @@
 mod auth_query;
 mod failure;
 mod readonly;
+mod reload;
 mod router;
 mod support;
