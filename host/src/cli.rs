@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use clap::{ArgAction, Parser};
 
-use crate::config::{Config, Loaded};
+use crate::config::{Config, Hook, Loaded, OnError};
+use crate::plugin::PluginSet;
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -41,8 +42,9 @@ pub struct Cli {
     pub config: PathBuf,
 }
 
-/// What `--check` prints: the listeners, auth, and every pool the configuration defines.
-pub fn describe(loaded: &Loaded) -> String {
+/// What `--check` prints: the listeners, auth, every pool the configuration defines, and the plugins, with
+/// the hooks each serves as loaded in `plugins` (`--check` loads them as a start would, which validates them).
+pub fn describe(loaded: &Loaded, plugins: &PluginSet) -> String {
     let c: &Config = &loaded.config;
     let s = &c.settings;
     let mut out = String::new();
@@ -129,15 +131,77 @@ pub fn describe(loaded: &Loaded) -> String {
             let _ = writeln!(out, "  [users] {user}: pool_mode={m}");
         }
     }
+    if !c.plugins.is_empty() {
+        let _ = writeln!(out, "plugins (in run order):");
+    }
+    for spec in &c.plugins {
+        let hooks = plugins
+            .all()
+            .iter()
+            .find(|p| p.name() == spec.name)
+            .map_or_else(
+                || "not loaded".to_owned(),
+                |p| {
+                    let served: Vec<&str> = [Hook::Router, Hook::Policy, Hook::Auth]
+                        .into_iter()
+                        .filter(|h| p.serves(*h))
+                        .map(Hook::as_str)
+                        .collect();
+                    if served.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        served.join(",")
+                    }
+                },
+            );
+        let databases = spec
+            .databases
+            .as_ref()
+            .map_or_else(|| "*".to_owned(), |d| d.join(","));
+        let on_error = match spec.on_error {
+            OnError::Deny => "deny",
+            OnError::Allow => "allow",
+        };
+        let _ = writeln!(
+            out,
+            "  {} -> {}  databases={databases} order={} on_error={on_error} timeout={:?} memory_limit={}; hooks: {hooks}; configured at {}",
+            spec.name,
+            spec.source,
+            spec.order,
+            spec.timeout,
+            size(spec.memory_limit),
+            spec.origin()
+        );
+    }
     for w in &loaded.warnings {
         let _ = writeln!(out, "warning: {w}");
     }
     out
 }
 
+/// A byte count the way the configuration writes it (`16MiB`, `512KiB`, or bytes).
+fn size(bytes: u64) -> String {
+    const MIB: u64 = 1 << 20;
+    const KIB: u64 = 1 << 10;
+    if bytes >= MIB && bytes % MIB == 0 {
+        format!("{}MiB", bytes / MIB)
+    } else if bytes >= KIB && bytes % KIB == 0 {
+        format!("{}KiB", bytes / KIB)
+    } else {
+        bytes.to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_read_as_configured() {
+        assert_eq!(size(16 << 20), "16MiB");
+        assert_eq!(size(512 << 10), "512KiB");
+        assert_eq!(size(1000), "1000");
+    }
 
     #[test]
     fn parses_pgbouncer_switches() {

@@ -28,7 +28,15 @@ fn main() -> ExitCode {
         }
     };
     if cli.check {
-        print!("{}", cli::describe(&loaded));
+        // The plugins are compiled and initialised as a start would, so a broken one fails the check.
+        let state = match State::new(loaded.config.clone()) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        print!("{}", cli::describe(&loaded, &state.runtime().plugins));
         return ExitCode::SUCCESS;
     }
     match start(&cli, loaded) {
