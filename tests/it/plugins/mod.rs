@@ -3,6 +3,7 @@
 //! misbehaving `testing` plugin), plugin generations swapped by reload under load, and `--check`.
 
 mod auth_query;
+mod check;
 mod failure;
 mod readonly;
 mod reload;
