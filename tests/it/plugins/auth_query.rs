@@ -136,8 +136,7 @@ async fn auth_query_from_a_plain_ini_logs_in_users_missing_from_the_userlist() -
     let err = pooler
         .connect(&nobody, "whatever", &db.name)
         .await
-        .err()
-        .expect("an unknown user logged in");
+        .expect_err("an unknown user logged in");
     assert_login_refused(
         &err,
         "28000",
@@ -174,8 +173,7 @@ async fn auth_query_with_the_runbooks_column_names_refuses_clearly() -> anyhow::
     let started = Instant::now();
     let err = login_as(&pooler, &u.md5, &db.name)
         .await
-        .err()
-        .expect("logged in through a failing auth_query");
+        .expect_err("logged in through a failing auth_query");
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "{:?}",
@@ -236,8 +234,7 @@ async fn auth_query_auth_dbname_and_per_database_auth_user() -> anyhow::Result<(
     // Global auth_user (the outsider) on the auth database: not allowed to run the function.
     let err = login_as(&pooler, &u.md5, &db.name)
         .await
-        .err()
-        .expect("outsider's lookup worked");
+        .expect_err("outsider's lookup worked");
     assert_login_refused(
         &err,
         "28000",
@@ -264,8 +261,7 @@ async fn auth_query_auth_dbname_and_per_database_auth_user() -> anyhow::Result<(
     // The alias's own auth_dbname (its own database, without the function).
     let err = login_as(&pooler, &u.md5, &here)
         .await
-        .err()
-        .expect("lookup in a database without the function");
+        .expect_err("lookup in a database without the function");
     assert_login_refused(
         &err,
         "28000",
@@ -373,8 +369,7 @@ async fn auth_query_with_only_a_scram_verifier_for_the_auth_user_fails_fast() ->
     let started = Instant::now();
     let err = login_as(&pooler, &u.scram, &db.name)
         .await
-        .err()
-        .expect("logged in although the lookup cannot run");
+        .expect_err("logged in although the lookup cannot run");
     let took = started.elapsed();
     assert!(took < Duration::from_secs(2), "refused after {took:?}");
     let e = err

@@ -254,8 +254,7 @@ async fn failing_auth_plugin_refuses_the_login() -> anyhow::Result<()> {
     let err = pooler
         .connect("pgwarden_test_secret_s3cret", "wrong", &db.name)
         .await
-        .err()
-        .expect("wrong password accepted");
+        .expect_err("wrong password accepted");
     assert_login_refused(
         &err,
         "28P01",

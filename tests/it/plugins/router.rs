@@ -171,8 +171,7 @@ async fn router_deny_rules_refuse_the_connection() -> anyhow::Result<()> {
 
     let err = connect(&pooler, &denied, &db.name)
         .await
-        .err()
-        .expect("denied user logged in");
+        .expect_err("denied user logged in");
     assert_login_refused(
         &err,
         "42501",
@@ -192,8 +191,7 @@ async fn router_deny_rules_refuse_the_connection() -> anyhow::Result<()> {
     let err = pooler
         .connect(&denied.name, "wrong password", &db.name)
         .await
-        .err()
-        .expect("denied user logged in with a wrong password");
+        .expect_err("denied user logged in with a wrong password");
     assert_login_refused(
         &err,
         "42501",
@@ -202,8 +200,7 @@ async fn router_deny_rules_refuse_the_connection() -> anyhow::Result<()> {
 
     let err = connect(&pooler, &blocked, &db.name)
         .await
-        .err()
-        .expect("blocked user logged in");
+        .expect_err("blocked user logged in");
     assert_login_refused(
         &err,
         "28000",
@@ -385,8 +382,7 @@ async fn router_server_user_puts_clients_in_one_pool() -> anyhow::Result<()> {
     let err = pooler
         .connect(&etl1.name, "wrong", &db.name)
         .await
-        .err()
-        .expect("logged in with a wrong password");
+        .expect_err("logged in with a wrong password");
     assert_login_refused(
         &err,
         "28P01",
