@@ -102,11 +102,21 @@ pub fn write_config(
 }
 
 /// pgwarden's own `[pgwarden]` section holding `plugins` (`plugin.NAME.KEY = value` lines), to append after
-/// the `[pgbouncer]` settings of [`write_config`] (which writes them last). The on-disk compile cache is
-/// off (`plugin_cache_dir =`), so a test never depends on what an earlier run left there; a later
-/// `plugin_cache_dir` line in `plugins` overrides it.
+/// the `[pgbouncer]` settings of [`write_config`] (which writes them last). The on-disk compile cache is a
+/// directory this test process created empty ([`plugin_cache_dir`]), so a test never depends on what an
+/// earlier run left there, yet each component is compiled once per process rather than once per pooler
+/// (seconds of CPU each in a debug build); a later `plugin_cache_dir` line in `plugins` overrides it.
 pub fn pgwarden_section(plugins: &str) -> String {
-    format!("\n[pgwarden]\nplugin_cache_dir =\n{plugins}\n")
+    let cache = plugin_cache_dir().map_or_else(String::new, |d| d.display().to_string());
+    format!("\n[pgwarden]\nplugin_cache_dir = {cache}\n{plugins}\n")
+}
+
+/// The plugin compile cache of this test process: created empty on first use; `None` (no cache) if it
+/// cannot be created.
+pub fn plugin_cache_dir() -> Option<&'static Path> {
+    static DIR: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| fresh_dir("plugin-cache").ok())
+        .as_deref()
 }
 
 impl Pooler {
