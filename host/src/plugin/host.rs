@@ -2,7 +2,7 @@
 //! locked-down WASI (no filesystem, no network, no environment, a clock frozen at the epoch).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
@@ -33,6 +33,33 @@ pub struct PluginState {
     pub(crate) limits: StoreLimits,
     name: Arc<str>,
     pub(crate) database: Option<Arc<dyn DatabaseAccess>>,
+    /// The current call's time budget, when it started, and how long it has waited in the `database`
+    /// import: waiting for PostgreSQL is not the plugin's work, so it does not count against the budget.
+    pub(crate) clock: CallClock,
+}
+
+/// See [`PluginState::clock`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CallClock {
+    pub budget: Duration,
+    pub started: Instant,
+    pub waited: Duration,
+}
+
+impl CallClock {
+    pub fn start(budget: Duration) -> Self {
+        Self {
+            budget,
+            started: Instant::now(),
+            waited: Duration::ZERO,
+        }
+    }
+
+    /// The budget left, not counting time spent waiting in imports; `None` once it is spent.
+    pub fn left(&self) -> Option<Duration> {
+        let used = self.started.elapsed().saturating_sub(self.waited);
+        self.budget.checked_sub(used).filter(|d| !d.is_zero())
+    }
 }
 
 impl PluginState {
@@ -58,6 +85,7 @@ impl PluginState {
             limits,
             name,
             database: None,
+            clock: CallClock::start(Duration::ZERO),
         }
     }
 }
@@ -110,7 +138,12 @@ impl database::Host for PluginState {
         params: Vec<Option<String>>,
     ) -> Result<Vec<database::Row>, String> {
         match &self.database {
-            Some(db) => db.query(&user, &database, &sql, &params),
+            Some(db) => {
+                let started = Instant::now();
+                let rows = db.query(&user, &database, &sql, &params);
+                self.clock.waited += started.elapsed();
+                rows
+            }
             None => Err("database access is only available during an auth lookup".to_owned()),
         }
     }
@@ -136,5 +169,22 @@ impl HostMonotonicClock for FrozenClock {
 
     fn now(&self) -> u64 {
         0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_waiting_in_imports_is_not_spent_budget() {
+        let hour = Duration::from_secs(3600);
+        let mut clock = CallClock::start(Duration::from_millis(100));
+        clock.started -= hour;
+        assert_eq!(clock.left(), None, "an hour of work spends 100ms");
+        clock.waited = hour;
+        let left = clock.left().expect("waiting is not work");
+        assert!(left <= Duration::from_millis(100) && left > Duration::from_millis(50));
+        assert_eq!(CallClock::start(Duration::ZERO).left(), None);
     }
 }

@@ -11,15 +11,22 @@ use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
 use wasmtime::component::InstancePre;
-use wasmtime::{Store, StoreLimitsBuilder, Trap};
+use wasmtime::{Store, StoreLimitsBuilder, Trap, UpdateDeadline};
 
 use super::bindings::exports::pgwarden::plugin::{auth, init, policy, router};
 use super::engine::{PluginEngine, TICK};
-use super::host::PluginState;
+use super::host::{CallClock, PluginState};
 use crate::config::{Hook, PluginSpec};
 
 /// Warm instances kept per plugin; more are made when needed and dropped when the pool is full.
 const POOL: usize = 16;
+
+/// Epoch ticks in `d`, at least one.
+fn ticks(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos() / TICK.as_nanos())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
 
 /// Why a plugin call did not produce an answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -143,7 +150,7 @@ impl Plugin {
     }
 
     fn deadline_ticks(&self) -> u64 {
-        (self.spec.timeout.as_nanos() / TICK.as_nanos()).max(1) as u64
+        ticks(self.spec.timeout)
     }
 
     /// A fresh instance, initialised with the plugin's configuration.
@@ -156,6 +163,12 @@ impl Plugin {
             PluginState::new(Arc::clone(&self.name), limits),
         );
         store.limiter(|s| &mut s.limits);
+        // When the deadline fires, time the call spent waiting in the database import is given back.
+        store.epoch_deadline_callback(|cx| match cx.data().clock.left() {
+            Some(left) => Ok(UpdateDeadline::Continue(ticks(left))),
+            None => Err(Trap::Interrupt.into()),
+        });
+        store.data_mut().clock = CallClock::start(self.spec.timeout);
         store.set_epoch_deadline(self.deadline_ticks());
         let result = (|| {
             let instance = self.pre.instantiate(&mut store)?;
@@ -205,6 +218,7 @@ impl Plugin {
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
             })?,
         };
+        instance.store.data_mut().clock = CallClock::start(self.spec.timeout);
         instance.store.set_epoch_deadline(self.deadline_ticks());
         let started = Instant::now();
         let result = f(&mut instance);
