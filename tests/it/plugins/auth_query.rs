@@ -390,3 +390,38 @@ async fn auth_query_with_only_a_scram_verifier_for_the_auth_user_fails_fast() ->
     assert_eq!(whoami(&owner).await?, format!("{} {}", db.user, db.name));
     Ok(())
 }
+
+/// A plugin's deadline (`timeout`, 100ms by default) is for its own work: a lookup whose query takes
+/// 300ms on the server (pg_sleep) still answers, with an explicitly configured auth-query plugin left at
+/// the default deadline; a plugin that spins is still stopped (see the failure tests).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_query_waiting_on_the_server_does_not_count_against_the_deadline() -> anyhow::Result<()>
+{
+    let pg = PgCluster::shared();
+    let db = TestDb::create(pg, "plug_aq_slow", PasswordEncryption::Md5)?;
+    let auth = auth_setup(pg, &db.name, PasswordEncryption::Md5)?;
+    let u = users(pg)?;
+    let query = "SELECT uname, phash FROM pgbouncer.user_lookup($1), pg_sleep(0.3)";
+    let pooler = Pooler::start_with_plugins(
+        &entry(pg, &db, ""),
+        "auth_type = md5",
+        &userlist_line(&auth.name, &auth.password),
+        &format!(
+            "plugin.lookup.path = builtin:auth-query\nplugin.lookup.config.auth_user = {}\n\
+             plugin.lookup.config.auth_query = {query}",
+            auth.name
+        ),
+    )
+    .await?;
+    assert_eq!(
+        plugin(&pooler, "lookup")?.spec.timeout,
+        Duration::from_millis(100)
+    );
+    for r in [&u.md5, &u.scram] {
+        let started = Instant::now();
+        let client = login_as(&pooler, r, &db.name).await?;
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert_eq!(whoami(&client).await?, format!("{} {}", r.name, db.name));
+    }
+    Ok(())
+}
