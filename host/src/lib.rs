@@ -1,5 +1,6 @@
 //! pgwarden: a PostgreSQL connection pooler, drop-in for PgBouncer (it reads `pgbouncer.ini` and
-//! `userlist.txt` as they are), whose policies will run as sandboxed WebAssembly plugins.
+//! `userlist.txt` as they are), whose routing, query policies and auth lookup run as sandboxed WebAssembly
+//! component plugins.
 //!
 //! # Layout
 //! - [`protocol`]: wire protocol 3.0 as pure bytes (framing, startup packets, messages per direction).
@@ -12,7 +13,10 @@
 //! - [`cancel`]: pgwarden's cancel keys, forwarding a CancelRequest to the right server only.
 //! - [`state`]: the one shared [`State`] (config generation, pools, counts, lifecycle).
 //! - [`listener`]: listening sockets, the accept loop, [`run`], maintenance.
-//! - [`reload`]: SIGHUP: re-read config and auth_file, swap atomically, re-resolve pools.
+//! - [`sql`]: the lexical summary of SQL that query policies get (statements, kinds, read-only or not).
+//! - [`plugin`]: the wasmtime runtime for plugins: engine, instances, limits, failure policy, generations.
+//! - [`reload`]: SIGHUP: re-read config, auth_file and plugins, swap atomically, re-resolve pools.
+//! - [`stats`]: `log_stats` lines every `stats_period`.
 //! - [`net`], [`cli`], [`logging`], [`process`]: sockets, command line, logs, daemon/pidfile/user/signals.
 
 pub mod auth;
@@ -32,6 +36,7 @@ pub mod reload;
 pub mod server;
 pub mod sql;
 pub mod state;
+pub mod stats;
 
 pub use config::Config;
 pub use listener::{Listeners, run};

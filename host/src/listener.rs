@@ -159,6 +159,7 @@ pub async fn run(listeners: Listeners, state: Arc<State>) {
         socket_file = Some(file);
     }
     let janitor = tokio::spawn(janitor(Arc::clone(&state)));
+    let stats = tokio::spawn(crate::stats::log_periodically(Arc::clone(&state)));
 
     lifecycle.stop_accepting.cancelled().await;
     for a in accepts {
@@ -189,6 +190,7 @@ pub async fn run(listeners: Listeners, state: Arc<State>) {
     lifecycle.tracker.close();
     let _ = tokio::time::timeout(GOODBYE, lifecycle.tracker.wait()).await;
     janitor.abort();
+    stats.abort();
     for pool in state.pools.all() {
         pool.close_idle("shutting down");
     }

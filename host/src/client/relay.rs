@@ -6,6 +6,8 @@
 //! CopyData, Bind, …) are streamed through without being buffered whole.
 
 use std::collections::VecDeque;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::LazyLock;
 use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
@@ -58,6 +60,8 @@ pub struct Relay {
     skip_until_sync: bool,
     /// The client frame being streamed is being dropped (it belongs to a denied batch).
     client_stream_drop: bool,
+    /// pgwarden's stand-ins for denied queries sent and not yet answered or skipped.
+    denials: u32,
     /// The client sent Terminate: nothing more will be read from it.
     pub client_terminated: bool,
     /// The server sent a FATAL error: it is going away.
@@ -87,6 +91,7 @@ impl Relay {
             client_stream_left: 0,
             skip_until_sync: false,
             client_stream_drop: false,
+            denials: 0,
             server_stream_left: 0,
             server_stream_hidden: false,
             client_terminated: false,
@@ -210,10 +215,16 @@ impl Relay {
                     run = 0;
                     input.advance(h.frame_len);
                     out.push(denial_query(&denial));
+                    self.denials += 1;
                     if h.tag == fe::PARSE {
                         // The server answers with the error and a ReadyForQuery the client does not expect
-                        // until its own Sync: that one is swallowed.
-                        self.query_sent(Pending::SilentReady);
+                        // until its own Sync: that one is swallowed. If earlier messages of the batch were
+                        // sent, one of them may fail first; the server then skips the stand-in too.
+                        self.query_sent(if self.unsynced {
+                            Pending::SilentReadyAfterBatch
+                        } else {
+                            Pending::SilentReady
+                        });
                         self.skip_until_sync = true;
                     } else {
                         self.query_sent(Pending::Query);
@@ -373,6 +384,14 @@ impl Relay {
                     }
                     if self.hidden > 0 {
                         tracing::warn!("pgwarden's parameter sync failed on the server: {fields}");
+                    } else if self.denials > 0
+                        && let Some(error) = self.denial_answered(body)?
+                    {
+                        out.push(input.split_to(run).freeze());
+                        run = 0;
+                        input.advance(h.frame_len);
+                        out.push(error);
+                        continue;
                     }
                     self.hidden == 0 || fields.is_fatal()
                 }
@@ -388,6 +407,37 @@ impl Relay {
         }
         out.push(input.split_to(run).freeze());
         Ok(())
+    }
+
+    /// An ErrorResponse arrived while a denial's stand-in is outstanding. If it is the stand-in's, returns it
+    /// as the client should see it: the denial alone, without the DO block's context and source location.
+    /// If not, and the stand-in followed other messages of an extended batch, one of those failed: the server
+    /// skips the stand-in until the client's Sync, so no ReadyForQuery will answer it.
+    fn denial_answered(&mut self, body: &[u8]) -> Result<Option<bytes::Bytes>, RelayError> {
+        let fields = backend::error_fields(body).map_err(RelayError::Server)?;
+        let marker = DENIAL_MARKER.as_bytes();
+        if fields.iter().any(|&(f, v)| f == b'n' && v == marker) {
+            self.denials -= 1;
+            let kept: Vec<_> = fields
+                .into_iter()
+                .filter(|(f, _)| !matches!(f, b'n' | b'W' | b'F' | b'L' | b'R'))
+                .collect();
+            let mut buf = BytesMut::new();
+            backend::write_raw_error_fields(&mut buf, be::ERROR_RESPONSE, &kept);
+            return Ok(Some(buf.freeze()));
+        }
+        let front = self.pending.iter().position(|p| *p != Pending::CopyEnd);
+        if let Some(i) = front
+            && self.pending[i] == Pending::SilentReadyAfterBatch
+        {
+            self.pending.remove(i);
+            self.denials -= 1;
+            self.outstanding = self.outstanding.saturating_sub(1);
+            if self.outstanding == 0 {
+                self.query_started = None;
+            }
+        }
+        Ok(None)
     }
 
     /// Returns whether to forward the ReadyForQuery.
@@ -410,7 +460,10 @@ impl Relay {
             self.hidden -= 1;
             return Ok(false);
         }
-        if answered == Some(Pending::SilentReady) {
+        if matches!(
+            answered,
+            Some(Pending::SilentReady | Pending::SilentReadyAfterBatch)
+        ) {
             // The server's state changed (a failed transaction stays failed), the client hears at its Sync.
             self.tx = status;
             return Ok(false);
@@ -450,6 +503,8 @@ enum Pending {
     CopyEnd,
     /// pgwarden's stand-in for a denied Parse: its error goes to the client, its ReadyForQuery does not.
     SilentReady,
+    /// The same, sent after other messages of the client's extended batch (which may fail first).
+    SilentReadyAfterBatch,
 }
 
 /// A query policy (the plugins that apply to this client), asked about each Query and Parse.
@@ -483,6 +538,15 @@ fn fastpath_denial() -> Denial {
     }
 }
 
+/// Tags the error of a denial's stand-in (as its CONSTRAINT field, removed before the client sees it), so
+/// the relay tells it from any other error. Random per process: a client cannot forge it.
+static DENIAL_MARKER: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "pgwarden-denial-{:016x}",
+        RandomState::new().hash_one(std::process::id())
+    )
+});
+
 /// The query pgwarden sends instead of a denied one: PostgreSQL raises the denial itself, so the client
 /// gets its error with PostgreSQL's exact transaction semantics (inside a transaction block the transaction
 /// fails; inside an already failed one the client gets "current transaction is aborted", as always).
@@ -490,9 +554,10 @@ pub(crate) fn denial_query(d: &Denial) -> bytes::Bytes {
     // The dollar-quote tag must not occur in the texts.
     let lit = |s: &str| crate::params::quote_literal(&s.replace("$pgwarden$", "$ pgwarden$"));
     let mut sql = format!(
-        "DO $pgwarden$BEGIN RAISE EXCEPTION USING ERRCODE = {}, MESSAGE = {}",
+        "DO $pgwarden$BEGIN RAISE EXCEPTION USING ERRCODE = {}, MESSAGE = {}, CONSTRAINT = {}",
         lit(&d.sqlstate),
-        lit(&d.message)
+        lit(&d.message),
+        lit(&DENIAL_MARKER)
     );
     for (key, value) in [("DETAIL", &d.detail), ("HINT", &d.hint)] {
         if let Some(v) = value {

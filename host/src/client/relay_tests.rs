@@ -558,3 +558,153 @@ fn a_function_call_is_refused_where_a_policy_checks_queries() {
     assert!(input.is_empty());
     assert_eq!(policy.seen.len(), 1, "the policy is not asked about calls");
 }
+
+/// The ErrorResponse PostgreSQL sends for a denial's stand-in (what `denial_query` makes it raise).
+fn stand_in_error(message: &str) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    let fields: Vec<(u8, &[u8])> = vec![
+        (b'S', b"ERROR"),
+        (b'V', b"ERROR"),
+        (b'C', b"25006"),
+        (b'M', message.as_bytes()),
+        (b'W', b"PL/pgSQL function inline_code_block line 1 at RAISE"),
+        (b'n', DENIAL_MARKER.as_bytes()),
+        (b'F', b"pl_exec.c"),
+        (b'L', b"3907"),
+        (b'R', b"exec_stmt_raise"),
+    ];
+    backend::write_raw_error_fields(&mut buf, be::ERROR_RESPONSE, &fields);
+    buf.to_vec()
+}
+
+#[test]
+fn the_stand_in_error_reaches_the_client_without_the_do_blocks_context() {
+    let mut r = Relay::new();
+    let mut fx = Fixture::new();
+    let mut policy = DenyForbidden { seen: vec![] };
+    let mut input = BytesMut::new();
+    write_query(&mut input, "delete from forbidden");
+    let mut out = OutQueue::default();
+    r.process_client(&mut input, &mut out, u32::MAX, Some(&mut policy))
+        .unwrap();
+    let sent = queries_in(&drain(&mut out));
+    let stand_in = String::from_utf8(sent[0].1.clone()).unwrap();
+    assert!(
+        stand_in.contains(&format!("CONSTRAINT = '{}'", *DENIAL_MARKER)),
+        "{stand_in}"
+    );
+
+    let mut s = BytesMut::from(&stand_in_error("it's forbidden")[..]);
+    write_ready_for_query(&mut s, TransactionStatus::Idle);
+    r.process_server(&mut s, &mut out, &mut fx.ctx()).unwrap();
+    let got = queries_in(&drain(&mut out));
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].0, b'E');
+    let fields: Vec<u8> = backend::error_fields(&got[0].1)
+        .unwrap()
+        .iter()
+        .map(|(f, _)| *f)
+        .collect();
+    assert_eq!(
+        fields,
+        b"SVCM".to_vec(),
+        "context, marker and location removed"
+    );
+    assert_eq!(
+        ErrorFields::parse(&got[0].1).unwrap().message,
+        "it's forbidden"
+    );
+    assert_eq!(got[1].0, b'Z');
+    assert!(r.releasable());
+
+    // Any other error passes untouched.
+    write_query(&mut input, "select 1/0");
+    r.process_client(&mut input, &mut out, u32::MAX, Some(&mut policy))
+        .unwrap();
+    drain(&mut out);
+    let mut s = BytesMut::new();
+    let other: Vec<(u8, &[u8])> = vec![(b'S', b"ERROR"), (b'C', b"22012"), (b'W', b"here")];
+    backend::write_raw_error_fields(&mut s, be::ERROR_RESPONSE, &other);
+    let sent_by_server = s.to_vec();
+    write_ready_for_query(&mut s, TransactionStatus::Idle);
+    r.process_server(&mut s, &mut out, &mut fx.ctx()).unwrap();
+    let got = drain(&mut out);
+    assert_eq!(&got[..sent_by_server.len()], &sent_by_server[..]);
+}
+
+#[test]
+fn a_stand_in_skipped_after_an_earlier_failure_in_its_batch_hides_nothing() {
+    // psycopg's pipeline mode: `SELECT 1/0` then a denied INSERT in one batch. The division fails first, so
+    // PostgreSQL skips the stand-in until the client's Sync: a single ReadyForQuery, which the client must get.
+    let mut r = Relay::new();
+    let mut fx = Fixture::new();
+    let mut policy = DenyForbidden { seen: vec![] };
+    let mut input = BytesMut::new();
+    input.put_slice(&frame(b'P', b"\0select 1/0\0\0\0"));
+    input.put_slice(&frame(b'B', b"\0\0\0\0\0\0\0\0"));
+    input.put_slice(&frame(b'E', b"\0\0\0\0\0"));
+    input.put_slice(&frame(b'P', b"\0insert into forbidden values (1)\0\0\0"));
+    input.put_slice(&frame(b'B', b"\0\0\0\0\0\0\0\0"));
+    input.put_slice(&frame(b'E', b"\0\0\0\0\0"));
+    write_sync(&mut input);
+    let mut out = OutQueue::default();
+    r.process_client(&mut input, &mut out, u32::MAX, Some(&mut policy))
+        .unwrap();
+    let tags: Vec<u8> = queries_in(&drain(&mut out))
+        .iter()
+        .map(|(t, _)| *t)
+        .collect();
+    assert_eq!(tags, b"PBEQS".to_vec());
+
+    let mut s = BytesMut::new();
+    s.put_slice(&frame(b'1', b""));
+    s.put_slice(&frame(b'2', b""));
+    write_error(&mut s, Severity::Error, "22012", "division by zero");
+    write_ready_for_query(&mut s, TransactionStatus::Idle);
+    r.process_server(&mut s, &mut out, &mut fx.ctx()).unwrap();
+    let got: Vec<u8> = queries_in(&drain(&mut out))
+        .iter()
+        .map(|(t, _)| *t)
+        .collect();
+    assert_eq!(
+        got,
+        b"12EZ".to_vec(),
+        "the Sync's ReadyForQuery reaches the client"
+    );
+    assert_eq!(r.outstanding, 0);
+    assert!(r.releasable());
+
+    // Had the division succeeded, the stand-in's error and the Sync's ReadyForQuery reach the client.
+    let mut r = Relay::new();
+    r.process_client(
+        &mut BytesMut::from(
+            &[
+                frame(b'P', b"\0select 1\0\0\0"),
+                frame(b'B', b"\0\0\0\0\0\0\0\0"),
+                frame(b'E', b"\0\0\0\0\0"),
+                frame(b'P', b"\0insert into forbidden values (1)\0\0\0"),
+                frame(b'S', b""),
+            ]
+            .concat()[..],
+        ),
+        &mut out,
+        u32::MAX,
+        Some(&mut policy),
+    )
+    .unwrap();
+    drain(&mut out);
+    let mut s = BytesMut::new();
+    s.put_slice(&frame(b'1', b""));
+    s.put_slice(&frame(b'2', b""));
+    s.put_slice(&frame(b'C', b"SELECT 1\0"));
+    s.put_slice(&stand_in_error("no"));
+    write_ready_for_query(&mut s, TransactionStatus::Idle);
+    write_ready_for_query(&mut s, TransactionStatus::Idle);
+    r.process_server(&mut s, &mut out, &mut fx.ctx()).unwrap();
+    let got: Vec<u8> = queries_in(&drain(&mut out))
+        .iter()
+        .map(|(t, _)| *t)
+        .collect();
+    assert_eq!(got, b"12CEZ".to_vec());
+    assert!(r.releasable());
+}

@@ -46,9 +46,6 @@ pub const NOT_IMPLEMENTED: &[&str] = &[
     // The admin console and its users arrive with the console work.
     "admin_users",
     "stats_users",
-    // Statistics logging arrives with the console and metrics.
-    "log_stats",
-    "stats_period",
     "server_fast_close",
     "client_tls_ca_file",
     "client_tls_cert_file",
@@ -210,7 +207,7 @@ settings! {
     log_pooler_errors: bool = "1", boolean, "bool", reload,
         "Log the error messages sent to clients.";
     log_stats: bool = "1", boolean, "bool", reload,
-        "Log aggregated statistics every stats_period.";
+        "Log aggregated statistics every stats_period (today: one line per plugin called in the period).";
     logfile: Option<PathBuf> = "", opt_path, "path", reload,
         "File to log to, in addition to stderr.";
     login_notify_message: Option<String> = "", opt_string, "string", reload,

@@ -280,6 +280,31 @@ pub fn write_error_fields(buf: &mut BytesMut, tag: u8, fields: &ErrorFields) {
     finish(buf, at);
 }
 
+/// The fields of an ErrorResponse or NoticeResponse body, in order, as (field type, value).
+pub fn error_fields(body: &[u8]) -> Result<Vec<(u8, &[u8])>, ProtocolError> {
+    let mut r = Reader::new(body);
+    let mut out = Vec::new();
+    loop {
+        let field = r.u8()?;
+        if field == 0 {
+            return Ok(out);
+        }
+        out.push((field, r.cstr_bytes()?));
+    }
+}
+
+/// Writes an ErrorResponse or NoticeResponse with `fields` (as [`error_fields`] returns them).
+pub fn write_raw_error_fields(buf: &mut BytesMut, tag: u8, fields: &[(u8, &[u8])]) {
+    let at = begin(buf, tag);
+    for &(field, value) in fields {
+        buf.put_u8(field);
+        buf.put_slice(value);
+        buf.put_u8(0);
+    }
+    buf.put_u8(0);
+    finish(buf, at);
+}
+
 /// Writes an ErrorResponse.
 pub fn write_error(buf: &mut BytesMut, severity: Severity, code: &str, message: &str) {
     let fields = ErrorFields {
