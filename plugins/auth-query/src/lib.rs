@@ -30,7 +30,7 @@
 //!
 //! ```toml
 //! auth_user = "pgwarden_auth"
-//! auth_query = "SELECT usename, passwd FROM pgbouncer.user_lookup($1)"
+//! auth_query = "SELECT uname, phash FROM pgbouncer.user_lookup($1)"
 //! auth_dbname = "postgres"
 //! "database.reports.auth_user" = "reports_auth"
 //! ```

@@ -40,7 +40,11 @@ pub fn lookup(
         }
     };
     match row.as_slice() {
-        [None, _] => Err("auth_query response contained null user name".to_string()),
+        // The lookup function PgBouncer's documentation suggests (runbook 003's) returns one row of NULLs
+        // for a user that does not exist: that is "no such user" (a wrong-password refusal that does not
+        // tell who exists), where PgBouncer drops the server connection.
+        [None, None] => Ok(None),
+        [None, Some(_)] => Err("auth_query response contained null user name".to_string()),
         [Some(_), Some(secret)] if !secret.is_empty() => Ok(Some(secret.clone())),
         [Some(_), _] => Ok(None),
         other => Err(format!(
@@ -158,6 +162,12 @@ mod tests {
         assert_eq!(
             lookup(&null_name, &basic(), "u", "app"),
             Err("auth_query response contained null user name".to_string())
+        );
+        let nulls = FakeDb::rows(&[&[None, None]]);
+        assert_eq!(
+            lookup(&nulls, &basic(), "u", "app"),
+            Ok(None),
+            "no such user"
         );
         let two_rows = FakeDb::rows(&[&[Some("u"), Some("a")], &[Some("u"), Some("b")]]);
         let err = lookup(&two_rows, &basic(), "u", "app").unwrap_err();

@@ -324,7 +324,10 @@ mod tests {
             Some("/a/b")
         );
         assert_eq!(
-            argument("SELECT 1; -- pgwarden_test_net:127.0.0.1:1", "pgwarden_test_net:"),
+            argument(
+                "SELECT 1; -- pgwarden_test_net:127.0.0.1:1",
+                "pgwarden_test_net:"
+            ),
             Some("127.0.0.1:1")
         );
         assert_eq!(probe("SELECT 1"), None);
