@@ -587,3 +587,78 @@ async fn readonly_follows_standard_conforming_strings() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Parse (unnamed), Bind and Execute of `sql`, without a Sync: one statement of a pipelined batch.
+fn extended_statement(sql: &str) -> Vec<u8> {
+    use pgwarden_tests::raw::frame_bytes;
+    let mut parse = vec![0u8];
+    parse.extend_from_slice(sql.as_bytes());
+    parse.extend_from_slice(&[0, 0, 0]);
+    let mut out = frame_bytes(b'P', &parse);
+    out.extend(frame_bytes(b'B', &[0, 0, 0, 0, 0, 0, 0, 0]));
+    out.extend(frame_bytes(b'E', &[0, 0, 0, 0, 0]));
+    out
+}
+
+/// Pipelined batches (psycopg's pipeline mode, asyncpg's executemany): several statements, one Sync. A
+/// refused statement after one that fails on the server is skipped by PostgreSQL, as the rest of any
+/// failed batch is: the client gets the server's error and its ReadyForQuery, and its session carries on.
+/// A refused statement after ones that succeed gets the plugin's error alone (no PL/pgSQL context from
+/// pgwarden's stand-in), and the batch's transaction is rolled back as a whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readonly_refusal_inside_a_pipelined_batch() -> anyhow::Result<()> {
+    use pgwarden_tests::raw::{RawClient, first_error, frame_bytes};
+    let s = Setup::start("plug_ro_pipeline").await?;
+    let before = s.fingerprint().await?;
+    let mut raw = RawClient::connect(s.pooler.port).await?;
+    let login = raw
+        .login(&[("user", &s.db.user), ("database", &s.ro)], &s.db.password)
+        .await?;
+    assert!(first_error(&login).is_none(), "{login:?}");
+
+    // 1. The division fails first; the refused INSERT after it is never reached.
+    let mut batch = extended_statement("SELECT 1/0");
+    batch.extend(extended_statement("INSERT INTO t VALUES (5, 'e')"));
+    batch.extend(frame_bytes(b'S', &[]));
+    raw.send(&batch).await?;
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(5), raw.until_ready())
+        .await
+        .map_err(|_| anyhow::anyhow!("no ReadyForQuery for the batch's Sync"))??;
+    let errors: Vec<_> = answer.iter().filter_map(|m| m.error()).collect();
+    assert_eq!(errors.len(), 1, "{answer:?}");
+    assert_eq!(
+        (errors[0].code.as_str(), errors[0].message.as_str()),
+        ("22012", "division by zero")
+    );
+    let next = raw.query("SELECT 42").await?;
+    assert!(first_error(&next).is_none(), "{next:?}");
+    assert!(
+        next.iter()
+            .any(|m| m.tag == b'D' && m.body.ends_with(b"42")),
+        "the session carries on: {next:?}"
+    );
+
+    // 2. A read succeeds, then the INSERT is refused: the plugin's error, nothing else.
+    let mut batch = extended_statement("SELECT 1");
+    batch.extend(extended_statement("INSERT INTO t VALUES (6, 'f')"));
+    batch.extend(extended_statement("SELECT 2"));
+    batch.extend(frame_bytes(b'S', &[]));
+    raw.send(&batch).await?;
+    let answer = raw.until_ready().await?;
+    let tags: Vec<u8> = answer.iter().map(|m| m.tag).collect();
+    assert_eq!(tags, b"12DCEZ".to_vec(), "{answer:?}");
+    let error = answer[4].error().expect("an ErrorResponse");
+    assert_eq!(
+        (error.code.as_str(), error.message.as_str()),
+        ("25006", ro_denial("INSERT").as_str())
+    );
+    let fields = pgwarden::protocol::backend::error_fields(&answer[4].body)?;
+    assert!(
+        !fields.iter().any(|(f, _)| matches!(f, b'W' | b'n')),
+        "the stand-in's context or marker reached the client: {fields:?}"
+    );
+    let next = raw.query("SELECT 43").await?;
+    assert!(first_error(&next).is_none(), "{next:?}");
+    assert_eq!(s.fingerprint().await?, before, "nothing written");
+    Ok(())
+}
