@@ -8,6 +8,7 @@ mod config_cli;
 mod harness;
 mod lifecycle;
 mod params;
+mod polyglot;
 mod pool_support;
 mod pooling;
 mod process;
