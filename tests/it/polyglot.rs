@@ -39,6 +39,13 @@ const PY_ROUTER: Example = Example {
     output: "py-router.wasm",
 };
 
+/// Writes a measurement (build, compile, reload and call times) to the test output: they are logged for the
+/// reader, never asserted.
+#[allow(clippy::print_stderr)]
+fn report(line: std::fmt::Arguments<'_>) {
+    eprintln!("polyglot: {line}");
+}
+
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -62,7 +69,7 @@ fn build(example: &Example) -> Result<PathBuf, String> {
         newest = newest.max(modified(&dir.join(source))?);
     }
     if modified(&output).is_ok_and(|built| built > newest) {
-        eprintln!("polyglot: {} is up to date", output.display());
+        report(format_args!("{} is up to date", output.display()));
         return Ok(output);
     }
     let started = Instant::now();
@@ -81,12 +88,12 @@ fn build(example: &Example) -> Result<PathBuf, String> {
         ));
     }
     let size = std::fs::metadata(&output).map_or(0, |m| m.len());
-    eprintln!(
-        "polyglot: built {} ({} KiB) in {:.1} s",
+    report(format_args!(
+        "built {} ({} KiB) in {:.1} s",
         output.display(),
         size / 1024,
         started.elapsed().as_secs_f64()
-    );
+    ));
     Ok(output)
 }
 
@@ -148,14 +155,14 @@ fn shared_cache() -> &'static Path {
         let js = compile_timed(&engine, &built.js);
         let py = compile_timed(&engine, &built.py);
         let stats = engine.compile_stats();
-        eprintln!(
-            "polyglot: shared compile cache {}: js-policy {} ms, py-router {} ms ({} from the disk cache, {} compiled)",
+        report(format_args!(
+            "shared compile cache {}: js-policy {} ms, py-router {} ms ({} from the disk cache, {} compiled)",
             dir.display(),
             js.as_millis(),
             py.as_millis(),
             stats.disk_hits,
             stats.disk_misses
-        );
+        ));
         dir
     })
 }
@@ -262,10 +269,10 @@ fn call_stats(pooler: &Pooler, name: &str) -> (u64, u64) {
 fn log_call_cost(pooler: &Pooler, name: &str, what: &str, before: (u64, u64)) {
     let (calls, nanos) = call_stats(pooler, name);
     let (calls, nanos) = (calls - before.0, nanos - before.1);
-    eprintln!(
-        "polyglot: plugin {name}: {calls} {what}, {:.1} µs per call on average",
+    report(format_args!(
+        "plugin {name}: {calls} {what}, {:.1} µs per call on average",
         nanos as f64 / calls.max(1) as f64 / 1000.0
-    );
+    ));
 }
 
 /// The JavaScript policy denies schema changes with its own SQLSTATE, message, detail and hint, reading
@@ -495,11 +502,11 @@ async fn reload_with(
     .expect("rewriting the config file");
     let started = Instant::now();
     let result = pooler.reload().await;
-    eprintln!(
-        "polyglot: reload took {} ms ({:?})",
+    report(format_args!(
+        "reload took {} ms ({:?})",
         started.elapsed().as_millis(),
         pooler.state.plugin_engine.compile_stats()
-    );
+    ));
     result
 }
 
@@ -709,14 +716,14 @@ async fn compiled_components_come_from_memory_on_reload_and_from_disk_on_restart
         refusal(&client, "create table t (id int)").await.hint(),
         Some("three")
     );
-    eprintln!(
-        "polyglot: js-policy ({} KiB): pooler start compiling it {} ms, reload (memory cache) {} ms, \
+    report(format_args!(
+        "js-policy ({} KiB): pooler start compiling it {} ms, reload (memory cache) {} ms, \
          second pooler (disk cache) {} ms",
         std::fs::metadata(&built.js)?.len() / 1024,
         compiled.as_millis(),
         reloaded.as_millis(),
         restarted.as_millis()
-    );
+    ));
     drop((first, second));
     let _ = std::fs::remove_dir_all(&cache);
     Ok(())
