@@ -9,6 +9,7 @@ mod harness;
 mod lifecycle;
 mod params;
 mod plugins;
+mod polyglot;
 mod pool_support;
 mod pooling;
 mod process;

@@ -88,15 +88,31 @@ pub fn write_config(
     settings: &str,
     userlist: &str,
 ) -> anyhow::Result<PathBuf> {
+    write_config_with_pgwarden(dir, port, databases, settings, "", userlist)
+}
+
+/// [`write_config`] plus pgwarden's own `[pgwarden]` section (plugins: `plugin.NAME.KEY = value`,
+/// `plugin_cache_dir = ...`), left out when `pgwarden` is empty.
+pub fn write_config_with_pgwarden(
+    dir: &Path,
+    port: u16,
+    databases: &str,
+    settings: &str,
+    pgwarden: &str,
+    userlist: &str,
+) -> anyhow::Result<PathBuf> {
     let ini = dir.join("pgbouncer.ini");
     let auth = dir.join("userlist.txt");
     std::fs::write(&auth, userlist)?;
-    let text = format!(
+    let mut text = format!(
         "[databases]\n{databases}\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir = {}\n\
          auth_file = {}\n{settings}\n",
         dir.display(),
         auth.display()
     );
+    if !pgwarden.is_empty() {
+        text.push_str(&format!("\n[pgwarden]\n{pgwarden}\n"));
+    }
     std::fs::write(&ini, text)?;
     Ok(ini)
 }
@@ -129,7 +145,7 @@ impl Pooler {
     }
 
     /// [`Pooler::start`] with plugins: `plugins` are the lines of a `[pgwarden]` section (see
-    /// [`pgwarden_section`]).
+    /// [`pgwarden_section`], which adds this process's compile cache).
     pub async fn start_with_plugins(
         databases: &str,
         settings: &str,
@@ -138,6 +154,20 @@ impl Pooler {
     ) -> anyhow::Result<Self> {
         let settings = format!("{settings}\n{}", pgwarden_section(plugins));
         Self::start(databases, &settings, userlist).await
+    }
+
+    /// [`Pooler::start`] with a `[pgwarden]` section of exactly these lines (no compile cache unless they
+    /// set one). Plugins compile while the pooler starts, which blocks for as long as that takes.
+    pub async fn start_with_pgwarden(
+        databases: &str,
+        settings: &str,
+        pgwarden: &str,
+        userlist: &str,
+    ) -> anyhow::Result<Self> {
+        let dir = fresh_dir("pooler")?;
+        let port = free_port()?;
+        let ini = write_config_with_pgwarden(&dir, port, databases, settings, pgwarden, userlist)?;
+        Self::start_file(&ini, dir, port).await
     }
 
     /// Starts a pooler from a config file already written (ini or TOML) that listens on `port`.

@@ -2,8 +2,9 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine};
@@ -20,6 +21,12 @@ pub struct PluginEngine {
     engine: Engine,
     linker: Linker<PluginState>,
     compiled: Mutex<HashMap<[u8; 32], Component>>,
+    /// The on-disk compile cache, kept to read its hit and miss counters.
+    cache: Option<wasmtime::Cache>,
+    /// Components this engine compiled or loaded from the disk cache (memory-cache misses).
+    compiles: AtomicU64,
+    /// Compiles answered from memory (the same bytes loaded again: a reload, another plugin entry).
+    memory_hits: AtomicU64,
     /// The epoch ticker starts with the first plugin: a pooler without plugins has no thread waking up
     /// every millisecond.
     ticker: std::sync::Once,
@@ -36,13 +43,17 @@ impl PluginEngine {
         // Plugins are called synchronously; the structures for concurrent component calls would only make
         // every call slower.
         config.concurrency_support(false);
-        if let Some(dir) = cache_dir {
-            let mut cache_config = wasmtime::CacheConfig::new();
-            cache_config.with_directory(dir);
-            let cache = wasmtime::Cache::new(cache_config)
-                .map_err(|e| format!("plugin cache {}: {e}", dir.display()))?;
-            config.cache(Some(cache));
-        }
+        let cache = match cache_dir {
+            Some(dir) => {
+                let mut cache_config = wasmtime::CacheConfig::new();
+                cache_config.with_directory(dir);
+                let cache = wasmtime::Cache::new(cache_config)
+                    .map_err(|e| format!("plugin cache {}: {e}", dir.display()))?;
+                config.cache(Some(cache.clone()));
+                Some(cache)
+            }
+            None => None,
+        };
         let engine = Engine::new(&config)
             .map_err(|e| format!("cannot create the WebAssembly engine: {e}"))?;
         let mut linker = Linker::new(&engine);
@@ -54,6 +65,9 @@ impl PluginEngine {
             engine,
             linker,
             compiled: Mutex::default(),
+            cache,
+            compiles: AtomicU64::new(0),
+            memory_hits: AtomicU64::new(0),
             ticker: std::sync::Once::new(),
         }))
     }
@@ -77,15 +91,55 @@ impl PluginEngine {
             .unwrap_or_else(|e| e.into_inner())
             .get(&hash)
         {
+            self.memory_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(c.clone());
         }
+        let started = Instant::now();
+        let disk_hits = self.cache.as_ref().map(wasmtime::Cache::cache_hits);
         let component = Component::new(&self.engine, bytes)
             .map_err(|e| format!("not a valid component: {e:#}"))?;
+        self.compiles.fetch_add(1, Ordering::Relaxed);
+        // Another compile running at the same time may move the counter too: this is for the log only.
+        let from = match (disk_hits, &self.cache) {
+            (Some(before), Some(c)) if c.cache_hits() > before => "loaded from the disk cache",
+            (Some(_), _) => "compiled (disk cache miss)",
+            _ => "compiled (no disk cache)",
+        };
+        tracing::info!(
+            "plugin component of {} KiB {from} in {} ms",
+            bytes.len() / 1024,
+            started.elapsed().as_millis()
+        );
         self.compiled
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(hash, component.clone());
         Ok(component)
+    }
+}
+
+/// How a [`PluginEngine`] got its components so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CompileStats {
+    /// Components built by this engine: compiled, or loaded from the disk cache.
+    pub compiles: u64,
+    /// Of those, how many the disk cache supplied (`plugin_cache_dir`).
+    pub disk_hits: u64,
+    /// Of those, how many were compiled and stored in the disk cache.
+    pub disk_misses: u64,
+    /// Loads answered from memory without compiling (the same component bytes seen before).
+    pub memory_hits: u64,
+}
+
+impl PluginEngine {
+    /// Counters of the compile caches (memory and disk), for logs, tests and the console.
+    pub fn compile_stats(&self) -> CompileStats {
+        CompileStats {
+            compiles: self.compiles.load(Ordering::Relaxed),
+            disk_hits: self.cache.as_ref().map_or(0, |c| c.cache_hits() as u64),
+            disk_misses: self.cache.as_ref().map_or(0, |c| c.cache_misses() as u64),
+            memory_hits: self.memory_hits.load(Ordering::Relaxed),
+        }
     }
 }
 

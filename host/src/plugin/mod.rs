@@ -20,7 +20,7 @@ mod instance;
 mod set;
 mod wasi;
 
-pub use engine::{PluginEngine, default_cache_dir};
+pub use engine::{CompileStats, PluginEngine, default_cache_dir};
 pub use host::DatabaseAccess;
 pub use instance::{CallError, Plugin, PluginStats};
 pub use set::{LoadError, PluginSet};
