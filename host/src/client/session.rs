@@ -392,6 +392,12 @@ impl Session {
                     .tracked
                     .index("application_name")
                     .and_then(|i| self.params.get(i)),
+                standard_strings: self
+                    .state
+                    .tracked
+                    .index("standard_conforming_strings")
+                    .and_then(|i| self.params.get(i))
+                    .is_none_or(|v| !v.eq_ignore_ascii_case("off")),
             });
             let policy = policy.as_mut().map(|p| p as &mut dyn QueryPolicy);
             if let Err(e) = relay.process_client(&mut conn.rbuf, &mut self.to_server, max, policy) {
@@ -636,6 +642,8 @@ struct SessionPolicy<'a> {
     database: &'a str,
     info: &'a mut SessionInfo,
     app: Option<&'a str>,
+    /// The client's `standard_conforming_strings` (on unless the server said off), for the lexer.
+    standard_strings: bool,
 }
 
 impl QueryPolicy for SessionPolicy<'_> {
@@ -652,7 +660,7 @@ impl QueryPolicy for SessionPolicy<'_> {
         {
             app.clone_into(&mut self.info.application_name);
         }
-        let query = convert::query(sql, extended, statement_name);
+        let query = convert::query(sql, extended, statement_name, self.standard_strings);
         for plugin in self.runtime.plugins.for_hook(Hook::Policy, self.database) {
             match plugin.check(self.info, &query) {
                 Ok(Verdict::Allow) => {}

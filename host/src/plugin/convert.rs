@@ -52,8 +52,14 @@ pub fn from_pool_mode(mode: types::PoolMode) -> PoolMode {
     }
 }
 
-/// The query record for `sql`, with pgwarden's summary of each statement.
-pub fn query(sql_text: &str, extended: bool, statement_name: &str) -> policy::Query {
+/// The query record for `sql`, with pgwarden's summary of each statement, lexed as a session with
+/// `standard_conforming_strings` = `standard_strings` would.
+pub fn query(
+    sql_text: &str,
+    extended: bool,
+    statement_name: &str,
+    standard_strings: bool,
+) -> policy::Query {
     policy::Query {
         sql: sql_text.to_owned(),
         protocol: if extended {
@@ -62,7 +68,7 @@ pub fn query(sql_text: &str, extended: bool, statement_name: &str) -> policy::Qu
             policy::Protocol::Simple
         },
         statement_name: statement_name.to_owned(),
-        statements: sql::summarize(sql_text)
+        statements: sql::summarize_with(sql_text, standard_strings)
             .into_iter()
             .map(statement)
             .collect(),

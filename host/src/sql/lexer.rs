@@ -13,9 +13,9 @@
 /// Which flavour of string constant a [`TokenKind::String`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum StringKind {
-    /// `'...'`: standard-conforming, so a backslash is an ordinary character.
+    /// `'...'`: a backslash is an ordinary character, unless `standard_conforming_strings` is off.
     Standard,
-    /// `N'...'`: a national character string, lexed like a standard one.
+    /// `N'...'`: a national character string, lexed like a `'...'` one.
     National,
     /// `E'...'`: backslash escapes, so `\'` does not end it.
     Escape,
@@ -66,7 +66,8 @@ pub struct Token {
     pub end: usize,
     /// The input ended before the token's closing delimiter (a string, quoted identifier or comment).
     pub unterminated: bool,
-    /// An `E'...'` string in which a backslash directly follows a byte >= 0x80. Under a client encoding
+    /// A string taking backslash escapes (`E'...'`, or any plain one with `standard_conforming_strings`
+    /// off) in which a backslash directly follows a byte >= 0x80. Under a client encoding
     /// such as SJIS, BIG5 or GBK that byte pair is one character, so the server would not see an escape
     /// there and would end the string elsewhere: the lexer cannot know the encoding, so it says so.
     pub ambiguous: bool,
@@ -84,11 +85,19 @@ impl Token {
     }
 }
 
-/// Splits `sql` into tokens, whitespace and comments included, covering the whole input in order.
+/// Splits `sql` into tokens, whitespace and comments included, covering the whole input in order, as a
+/// server with `standard_conforming_strings = on` (PostgreSQL's default) would.
 pub fn tokens(sql: &str) -> Vec<Token> {
+    tokens_with(sql, true)
+}
+
+/// [`tokens`] for a session whose `standard_conforming_strings` is `standard_strings`: when it is off, a
+/// plain `'...'` or `N'...'` string takes backslash escapes like an `E'...'` one, so `'\''` does not end it.
+pub fn tokens_with(sql: &str, standard_strings: bool) -> Vec<Token> {
     let mut lexer = Lexer {
         bytes: sql.as_bytes(),
         pos: 0,
+        standard_strings,
     };
     let mut out = Vec::new();
     while lexer.pos < lexer.bytes.len() {
@@ -133,6 +142,8 @@ enum Body {
 struct Lexer<'a> {
     bytes: &'a [u8],
     pos: usize,
+    /// The session's `standard_conforming_strings`.
+    standard_strings: bool,
 }
 
 impl Lexer<'_> {
@@ -252,6 +263,7 @@ impl Lexer<'_> {
     fn string(&mut self, start: usize, open: usize, kind: StringKind) -> Token {
         let body = match kind {
             StringKind::Escape => Body::Escaped,
+            StringKind::Standard | StringKind::National if !self.standard_strings => Body::Escaped,
             StringKind::Bit | StringKind::Hex => Body::Plain,
             _ => Body::Doubled,
         };

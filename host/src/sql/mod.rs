@@ -8,8 +8,10 @@
 //! Anything unrecognised, malformed or ambiguous is not read-only.
 //!
 //! What a lexical reading cannot see: a user-defined function or view that writes (only a list of known
-//! built-in side-effect functions is recognised), and a server whose lexing differs from PostgreSQL's
-//! defaults (`standard_conforming_strings` must be on, which is why setting it off is not read-only).
+//! built-in side-effect functions is recognised). The one lexing setting, `standard_conforming_strings`,
+//! is the caller's to pass (pgwarden tracks each client's value); since a client could change it in a
+//! statement the server has not run yet, any query that would lex differently under the other value is
+//! not read-only from the first token where the two readings part, and setting it is never read-only.
 
 mod classify;
 mod lexer;
@@ -19,7 +21,7 @@ mod summary;
 #[cfg(test)]
 mod tests;
 
-pub use lexer::{StringKind, Token, TokenKind, tokens};
+pub use lexer::{StringKind, Token, TokenKind, tokens, tokens_with};
 
 /// What kind of statement it is, by pgwarden's lexical reading (the ABI's `statement-kind`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -57,20 +59,29 @@ pub struct Statement {
     pub read_only: bool,
 }
 
-/// Splits `sql` at top-level semicolons and summarizes each statement; statements with nothing but
+/// Splits `sql` at top-level semicolons and summarizes each statement, for a session with
+/// `standard_conforming_strings` on (PostgreSQL's default). See [`summarize_with`].
+pub fn summarize(sql: &str) -> Vec<Statement> {
+    summarize_with(sql, true)
+}
+
+/// Splits `sql` at top-level semicolons and summarizes each statement, lexing plain strings as a session
+/// whose `standard_conforming_strings` is `standard_strings` would. Statements with nothing but
 /// whitespace and comments are dropped, as the server ignores them.
 ///
 /// A semicolon inside parentheses does not split (only `CREATE RULE` has such statements), but a
-/// statement holding one is not read-only. Once a token is ambiguous (see [`Token::ambiguous`]), the
-/// server may split the rest of the input differently, so that statement and all after it are not
-/// read-only.
-pub fn summarize(sql: &str) -> Vec<Statement> {
-    let toks = tokens(sql);
+/// statement holding one is not read-only. Once a token is ambiguous (see [`Token::ambiguous`]), or the
+/// input lexes differently under the other `standard_conforming_strings` value (a plain string with a
+/// backslash before a quote), the server may split the rest of the input differently, so that statement
+/// and all after it are not read-only.
+pub fn summarize_with(sql: &str, standard_strings: bool) -> Vec<Statement> {
+    let toks = tokens_with(sql, standard_strings);
+    let diverge = divergence(sql, &toks, standard_strings);
     let mut out = Vec::new();
     let mut ambiguous = false;
     for piece in split(sql, &toks) {
         let toks = &toks[piece.start..piece.end];
-        ambiguous |= toks.iter().any(|t| t.ambiguous);
+        ambiguous |= toks.iter().any(|t| t.ambiguous || t.end > diverge);
         if let Some(mut statement) = summary::summarize_statement(sql, toks) {
             if ambiguous || piece.inner_semicolon {
                 statement.read_only = false;
@@ -79,6 +90,26 @@ pub fn summarize(sql: &str) -> Vec<Statement> {
         }
     }
     out
+}
+
+/// The byte offset from which `toks` (lexed with `standard_strings`) and a lexing with the other value
+/// of `standard_conforming_strings` disagree; `usize::MAX` when they agree. Only a plain string holding a
+/// backslash can lex differently, so most queries are lexed once.
+fn divergence(sql: &str, toks: &[Token], standard_strings: bool) -> usize {
+    let sensitive = toks.iter().any(|t| {
+        matches!(
+            t.kind,
+            TokenKind::String(StringKind::Standard | StringKind::National)
+        ) && t.text(sql).contains('\\')
+    });
+    if !sensitive {
+        return usize::MAX;
+    }
+    let other = tokens_with(sql, !standard_strings);
+    toks.iter()
+        .zip(&other)
+        .find(|(a, b)| (a.kind, a.start, a.end) != (b.kind, b.start, b.end))
+        .map_or(usize::MAX, |(a, _)| a.start)
 }
 
 /// One statement's tokens: `start..end` in the token list.

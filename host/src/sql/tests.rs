@@ -4,7 +4,7 @@
 use super::StatementKind::{
     self, DataChange, Other, Query, SchemaChange, Session, TransactionControl,
 };
-use super::{Statement, summarize, tokens};
+use super::{Statement, summarize, summarize_with, tokens};
 
 /// The only statement of `sql`.
 fn one(sql: &str) -> Statement {
@@ -1062,7 +1062,54 @@ mod evasions {
             [true, false, false, false]
         );
         reads(Query, "SELECT E'café \\n'");
-        reads(Query, "SELECT 'café\\'");
+        reads(Query, "SELECT 'café\\\\'");
+    }
+
+    #[test]
+    fn standard_conforming_strings_off_takes_backslash_escapes() {
+        // With it off, `\'` does not end a plain string: the DELETE is inside the string and runs nowhere.
+        let sql = "SELECT 'a\\'; DELETE FROM t; --'";
+        let off = summarize_with(sql, false);
+        assert_eq!(off.len(), 1, "{off:#?}");
+        assert_eq!(off[0].kind, Query);
+        // With it on (the default), the same text is a SELECT and a DELETE.
+        let on = summarize_with(sql, true);
+        assert_eq!(
+            on.iter().map(|s| s.command.as_str()).collect::<Vec<_>>(),
+            ["SELECT", "DELETE"]
+        );
+        assert!(on.iter().all(|s| !s.read_only), "{on:#?}");
+        // N'...' follows the same rule; E'...' always takes escapes.
+        assert_eq!(
+            summarize_with("SELECT N'a\\'; DELETE FROM t; --'", false).len(),
+            1
+        );
+        assert_eq!(
+            summarize_with("SELECT E'a\\'; DELETE FROM t; --'", true).len(),
+            1
+        );
+    }
+
+    #[test]
+    fn text_that_lexes_differently_under_the_other_setting_is_not_read_only() {
+        // A statement the server has not run yet could flip the setting, so a string whose end depends
+        // on it makes that statement, and all after it, not read-only under either value.
+        for standard in [true, false] {
+            let all = summarize_with("SELECT 1; SELECT 'x\\'; SELECT 2; --'", standard);
+            assert!(all[0].read_only, "{all:#?}");
+            assert!(all[1..].iter().all(|s| !s.read_only), "{all:#?}");
+        }
+        // Backslashes that do not touch a quote lex the same both ways.
+        for standard in [true, false] {
+            for sql in [
+                "SELECT 'a\\d+' ~ x FROM t",
+                "SELECT 'C:\\dir\\file'",
+                "SELECT '\\\\'",
+            ] {
+                let all = summarize_with(sql, standard);
+                assert!(all[0].read_only, "{sql} {standard}: {all:#?}");
+            }
+        }
     }
 
     #[test]
