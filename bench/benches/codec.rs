@@ -119,13 +119,14 @@ fn relay(c: &mut Criterion) {
 
 fn startup_parse(c: &mut Criterion) {
     let packet = messages::startup_packet();
-    c.benchmark_group("startup").bench_function("parse_jdbc", |b| {
-        b.iter_batched_ref(
-            || packet.clone(),
-            |buf| startup::parse(buf).expect("valid startup packet"),
-            BatchSize::SmallInput,
-        );
-    });
+    c.benchmark_group("startup")
+        .bench_function("parse_jdbc", |b| {
+            b.iter_batched_ref(
+                || packet.clone(),
+                |buf| startup::parse(buf).expect("valid startup packet"),
+                BatchSize::SmallInput,
+            );
+        });
 }
 
 fn error_response(c: &mut Criterion) {

@@ -55,16 +55,8 @@ fn policy(c: &mut Criterion) {
     let large = sql::large_select();
     for (label, text) in [("select_100B", sql::SMALL_SELECT), ("select_10KB", &large)] {
         let frame = messages::query(text);
-        let mut testing = PolicyPlugins {
-            plugins: &fx.plugins,
-            database: TESTING,
-            info: plugins::session("app", TESTING),
-        };
-        let mut readonly = PolicyPlugins {
-            plugins: &fx.plugins,
-            database: READONLY,
-            info: plugins::session("app", READONLY),
-        };
+        let mut testing = PolicyPlugins::new(&fx.plugins, TESTING);
+        let mut readonly = PolicyPlugins::new(&fx.plugins, READONLY);
         // Every variant must forward the query unchanged: otherwise it would measure a denial.
         for policy in [
             None,
@@ -107,7 +99,7 @@ fn policy(c: &mut Criterion) {
         group.finish();
 
         let info = plugins::session("app", TESTING);
-        let query = convert::query(text, false, "");
+        let query = convert::query(text, false, "", true);
         let mut group = c.benchmark_group(format!("policy_call/{label}"));
         for (name, database) in [("testing_allow", TESTING), ("readonly", READONLY)] {
             let plugin = fx.plugin(Hook::Policy, database);
@@ -119,13 +111,12 @@ fn policy(c: &mut Criterion) {
     }
 
     let frame = messages::query(sql::SMALL_INSERT);
-    let mut readonly = PolicyPlugins {
-        plugins: &fx.plugins,
-        database: READONLY,
-        info: plugins::session("app", READONLY),
-    };
+    let mut readonly = PolicyPlugins::new(&fx.plugins, READONLY);
     let denied = relay_once(&mut relay_input(&frame), Some(&mut readonly));
-    assert!(denied > frame.len(), "the INSERT was not replaced by a denial");
+    assert!(
+        denied > frame.len(),
+        "the INSERT was not replaced by a denial"
+    );
     c.benchmark_group("policy_deny/insert_100B")
         .bench_function("readonly", |b| {
             b.iter_batched_ref(
@@ -144,12 +135,18 @@ fn router(c: &mut Criterion) {
     let session = plugins::session("app", TESTING);
     let unchanged = testing.route(&session).expect("call").expect("allowed");
     assert_eq!(unchanged.database, None);
-    group.bench_function("testing_allow", |b| b.iter(|| testing.route(black_box(&session))));
+    group.bench_function("testing_allow", |b| {
+        b.iter(|| testing.route(black_box(&session)))
+    });
 
     let router = fx.plugin(Hook::Router, ROUTER);
     let session = plugins::session("app", ROUTER);
     let routed = router.route(&session).expect("call").expect("allowed");
-    assert_eq!(routed.database.as_deref(), Some(plugins::PLAIN), "rule.3 matches");
+    assert_eq!(
+        routed.database.as_deref(),
+        Some(plugins::PLAIN),
+        "rule.3 matches"
+    );
     assert_eq!(
         routed.pool_mode.map(convert::from_pool_mode),
         Some(PoolMode::Transaction)
@@ -167,9 +164,10 @@ fn auth(c: &mut Criterion) {
     let user = "pgwarden_test_secret_s3cret";
     let secret = plugin.lookup(user, TESTING, Arc::clone(&db));
     assert_eq!(secret, Ok(Ok(Some("s3cret".to_owned()))));
-    c.benchmark_group("auth").bench_function("testing_secret", |b| {
-        b.iter(|| plugin.lookup(black_box(user), TESTING, Arc::clone(&db)));
-    });
+    c.benchmark_group("auth")
+        .bench_function("testing_secret", |b| {
+            b.iter(|| plugin.lookup(black_box(user), TESTING, Arc::clone(&db)));
+        });
 }
 
 criterion_group! {

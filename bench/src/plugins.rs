@@ -27,10 +27,22 @@ pub const ROUTER: &str = "router";
 /// The router's rules: a client `app@router` over TCP from 192.0.2.10 is tried against rules 1 and 2
 /// (each fails on its first condition) and matched by rule 3.
 const ROUTER_RULES: &[(&str, &str)] = &[
-    ("rule.1", "user=admin_*,ops client=10.0.0.0/8 -> pool_mode=session"),
-    ("rule.2", "application_name=\"Legacy Reports*\" -> database=reports_replica"),
-    ("rule.3", "user=app database=router client=192.0.2.0/24 -> database=plain pool_mode=transaction"),
-    ("rule.4", "user=guest,test client=unix -> deny message=\"no local logins for shared accounts\""),
+    (
+        "rule.1",
+        "user=admin_*,ops client=10.0.0.0/8 -> pool_mode=session",
+    ),
+    (
+        "rule.2",
+        "application_name=\"Legacy Reports*\" -> database=reports_replica",
+    ),
+    (
+        "rule.3",
+        "user=app database=router client=192.0.2.0/24 -> database=plain pool_mode=transaction",
+    ),
+    (
+        "rule.4",
+        "user=guest,test client=unix -> deny message=\"no local logins for shared accounts\"",
+    ),
 ];
 
 /// The loaded configuration's plugins and the engine they run on.
@@ -47,7 +59,9 @@ impl Fixture {
         let path = write_config();
         let loaded = pgwarden::config::load(&path);
         let _ = std::fs::remove_file(&path);
-        let config = loaded.unwrap_or_else(|e| panic!("bench configuration: {e}")).config;
+        let config = loaded
+            .unwrap_or_else(|e| panic!("bench configuration: {e}"))
+            .config;
         assert_eq!(
             config.plugin_cache_dir.as_deref(),
             Some(std::path::Path::new("")),
@@ -90,6 +104,20 @@ pub struct PolicyPlugins<'a> {
     pub plugins: &'a PluginSet,
     pub database: &'a str,
     pub info: SessionInfo,
+    /// The client's `standard_conforming_strings` (on, as PostgreSQL's default).
+    pub standard_strings: bool,
+}
+
+impl<'a> PolicyPlugins<'a> {
+    /// The policy plugins of `database` for a client `app@database` with standard strings.
+    pub fn new(plugins: &'a PluginSet, database: &'a str) -> Self {
+        Self {
+            plugins,
+            database,
+            info: session("app", database),
+            standard_strings: true,
+        }
+    }
 }
 
 impl QueryPolicy for PolicyPlugins<'_> {
@@ -101,7 +129,7 @@ impl QueryPolicy for PolicyPlugins<'_> {
         in_transaction: bool,
     ) -> Option<Denial> {
         self.info.in_transaction = in_transaction;
-        let query = convert::query(sql, extended, statement_name);
+        let query = convert::query(sql, extended, statement_name, self.standard_strings);
         for plugin in self.plugins.for_hook(Hook::Policy, self.database) {
             match plugin.check(&self.info, &query) {
                 Ok(Verdict::Allow) => {}
@@ -139,7 +167,7 @@ impl QueryPolicy for SummaryOnly {
         statement_name: &str,
         _in_transaction: bool,
     ) -> Option<Denial> {
-        black_box(convert::query(sql, extended, statement_name));
+        black_box(convert::query(sql, extended, statement_name, true));
         None
     }
 }
@@ -204,7 +232,6 @@ databases = ["{ROUTER}"]
     for (key, rule) in ROUTER_RULES {
         text.push_str(&format!("{key:?} = '{rule}'\n"));
     }
-    std::fs::write(&path, text)
-        .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    std::fs::write(&path, text).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
     path
 }

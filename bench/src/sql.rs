@@ -4,7 +4,8 @@
 use std::fmt::Write as _;
 
 /// A ~100-byte single-row lookup, as an ORM sends it.
-pub const SMALL_SELECT: &str = "SELECT id, name, email, created_at FROM customers WHERE id = $1 AND status = 'active' LIMIT 1";
+pub const SMALL_SELECT: &str =
+    "SELECT id, name, email, created_at FROM customers WHERE id = $1 AND status = 'active' LIMIT 1";
 
 /// A write, which the `readonly` plugin denies.
 pub const SMALL_INSERT: &str =
@@ -34,7 +35,11 @@ mod tests {
 
     #[test]
     fn sizes_are_as_advertised() {
-        assert!((90..=110).contains(&SMALL_SELECT.len()), "{}", SMALL_SELECT.len());
+        assert!(
+            (90..=110).contains(&SMALL_SELECT.len()),
+            "{}",
+            SMALL_SELECT.len()
+        );
         let large = large_select();
         assert!((9_500..=10_500).contains(&large.len()), "{}", large.len());
     }
