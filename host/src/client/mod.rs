@@ -21,7 +21,9 @@ use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 
 pub use outq::OutQueue;
-pub use relay::{Relay, RelayError};
+// `ServerCtx`, `QueryPolicy` and `Denial` are public for the benchmark crate (bench/), which drives the relay
+// the way a session does.
+pub use relay::{Denial, QueryPolicy, Relay, RelayError, ServerCtx};
 pub use startup::ClientStartup;
 
 use crate::net::{Peer, Stream};
