@@ -99,7 +99,8 @@ pub fn tokens_with(sql: &str, standard_strings: bool) -> Vec<Token> {
         pos: 0,
         standard_strings,
     };
-    let mut out = Vec::new();
+    // About one token per four bytes of typical SQL (words, spaces, punctuation).
+    let mut out = Vec::with_capacity(sql.len() / 4 + 4);
     while lexer.pos < lexer.bytes.len() {
         out.push(lexer.next_token());
     }

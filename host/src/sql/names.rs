@@ -5,8 +5,12 @@
 
 /// Folds an unquoted identifier the way the server does in a UTF-8 database: ASCII letters only (a
 /// full Unicode fold would turn `ınsert`, with a dotless i, into a keyword the server never sees).
-pub(super) fn fold(word: &str) -> String {
-    word.to_ascii_lowercase()
+pub(super) fn fold(word: &str) -> std::borrow::Cow<'_, str> {
+    if word.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(word.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(word)
+    }
 }
 
 /// The name a quoted identifier token stands for: `"a""b"` is `a"b`; a `U&"..."` one has its Unicode

@@ -1,5 +1,7 @@
 //! The summary of one statement: its text, words, functions, command, kind and read-only reading.
 
+use std::borrow::Cow;
+
 use super::lexer::{StringKind, Token, TokenKind};
 use super::{Statement, classify, names, rules};
 
@@ -7,10 +9,12 @@ use super::{Statement, classify, names, rules};
 pub(super) struct Sig<'a> {
     pub kind: TokenKind,
     pub text: &'a str,
-    /// For a word, its text upper-cased (ASCII letters only); empty otherwise.
-    pub upper: String,
+    /// For a word, its text upper-cased (ASCII letters only); empty otherwise. Borrowed from the SQL when
+    /// upper-casing changes nothing (so is `name` when folding changes nothing): this runs for every word
+    /// of every query a policy checks.
+    pub upper: Cow<'a, str>,
     /// For a word or quoted identifier, the name the server sees; `None` for other tokens.
-    pub name: Option<String>,
+    pub name: Option<Cow<'a, str>>,
     /// Parenthesis depth within the statement; a `(` and its `)` have the depth outside them.
     pub depth: usize,
 }
@@ -21,7 +25,7 @@ impl Sig<'_> {
     }
 
     pub fn is_word_in(&self, words: &[&str]) -> bool {
-        self.kind == TokenKind::Word && words.contains(&self.upper.as_str())
+        self.kind == TokenKind::Word && words.contains(&&*self.upper)
     }
 
     pub fn is_punct(&self, punct: &str) -> bool {
@@ -49,14 +53,14 @@ pub(super) fn summarize_statement(sql: &str, toks: &[Token]) -> Option<Statement
         .get(toks[first].start..toks[last].end)
         .unwrap_or("")
         .to_string();
-    let words: Vec<String> = sig
-        .iter()
-        .filter(|s| s.kind == TokenKind::Word)
-        .map(|s| s.upper.clone())
-        .collect();
-    let command = words.first().cloned().unwrap_or_default();
     let functions = functions(&sig);
     let (kind, mut read_only) = classify::classify(&sig);
+    let words: Vec<String> = sig
+        .into_iter()
+        .filter(|s| s.kind == TokenKind::Word)
+        .map(|s| s.upper.into_owned())
+        .collect();
+    let command = words.first().cloned().unwrap_or_default();
     if uncertain
         || toks.iter().any(|t| t.unterminated)
         || functions.iter().any(|f| rules::has_side_effects(f))
@@ -76,7 +80,7 @@ pub(super) fn summarize_statement(sql: &str, toks: &[Token]) -> Option<Statement
 /// The significant tokens with their names and depths, and whether some name could not be resolved
 /// with certainty (a `UESCAPE` the server would read differently from us).
 fn significant<'a>(sql: &'a str, toks: &[Token]) -> (Vec<Sig<'a>>, bool) {
-    let mut sig = Vec::new();
+    let mut sig = Vec::with_capacity(toks.len());
     let mut depth = 0usize;
     for t in toks.iter().filter(|t| !t.is_trivia()) {
         let text = t.text(sql);
@@ -92,11 +96,12 @@ fn significant<'a>(sql: &'a str, toks: &[Token]) -> (Vec<Sig<'a>>, bool) {
             }
         }
         let (upper, name) = match t.kind {
-            TokenKind::Word => (text.to_ascii_uppercase(), Some(names::fold(text))),
-            TokenKind::QuotedIdent { unicode: false } => {
-                (String::new(), Some(names::quoted_name(text, false, '\\')))
-            }
-            _ => (String::new(), None),
+            TokenKind::Word => (upper_case(text), Some(names::fold(text))),
+            TokenKind::QuotedIdent { unicode: false } => (
+                Cow::Borrowed(""),
+                Some(Cow::Owned(names::quoted_name(text, false, '\\'))),
+            ),
+            _ => (Cow::Borrowed(""), None),
         };
         sig.push(Sig {
             kind: t.kind,
@@ -117,13 +122,22 @@ fn significant<'a>(sql: &'a str, toks: &[Token]) -> (Vec<Sig<'a>>, bool) {
             _ => Some('\\'),
         };
         uncertain |= escape.is_none();
-        sig[i].name = Some(names::quoted_name(
+        sig[i].name = Some(Cow::Owned(names::quoted_name(
             sig[i].text,
             true,
             escape.unwrap_or('\\'),
-        ));
+        )));
     }
     (sig, uncertain)
+}
+
+/// `text` with its ASCII letters upper-cased, borrowed when it has no lower-case ones.
+fn upper_case(text: &str) -> Cow<'_, str> {
+    if text.bytes().any(|b| b.is_ascii_lowercase()) {
+        Cow::Owned(text.to_ascii_uppercase())
+    } else {
+        Cow::Borrowed(text)
+    }
 }
 
 /// The escape character a `UESCAPE '<c>'` names, if it is one the server accepts.
