@@ -2,7 +2,8 @@
 //! and which SET / RESET / DISCARD statements could re-enable writing.
 
 use super::StatementKind;
-use super::lexer::TokenKind;
+use super::lexer::{StringKind, TokenKind};
+use super::names;
 use super::summary::Sig;
 
 /// PostgreSQL's fully reserved keywords: never function names, so `IN (`, `AS (` or `ANY (` is no call.
@@ -182,7 +183,9 @@ const ROLE_SETTINGS: &[&str] = &["role", "session_authorization"];
 /// Not read-only: anything mentioning `WRITE` (`SET TRANSACTION READ WRITE`, `SET SESSION
 /// CHARACTERISTICS AS TRANSACTION READ WRITE`), `ROLE` or `AUTHORIZATION`, or a role setting; and any
 /// mention of a guarded setting, unless the statement is exactly `SET [SESSION|LOCAL] <setting> {=|TO}
-/// <ON|TRUE|YES|1>` (a quoted value is a literal the plugins cannot see, so it is refused).
+/// <on|true|yes|1>`, the value bare or a plain quoted string (psycopg2's `set_session(readonly=True)`
+/// sends `SET default_transaction_read_only TO 'on'`). Other spellings PostgreSQL accepts (`t`, `y`,
+/// `E'on'`, `$$on$$`) stay refused: no driver sends them.
 pub(super) fn set(sig: &[Sig<'_>], at: usize) -> (StatementKind, bool) {
     let mut i = at + 1;
     while let Some(s) = sig.get(i) {
@@ -216,9 +219,22 @@ pub(super) fn set(sig: &[Sig<'_>], at: usize) -> (StatementKind, bool) {
         && sig[i].names_any(GUARDED_SETTINGS)
         && (sig[i + 1].is_word("TO")
             || (sig[i + 1].kind == TokenKind::Operator && sig[i + 1].text == "="))
-        && (sig[i + 2].is_word_in(&["ON", "TRUE", "YES"])
-            || (sig[i + 2].kind == TokenKind::Number && sig[i + 2].text == "1"));
+        && turns_on(&sig[i + 2]);
     (kind, plain_true)
+}
+
+/// Whether a SET value means `on` for a boolean setting: `on`, `true`, `yes` or `1`, bare or quoted.
+fn turns_on(value: &Sig<'_>) -> bool {
+    const ON: &[&str] = &["on", "true", "yes", "1"];
+    match value.kind {
+        TokenKind::Word => value.is_word_in(&["ON", "TRUE", "YES"]),
+        TokenKind::Number => value.text == "1",
+        TokenKind::String(StringKind::Standard) => {
+            let v = names::string_value(value.text);
+            ON.iter().any(|on| v.eq_ignore_ascii_case(on))
+        }
+        _ => false,
+    }
 }
 
 /// `RESET ...`: not read-only for `ALL`, roles, and the guarded settings (their reset value may be off).

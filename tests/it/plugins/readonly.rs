@@ -87,7 +87,6 @@ const WRITES: &[(&str, &str)] = &[
     // Re-enabling writes for the session or the transaction.
     ("SET default_transaction_read_only = off", "SET"),
     ("SET default_transaction_read_only TO 'off'", "SET"),
-    ("SET default_transaction_read_only = 'on'", "SET"),
     ("set Default_Transaction_Read_Only=OFF", "SET"),
     ("SET \"default_transaction_read_only\" = false", "SET"),
     ("SET SESSION default_transaction_read_only TO 0", "SET"),
@@ -319,6 +318,14 @@ async fn readonly_lets_reads_through() -> anyhow::Result<()> {
         .await?;
     client
         .batch_execute("SET statement_timeout = '7s'; SET default_transaction_read_only = on")
+        .await?;
+    // What psycopg2's `set_session(readonly=True)` sends in autocommit mode (the runbook's analytics
+    // service), and psycopg 3's read-only transactions.
+    client
+        .batch_execute("SET default_transaction_read_only TO 'on'")
+        .await?;
+    client
+        .batch_execute("BEGIN READ ONLY; SELECT 1; COMMIT; START TRANSACTION READ ONLY; ROLLBACK")
         .await?;
 
     let psql = psql_verbose(&s.pooler, &s.db.user, &s.db.password, &s.ro);
