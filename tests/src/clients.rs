@@ -1,16 +1,18 @@
-//! Real PostgreSQL clients for integration tests: `psql`, `pgbench` and
-//! tokio-postgres. Tests point them at pgwarden or straight at a
+//! Real PostgreSQL clients for integration tests: `psql`, `pgbench`,
+//! tokio-postgres and Python drivers. Tests point them at pgwarden or straight at a
 //! [`crate::pg::PgCluster`] and compare.
 
 mod pgbench;
 mod process;
 mod psql;
+mod python;
 
 pub use pgbench::{
     BenchLength, BenchRun, Pgbench, PgbenchResult, QueryMode, parse_output as parse_pgbench_output,
 };
 pub use process::ClientOutput;
 pub use psql::Psql;
+pub use python::{Python, result_lines as python_result_lines, venv_dir as python_venv_dir};
 
 use std::process::Command;
 use std::time::Duration;

@@ -12,7 +12,7 @@ use pgwarden::state::ShutdownMode;
 use pgwarden::{Listeners, State};
 use tokio::task::JoinHandle;
 
-use crate::clients::{Pgbench, Psql};
+use crate::clients::{Pgbench, Psql, Python};
 use crate::pg::PgCluster;
 
 /// A running in-process pooler. Shut down (immediately) on drop.
@@ -222,6 +222,11 @@ impl Pooler {
     pub fn pgbench(&self, t: &TestDb) -> Pgbench {
         Pgbench::new("127.0.0.1", self.port, t.user.clone(), t.name.clone())
             .password(t.password.clone())
+    }
+
+    /// A script of `tests/clients/python/` pointed at the pooler over TCP as `t`'s user and database.
+    pub fn python(&self, script: &str, t: &TestDb) -> anyhow::Result<Python> {
+        Ok(Python::script(script)?.target("127.0.0.1", self.port, &t.user, &t.password, &t.name))
     }
 
     /// Shuts down as `mode` and waits for `run` to return.
