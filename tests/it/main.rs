@@ -5,6 +5,7 @@ mod auth;
 mod cancel;
 mod clients;
 mod config_cli;
+mod drivers;
 mod harness;
 mod lifecycle;
 mod params;

@@ -1,0 +1,350 @@
+//! Real Python drivers through pgwarden (issue 4's "real clients, run by CI", first step): psycopg 3,
+//! psycopg2, asyncpg and SQLAlchemy 2 run the workload of `tests/clients/python/_common.py` — 20 concurrent
+//! workers on a pool of 3 servers, commits, rollbacks, an error mid-transaction then more work, a reconnect
+//! halfway — and the test checks what they report and what PostgreSQL holds afterwards.
+//!
+//! Session mode runs each driver with its defaults (psycopg's prepare_threshold and pipeline mode,
+//! asyncpg's statement cache, SQLAlchemy's pools). Transaction mode runs "today's settings", the workarounds
+//! PgBouncer's users apply (no named prepared statements kept across transactions); the drivers' defaults
+//! in transaction mode come with protocol-level prepared statement support.
+//!
+//! The virtualenv: `tests/clients/python/setup.sh` (run by `.ci/run`); without it these tests fail saying so.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use pgwarden_tests::pg::{PasswordEncryption, PgCluster, quote_ident};
+use pgwarden_tests::pooler::{Pooler, TestDb};
+
+const WORKERS: usize = 20;
+const ITERS: i64 = 16;
+const POOL_SIZE: usize = 3;
+
+/// What the workers' halfway look at `pg_prepared_statements` must show.
+#[derive(Debug, Clone, Copy)]
+enum Prepared {
+    /// Every worker's server session held prepared statements (the driver prepares on its own).
+    EveryWorker,
+    /// None did (the driver never keeps named statements).
+    Never,
+    /// Not asserted: SQLAlchemy's documented asyncpg settings prepare every statement under a unique name
+    /// and never deallocate it, so the shared servers collect them (over a hundred each in this workload).
+    Unchecked,
+}
+
+/// A database with the `ledger` table its role owns, and a pooler in front of it.
+async fn start(prefix: &str, settings: &str) -> anyhow::Result<(TestDb, Pooler)> {
+    let pg = PgCluster::shared();
+    let db = TestDb::create(pg, prefix, PasswordEncryption::Scram)?;
+    pg.exec_async(
+        &db.name,
+        &format!(
+            "create table ledger (worker int not null, seq int not null, amount int not null, \
+             primary key (worker, seq)); alter table ledger owner to {}",
+            quote_ident(&db.user)
+        ),
+    )
+    .await?;
+    let pooler = Pooler::start(
+        &format!(
+            "{} = host=127.0.0.1 port={} dbname={}\n{}_session = host=127.0.0.1 port={} dbname={} \
+             pool_mode=session pool_size=1",
+            db.name,
+            pg.port(),
+            db.name,
+            db.name,
+            pg.port(),
+            db.name
+        ),
+        &format!("default_pool_size = {POOL_SIZE}\nauth_type = scram-sha-256\n{settings}"),
+        &db.userlist_line(),
+    )
+    .await?;
+    Ok((db, pooler))
+}
+
+/// Runs `script` with `profile` (`defaults` or `today`) through a fresh pooler in `mode` and checks every
+/// worker's report and the final table.
+async fn workload(
+    prefix: &str,
+    mode: &str,
+    script: &str,
+    profile: &str,
+    env: &[(&str, &str)],
+    prepared: Prepared,
+) -> anyhow::Result<()> {
+    let (db, pooler) = start(prefix, &format!("pool_mode = {mode}")).await?;
+    let mut py = pooler
+        .python(script, &db)?
+        .arg(profile)
+        .env("PGW_WORKERS", WORKERS.to_string())
+        .env("PGW_ITERS", ITERS.to_string());
+    for (k, v) in env {
+        py = py.env(*k, *v);
+    }
+    let results = py.run_results().await?;
+    check_reports(&results, prepared)?;
+    check_table(&db).await?;
+    // No more servers than the pool allows were ever opened for these 20 clients.
+    let backends = PgCluster::shared().backend_count_async(&db.name).await?;
+    assert!(
+        (1..=POOL_SIZE as i64).contains(&backends),
+        "{backends} backends"
+    );
+    Ok(())
+}
+
+fn committed_seqs() -> impl Iterator<Item = i64> {
+    (0..ITERS).filter(|s| s % 4 != 3)
+}
+
+fn check_reports(results: &[BTreeMap<String, String>], prepared: Prepared) -> anyhow::Result<()> {
+    assert_eq!(results.len(), WORKERS, "one RESULT per worker: {results:?}");
+    let workers: BTreeSet<usize> = results
+        .iter()
+        .map(|r| r["worker"].parse())
+        .collect::<Result<_, _>>()?;
+    assert_eq!(workers, (0..WORKERS).collect::<BTreeSet<_>>());
+    let errors = (0..ITERS).filter(|s| s % 4 == 1).count();
+    let states = vec!["22012,25P02"; errors].join(",");
+    let mut pids = BTreeSet::new();
+    let mut prepared_counts = Vec::new();
+    for r in results {
+        let w = &r["worker"];
+        assert_eq!(
+            r["committed"],
+            committed_seqs().count().to_string(),
+            "worker {w}"
+        );
+        assert_eq!(
+            r["sum"],
+            committed_seqs().sum::<i64>().to_string(),
+            "worker {w}"
+        );
+        // division_by_zero, then in_failed_sql_transaction for the next statement, each time.
+        assert_eq!(r["states"], states, "worker {w}");
+        assert_eq!(
+            r["mismatches"], "0",
+            "worker {w}: reads disagreed with its commits"
+        );
+        for pid in r["pids"].split(',') {
+            pids.insert(pid.parse::<i32>()?);
+        }
+        prepared_counts.push(r["prepared"].parse::<i64>()?);
+    }
+    // 20 clients, and their transactions ran on at most the pool's 3 servers.
+    assert!(
+        (1..=POOL_SIZE).contains(&pids.len()),
+        "backends seen: {pids:?}"
+    );
+    let ok = match prepared {
+        Prepared::EveryWorker => prepared_counts.iter().all(|&n| n > 0),
+        Prepared::Never => prepared_counts.iter().all(|&n| n == 0),
+        Prepared::Unchecked => true,
+    };
+    assert!(
+        ok,
+        "pg_prepared_statements counts {prepared_counts:?}, expected {prepared:?}"
+    );
+    Ok(())
+}
+
+/// The table holds exactly the committed rows: none of the rolled-back inserts, every retried one.
+async fn check_table(db: &TestDb) -> anyhow::Result<()> {
+    let pg = PgCluster::shared();
+    let got = pg
+        .query_scalar_async(
+            &db.name,
+            "select count(*) || ' ' || coalesce(sum(amount), 0) || ' ' || count(distinct worker) || ' ' \
+             || count(*) filter (where seq % 4 = 3) || ' ' || count(*) filter (where amount <> seq) \
+             from ledger",
+        )
+        .await?;
+    let per_worker = committed_seqs().count();
+    let want = format!(
+        "{} {} {WORKERS} 0 0",
+        per_worker * WORKERS,
+        committed_seqs().sum::<i64>() * WORKERS as i64
+    );
+    assert_eq!(
+        got, want,
+        "rows, sum, workers, rolled-back rows, bad amounts"
+    );
+    Ok(())
+}
+
+// Session mode: the drivers' defaults.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_psycopg3_defaults_prepare_and_pipeline() -> anyhow::Result<()> {
+    workload(
+        "drv_s_pg3",
+        "session",
+        "psycopg3_workload.py",
+        "defaults",
+        &[],
+        Prepared::EveryWorker,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_psycopg2() -> anyhow::Result<()> {
+    workload(
+        "drv_s_pg2",
+        "session",
+        "psycopg2_workload.py",
+        "defaults",
+        &[],
+        Prepared::Never,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_asyncpg_default_statement_cache() -> anyhow::Result<()> {
+    workload(
+        "drv_s_apg",
+        "session",
+        "asyncpg_workload.py",
+        "defaults",
+        &[],
+        Prepared::EveryWorker,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_sqlalchemy_orm_over_psycopg3() -> anyhow::Result<()> {
+    workload(
+        "drv_s_sapg3",
+        "session",
+        "sqlalchemy_psycopg_workload.py",
+        "defaults",
+        &[("PGW_SA_POOL_SIZE", "3")],
+        Prepared::EveryWorker,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_sqlalchemy_core_over_asyncpg() -> anyhow::Result<()> {
+    workload(
+        "drv_s_saapg",
+        "session",
+        "sqlalchemy_asyncpg_workload.py",
+        "defaults",
+        &[("PGW_SA_POOL_SIZE", "3")],
+        Prepared::EveryWorker,
+    )
+    .await
+}
+
+// Transaction mode: today's settings (what PgBouncer's users configure).
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_psycopg3_todays_settings() -> anyhow::Result<()> {
+    workload(
+        "drv_t_pg3",
+        "transaction",
+        "psycopg3_workload.py",
+        "today",
+        &[],
+        Prepared::Never,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_psycopg2_todays_settings() -> anyhow::Result<()> {
+    workload(
+        "drv_t_pg2",
+        "transaction",
+        "psycopg2_workload.py",
+        "today",
+        &[],
+        Prepared::Never,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_asyncpg_todays_settings() -> anyhow::Result<()> {
+    workload(
+        "drv_t_apg",
+        "transaction",
+        "asyncpg_workload.py",
+        "today",
+        &[],
+        Prepared::Never,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_sqlalchemy_psycopg3_todays_settings() -> anyhow::Result<()> {
+    // A client-side pool larger than the server pool: transaction pooling shares the 3 servers.
+    workload(
+        "drv_t_sapg3",
+        "transaction",
+        "sqlalchemy_psycopg_workload.py",
+        "today",
+        &[("PGW_SA_POOL_SIZE", "10")],
+        Prepared::Never,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_sqlalchemy_asyncpg_todays_settings() -> anyhow::Result<()> {
+    workload(
+        "drv_t_saapg",
+        "transaction",
+        "sqlalchemy_asyncpg_workload.py",
+        "today",
+        &[],
+        Prepared::Unchecked,
+    )
+    .await
+}
+
+/// Runbook 003's analytics client: psycopg2 `set_session(readonly=True)` in autocommit on the session-mode
+/// alias (one server): reads work, a write fails in PostgreSQL with 25006, and the next client of that pool
+/// gets the same server back writable (the server reset undid the SET).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_alias_psycopg2_readonly_does_not_leak() -> anyhow::Result<()> {
+    let (db, pooler) = start("drv_ro", "pool_mode = transaction").await?;
+    let pg = PgCluster::shared();
+    pg.exec_async(&db.name, "insert into ledger values (0, 0, 0)")
+        .await?;
+    let alias = format!("{}_session", db.name);
+    let results = pooler
+        .python("psycopg2_readonly.py", &db)?
+        .env("PGW_DB", alias)
+        .run_results()
+        .await?;
+    assert_eq!(results.len(), 2, "{results:?}");
+    let (ro, next) = (&results[0], &results[1]);
+    assert_eq!(ro["client"], "readonly");
+    assert_eq!(ro["setting"], "on");
+    assert_eq!(ro["rows"], "1", "reads work");
+    assert_eq!(ro["write_state"], "25006");
+    assert_eq!(
+        ro["write_error"],
+        "ERROR:__cannot_execute_INSERT_in_a_read-only_transaction"
+    );
+    assert_eq!(next["client"], "next");
+    assert_eq!(next["pid"], ro["pid"], "pool_size=1: the same server");
+    assert_eq!(next["setting"], "off", "the read-only SET leaked");
+    assert_eq!(next["inserted"], "1");
+    let rows = pg
+        .query_scalar_async(
+            &db.name,
+            "select string_agg(worker::text, ',' order by worker) from ledger",
+        )
+        .await?;
+    assert_eq!(
+        rows, "0,2",
+        "the refused write left nothing, the next one landed"
+    );
+    Ok(())
+}
