@@ -1,18 +1,22 @@
 //! Real PostgreSQL clients for integration tests: `psql`, `pgbench`,
-//! tokio-postgres and Python drivers. Tests point them at pgwarden or straight at a
+//! tokio-postgres, Python drivers and Node.js drivers. Tests point them at pgwarden or straight at a
 //! [`crate::pg::PgCluster`] and compare.
 
+mod node;
 mod pgbench;
 mod process;
 mod psql;
 mod python;
+mod script;
 
+pub use node::{Node, modules_dir as node_modules_dir};
 pub use pgbench::{
     BenchLength, BenchRun, Pgbench, PgbenchResult, QueryMode, parse_output as parse_pgbench_output,
 };
 pub use process::ClientOutput;
 pub use psql::Psql;
-pub use python::{Python, result_lines as python_result_lines, venv_dir as python_venv_dir};
+pub use python::{Python, venv_dir as python_venv_dir};
+pub use script::{Lang, ScriptRun, result_lines, result_lines as python_result_lines};
 
 use std::process::Command;
 use std::time::Duration;

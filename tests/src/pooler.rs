@@ -12,7 +12,7 @@ use pgwarden::state::ShutdownMode;
 use pgwarden::{Listeners, State};
 use tokio::task::JoinHandle;
 
-use crate::clients::{Pgbench, Psql, Python};
+use crate::clients::{Node, Pgbench, Psql, Python};
 use crate::pg::PgCluster;
 
 /// A running in-process pooler. Shut down (immediately) on drop.
@@ -227,6 +227,11 @@ impl Pooler {
     /// A script of `tests/clients/python/` pointed at the pooler over TCP as `t`'s user and database.
     pub fn python(&self, script: &str, t: &TestDb) -> anyhow::Result<Python> {
         Ok(Python::script(script)?.target("127.0.0.1", self.port, &t.user, &t.password, &t.name))
+    }
+
+    /// A script of `tests/clients/node/` pointed at the pooler over TCP as `t`'s user and database.
+    pub fn node(&self, script: &str, t: &TestDb) -> anyhow::Result<Node> {
+        Ok(Node::script(script)?.target("127.0.0.1", self.port, &t.user, &t.password, &t.name))
     }
 
     /// Shuts down as `mode` and waits for `run` to return.
