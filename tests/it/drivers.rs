@@ -1,17 +1,22 @@
-//! Real Python drivers through pgwarden (issue 4's "real clients, run by CI", first step): psycopg 3,
-//! psycopg2, asyncpg and SQLAlchemy 2 run the workload of `tests/clients/python/_common.py` — 20 concurrent
-//! workers on a pool of 3 servers, commits, rollbacks, an error mid-transaction then more work, a reconnect
-//! halfway — and the test checks what they report and what PostgreSQL holds afterwards.
+//! Real Python and Node.js drivers through pgwarden (issue 4's "real clients, run by CI"): psycopg 3,
+//! psycopg2, asyncpg, SQLAlchemy 2 and node-postgres run the workload of `tests/clients/python/_common.py`
+//! (node-postgres: `tests/clients/node/pg_workload.js`, the same story) — 20 concurrent workers on a pool of
+//! 3 servers, commits, rollbacks, an error mid-transaction then more work, a reconnect halfway — and the test
+//! checks what they report and what PostgreSQL holds afterwards.
 //!
 //! Session mode runs each driver with its defaults (psycopg's prepare_threshold and pipeline mode,
 //! asyncpg's statement cache, SQLAlchemy's pools). Transaction mode runs "today's settings", the workarounds
 //! PgBouncer's users apply (no named prepared statements kept across transactions); the drivers' defaults
-//! in transaction mode come with protocol-level prepared statement support.
+//! in transaction mode come with protocol-level prepared statement support. node-postgres prepares only
+//! statements given a `name`: session mode runs named ones, transaction mode node-postgres's default, the
+//! unnamed statement.
 //!
-//! The virtualenv: `tests/clients/python/setup.sh` (run by `.ci/run`); without it these tests fail saying so.
+//! The virtualenv: `tests/clients/python/setup.sh`; the node_modules: `tests/clients/node/setup.sh` (both
+//! run by `.ci/run`); without them these tests fail saying so.
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use pgwarden_tests::clients::{Lang, ScriptRun};
 use pgwarden_tests::pg::{PasswordEncryption, PgCluster, quote_ident};
 use pgwarden_tests::pooler::{Pooler, TestDb};
 
@@ -29,6 +34,13 @@ enum Prepared {
     /// Not asserted: SQLAlchemy's documented asyncpg settings prepare every statement under a unique name
     /// and never deallocate it, so the shared servers collect them (over a hundred each in this workload).
     Unchecked,
+}
+
+/// Which driver runs the workload: a script of `tests/clients/python/` or `tests/clients/node/`.
+#[derive(Debug, Clone, Copy)]
+enum Driver {
+    Py(&'static str),
+    Node(&'static str),
 }
 
 /// A database with the `ledger` table its role owns, and a pooler in front of it.
@@ -62,26 +74,21 @@ async fn start(prefix: &str, settings: &str) -> anyhow::Result<(TestDb, Pooler)>
     Ok((db, pooler))
 }
 
-/// Runs `script` with `profile` (`defaults` or `today`) through a fresh pooler in `mode` and checks every
-/// worker's report and the final table.
+/// Runs `driver` with `profile` (`defaults` or `today`; node-postgres: `named` or `unnamed`) through a
+/// fresh pooler in `mode` and checks every worker's report and the final table.
 async fn workload(
     prefix: &str,
     mode: &str,
-    script: &str,
+    driver: Driver,
     profile: &str,
     env: &[(&str, &str)],
     prepared: Prepared,
 ) -> anyhow::Result<()> {
     let (db, pooler) = start(prefix, &format!("pool_mode = {mode}")).await?;
-    let mut py = pooler
-        .python(script, &db)?
-        .arg(profile)
-        .env("PGW_WORKERS", WORKERS.to_string())
-        .env("PGW_ITERS", ITERS.to_string());
-    for (k, v) in env {
-        py = py.env(*k, *v);
-    }
-    let results = py.run_results().await?;
+    let results = match driver {
+        Driver::Py(script) => run(pooler.python(script, &db)?, profile, env).await?,
+        Driver::Node(script) => run(pooler.node(script, &db)?, profile, env).await?,
+    };
     check_reports(&results, prepared)?;
     check_table(&db).await?;
     // No more servers than the pool allows were ever opened for these 20 clients.
@@ -91,6 +98,22 @@ async fn workload(
         "{backends} backends"
     );
     Ok(())
+}
+
+/// Runs a workload script with `profile`, the test's worker and iteration counts and `env`.
+async fn run<L: Lang>(
+    script: ScriptRun<L>,
+    profile: &str,
+    env: &[(&str, &str)],
+) -> anyhow::Result<Vec<BTreeMap<String, String>>> {
+    let mut script = script
+        .arg(profile)
+        .env("PGW_WORKERS", WORKERS.to_string())
+        .env("PGW_ITERS", ITERS.to_string());
+    for (k, v) in env {
+        script = script.env(*k, *v);
+    }
+    script.run_results().await
 }
 
 fn committed_seqs() -> impl Iterator<Item = i64> {
@@ -179,7 +202,7 @@ async fn session_psycopg3_defaults_prepare_and_pipeline() -> anyhow::Result<()> 
     workload(
         "drv_s_pg3",
         "session",
-        "psycopg3_workload.py",
+        Driver::Py("psycopg3_workload.py"),
         "defaults",
         &[],
         Prepared::EveryWorker,
@@ -192,7 +215,7 @@ async fn session_psycopg2() -> anyhow::Result<()> {
     workload(
         "drv_s_pg2",
         "session",
-        "psycopg2_workload.py",
+        Driver::Py("psycopg2_workload.py"),
         "defaults",
         &[],
         Prepared::Never,
@@ -205,7 +228,7 @@ async fn session_asyncpg_default_statement_cache() -> anyhow::Result<()> {
     workload(
         "drv_s_apg",
         "session",
-        "asyncpg_workload.py",
+        Driver::Py("asyncpg_workload.py"),
         "defaults",
         &[],
         Prepared::EveryWorker,
@@ -218,7 +241,7 @@ async fn session_sqlalchemy_orm_over_psycopg3() -> anyhow::Result<()> {
     workload(
         "drv_s_sapg3",
         "session",
-        "sqlalchemy_psycopg_workload.py",
+        Driver::Py("sqlalchemy_psycopg_workload.py"),
         "defaults",
         &[("PGW_SA_POOL_SIZE", "3")],
         Prepared::EveryWorker,
@@ -231,9 +254,24 @@ async fn session_sqlalchemy_core_over_asyncpg() -> anyhow::Result<()> {
     workload(
         "drv_s_saapg",
         "session",
-        "sqlalchemy_asyncpg_workload.py",
+        Driver::Py("sqlalchemy_asyncpg_workload.py"),
         "defaults",
         &[("PGW_SA_POOL_SIZE", "3")],
+        Prepared::EveryWorker,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_node_postgres_named_prepared_statements() -> anyhow::Result<()> {
+    // The same statement names on every connection: a server handed over with a previous client's
+    // statements still prepared would fail the Parse with 42P05.
+    workload(
+        "drv_s_nodepg",
+        "session",
+        Driver::Node("pg_workload.js"),
+        "named",
+        &[],
         Prepared::EveryWorker,
     )
     .await
@@ -246,7 +284,7 @@ async fn transaction_psycopg3_todays_settings() -> anyhow::Result<()> {
     workload(
         "drv_t_pg3",
         "transaction",
-        "psycopg3_workload.py",
+        Driver::Py("psycopg3_workload.py"),
         "today",
         &[],
         Prepared::Never,
@@ -259,7 +297,7 @@ async fn transaction_psycopg2_todays_settings() -> anyhow::Result<()> {
     workload(
         "drv_t_pg2",
         "transaction",
-        "psycopg2_workload.py",
+        Driver::Py("psycopg2_workload.py"),
         "today",
         &[],
         Prepared::Never,
@@ -272,7 +310,7 @@ async fn transaction_asyncpg_todays_settings() -> anyhow::Result<()> {
     workload(
         "drv_t_apg",
         "transaction",
-        "asyncpg_workload.py",
+        Driver::Py("asyncpg_workload.py"),
         "today",
         &[],
         Prepared::Never,
@@ -286,7 +324,7 @@ async fn transaction_sqlalchemy_psycopg3_todays_settings() -> anyhow::Result<()>
     workload(
         "drv_t_sapg3",
         "transaction",
-        "sqlalchemy_psycopg_workload.py",
+        Driver::Py("sqlalchemy_psycopg_workload.py"),
         "today",
         &[("PGW_SA_POOL_SIZE", "10")],
         Prepared::Never,
@@ -299,10 +337,24 @@ async fn transaction_sqlalchemy_asyncpg_todays_settings() -> anyhow::Result<()> 
     workload(
         "drv_t_saapg",
         "transaction",
-        "sqlalchemy_asyncpg_workload.py",
+        Driver::Py("sqlalchemy_asyncpg_workload.py"),
         "today",
         &[],
         Prepared::Unchecked,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_node_postgres_todays_settings() -> anyhow::Result<()> {
+    // node-postgres's default: no `name`, so every query goes through the unnamed statement.
+    workload(
+        "drv_t_nodepg",
+        "transaction",
+        Driver::Node("pg_workload.js"),
+        "unnamed",
+        &[],
+        Prepared::Never,
     )
     .await
 }
