@@ -1,7 +1,8 @@
 //! Real PostgreSQL clients for integration tests: `psql`, `pgbench`,
-//! tokio-postgres, Python drivers and Node.js drivers. Tests point them at pgwarden or straight at a
+//! tokio-postgres, Python drivers, Node.js drivers and pgjdbc. Tests point them at pgwarden or straight at a
 //! [`crate::pg::PgCluster`] and compare.
 
+mod java;
 mod node;
 mod pgbench;
 mod process;
@@ -9,6 +10,7 @@ mod psql;
 mod python;
 mod script;
 
+pub use java::{Java, PGJDBC_JAR, classes_dir as java_classes_dir};
 pub use node::{Node, modules_dir as node_modules_dir};
 pub use pgbench::{
     BenchLength, BenchRun, Pgbench, PgbenchResult, QueryMode, parse_output as parse_pgbench_output,

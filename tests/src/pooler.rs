@@ -12,7 +12,7 @@ use pgwarden::state::ShutdownMode;
 use pgwarden::{Listeners, State};
 use tokio::task::JoinHandle;
 
-use crate::clients::{Node, Pgbench, Psql, Python};
+use crate::clients::{Java, Node, Pgbench, Psql, Python};
 use crate::pg::PgCluster;
 
 /// A running in-process pooler. Shut down (immediately) on drop.
@@ -232,6 +232,12 @@ impl Pooler {
     /// A script of `tests/clients/node/` pointed at the pooler over TCP as `t`'s user and database.
     pub fn node(&self, script: &str, t: &TestDb) -> anyhow::Result<Node> {
         Ok(Node::script(script)?.target("127.0.0.1", self.port, &t.user, &t.password, &t.name))
+    }
+
+    /// A main class of `tests/clients/java/` (named by its `.java` file) pointed at the pooler over TCP as
+    /// `t`'s user and database.
+    pub fn java(&self, source: &str, t: &TestDb) -> anyhow::Result<Java> {
+        Ok(Java::script(source)?.target("127.0.0.1", self.port, &t.user, &t.password, &t.name))
     }
 
     /// Shuts down as `mode` and waits for `run` to return.

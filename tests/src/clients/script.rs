@@ -1,5 +1,6 @@
 //! Driver scripts of `tests/clients/<language>/` run by an interpreter whose drivers a `setup.sh` installed
-//! outside the clone: shared by the Python ([`super::python`]) and Node.js ([`super::node`]) runners.
+//! outside the clone: shared by the Python ([`super::python`]), Node.js ([`super::node`]) and Java
+//! ([`super::java`]; its setup.sh compiles the source into that directory) runners.
 //!
 //! Each language's install lives in `$<VAR>` when set (`.ci/run` sets it), else in
 //! `$HOME/.cache/<cache>/<first 16 hex digits of sha256(the manifests, concatenated)>`, the path its
@@ -96,13 +97,16 @@ pub trait Lang {
     fn prepare(cmd: &mut Command);
 }
 
-/// One run of a script of `tests/clients/<language>/` ([`super::Python`], [`super::Node`]).
+/// One run of a script of `tests/clients/<language>/` ([`super::Python`], [`super::Node`], [`super::Java`]).
 #[derive(Debug, Clone)]
 pub struct ScriptRun<L> {
     /// The interpreter.
     pub program: PathBuf,
     /// The script file.
     pub script: PathBuf,
+    /// What the interpreter is given to run the script: the script's path, or for Java the classpath and
+    /// main class.
+    pub launch: Vec<String>,
     /// Arguments after the script.
     pub args: Vec<String>,
     /// Extra environment (the scripts read their targets from `PGW_*` variables).
@@ -121,12 +125,19 @@ impl<L: Lang> ScriptRun<L> {
         }
         Ok(Self {
             program,
+            launch: vec![script.to_string_lossy().into_owned()],
             script,
             args: Vec::new(),
             env: Vec::new(),
             timeout: Duration::from_secs(60),
             lang: PhantomData,
         })
+    }
+
+    /// Replaces what the interpreter is given in place of the script's path.
+    pub(crate) fn launch(mut self, launch: Vec<String>) -> Self {
+        self.launch = launch;
+        self
     }
 
     pub fn arg(mut self, arg: impl Into<String>) -> Self {
@@ -156,7 +167,7 @@ impl<L: Lang> ScriptRun<L> {
     /// Runs the script (libpq environment scrubbed as for psql, then the language's adjustments).
     pub async fn run(&self) -> anyhow::Result<ClientOutput> {
         let mut cmd = Command::new(&self.program);
-        cmd.arg(&self.script).args(&self.args);
+        cmd.args(&self.launch).args(&self.args);
         apply_client_env(&mut cmd, None, 20, &self.env);
         L::prepare(&mut cmd);
         run_async(cmd, None, self.timeout).await
