@@ -1,18 +1,22 @@
-//! Real Python and Node.js drivers through pgwarden (issue 4's "real clients, run by CI"): psycopg 3,
-//! psycopg2, asyncpg, SQLAlchemy 2 and node-postgres run the workload of `tests/clients/python/_common.py`
-//! (node-postgres: `tests/clients/node/pg_workload.js`, the same story) — 20 concurrent workers on a pool of
-//! 3 servers, commits, rollbacks, an error mid-transaction then more work, a reconnect halfway — and the test
-//! checks what they report and what PostgreSQL holds afterwards.
+//! Real Python, Node.js and Java drivers through pgwarden (issue 4's "real clients, run by CI"): psycopg 3,
+//! psycopg2, asyncpg, SQLAlchemy 2, node-postgres and pgjdbc run the workload of
+//! `tests/clients/python/_common.py` (node-postgres: `tests/clients/node/pg_workload.js`, pgjdbc:
+//! `tests/clients/java/PgWorkload.java`, the same story) — 20 concurrent workers on a pool of 3 servers,
+//! commits, rollbacks, an error mid-transaction then more work, a reconnect halfway — and the test checks
+//! what they report and what PostgreSQL holds afterwards.
 //!
 //! Session mode runs each driver with its defaults (psycopg's prepare_threshold and pipeline mode,
-//! asyncpg's statement cache, SQLAlchemy's pools). Transaction mode runs "today's settings", the workarounds
-//! PgBouncer's users apply (no named prepared statements kept across transactions); the drivers' defaults
-//! in transaction mode come with protocol-level prepared statement support. node-postgres prepares only
-//! statements given a `name`: session mode runs named ones, transaction mode node-postgres's default, the
-//! unnamed statement.
+//! asyncpg's statement cache, SQLAlchemy's pools, pgjdbc's prepareThreshold=5). Transaction mode runs
+//! "today's settings", the workarounds PgBouncer's users apply (no named prepared statements kept across
+//! transactions; pgjdbc: `prepareThreshold=0`); the drivers' defaults in transaction mode come with
+//! protocol-level prepared statement support. node-postgres prepares only statements given a `name`: session
+//! mode runs named ones, transaction mode node-postgres's default, the unnamed statement. pgjdbc sends
+//! `extra_float_digits` as a startup parameter, so its poolers have `ignore_startup_parameters =
+//! extra_float_digits`, as runbook 000 configures PgBouncer.
 //!
-//! The virtualenv: `tests/clients/python/setup.sh`; the node_modules: `tests/clients/node/setup.sh` (both
-//! run by `.ci/run`); without them these tests fail saying so.
+//! The virtualenv: `tests/clients/python/setup.sh`; the node_modules: `tests/clients/node/setup.sh`; the
+//! compiled Java workload: `tests/clients/java/setup.sh` (pgjdbc: Debian's libpostgresql-jdbc-java; all
+//! run or installed by `.ci/run`); without them these tests fail saying so.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -36,12 +40,18 @@ enum Prepared {
     Unchecked,
 }
 
-/// Which driver runs the workload: a script of `tests/clients/python/` or `tests/clients/node/`.
+/// Which driver runs the workload: a script of `tests/clients/python/`, `tests/clients/node/` or
+/// `tests/clients/java/`.
 #[derive(Debug, Clone, Copy)]
 enum Driver {
     Py(&'static str),
     Node(&'static str),
+    Java(&'static str),
 }
+
+/// What pgjdbc needs in the pooler's settings: it sends `extra_float_digits` in its startup packet (runbook
+/// 000's line).
+const JDBC_SETTINGS: &str = "ignore_startup_parameters = extra_float_digits";
 
 /// A database with the `ledger` table its role owns, and a pooler in front of it.
 async fn start(prefix: &str, settings: &str) -> anyhow::Result<(TestDb, Pooler)> {
@@ -84,10 +94,15 @@ async fn workload(
     env: &[(&str, &str)],
     prepared: Prepared,
 ) -> anyhow::Result<()> {
-    let (db, pooler) = start(prefix, &format!("pool_mode = {mode}")).await?;
+    let mut settings = format!("pool_mode = {mode}");
+    if let Driver::Java(_) = driver {
+        settings = format!("{settings}\n{JDBC_SETTINGS}");
+    }
+    let (db, pooler) = start(prefix, &settings).await?;
     let results = match driver {
         Driver::Py(script) => run(pooler.python(script, &db)?, profile, env).await?,
         Driver::Node(script) => run(pooler.node(script, &db)?, profile, env).await?,
+        Driver::Java(source) => run(pooler.java(source, &db)?, profile, env).await?,
     };
     check_reports(&results, prepared)?;
     check_table(&db).await?;
@@ -277,6 +292,21 @@ async fn session_node_postgres_named_prepared_statements() -> anyhow::Result<()>
     .await
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_pgjdbc_defaults_prepare_threshold() -> anyhow::Result<()> {
+    // From the 5th run of a statement pgjdbc prepares it on the server as S_1, S_2, ...: the same names on
+    // every connection, so a server handed over with a previous client's statements fails the Parse (42P05).
+    workload(
+        "drv_s_jdbc",
+        "session",
+        Driver::Java("PgWorkload.java"),
+        "defaults",
+        &[],
+        Prepared::EveryWorker,
+    )
+    .await
+}
+
 // Transaction mode: today's settings (what PgBouncer's users configure).
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -359,6 +389,20 @@ async fn transaction_node_postgres_todays_settings() -> anyhow::Result<()> {
     .await
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_pgjdbc_todays_settings() -> anyhow::Result<()> {
+    // prepareThreshold=0 in the URL: pgjdbc always uses the unnamed statement.
+    workload(
+        "drv_t_jdbc",
+        "transaction",
+        Driver::Java("PgWorkload.java"),
+        "today",
+        &[],
+        Prepared::Never,
+    )
+    .await
+}
+
 /// Runbook 003's analytics client: psycopg2 `set_session(readonly=True)` in autocommit on the session-mode
 /// alias (one server): reads work, a write fails in PostgreSQL with 25006, and the next client of that pool
 /// gets the same server back writable (the server reset undid the SET).
@@ -398,5 +442,85 @@ async fn session_alias_psycopg2_readonly_does_not_leak() -> anyhow::Result<()> {
         rows, "0,2",
         "the refused write left nothing, the next one landed"
     );
+    Ok(())
+}
+
+/// The same with pgjdbc: `setReadOnly(true)` in autocommit with `readOnlyMode=always` (pgjdbc then sends SET
+/// SESSION CHARACTERISTICS AS TRANSACTION READ ONLY; its default mode would only make transactions BEGIN
+/// READ ONLY) on the session-mode alias: reads work, a write fails in PostgreSQL with 25006, and the next
+/// client of that pool gets the same server back writable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_alias_pgjdbc_readonly_does_not_leak() -> anyhow::Result<()> {
+    let (db, pooler) = start(
+        "drv_ro_jdbc",
+        &format!("pool_mode = transaction\n{JDBC_SETTINGS}"),
+    )
+    .await?;
+    let pg = PgCluster::shared();
+    pg.exec_async(&db.name, "insert into ledger values (0, 0, 0)")
+        .await?;
+    let alias = format!("{}_session", db.name);
+    let results = pooler
+        .java("PgWorkload.java", &db)?
+        .arg("readonly")
+        .env("PGW_DB", alias)
+        .run_results()
+        .await?;
+    assert_eq!(results.len(), 2, "{results:?}");
+    let (ro, next) = (&results[0], &results[1]);
+    assert_eq!(ro["client"], "readonly");
+    assert_eq!(ro["setting"], "on");
+    assert_eq!(ro["rows"], "1", "reads work");
+    assert_eq!(ro["write_state"], "25006");
+    assert_eq!(
+        ro["write_error"],
+        "ERROR:_cannot_execute_INSERT_in_a_read-only_transaction"
+    );
+    assert_eq!(next["client"], "next");
+    assert_eq!(next["pid"], ro["pid"], "pool_size=1: the same server");
+    assert_eq!(next["setting"], "off", "the read-only SET leaked");
+    assert_eq!(next["inserted"], "1");
+    let rows = pg
+        .query_scalar_async(
+            &db.name,
+            "select string_agg(worker::text, ',' order by worker) from ledger",
+        )
+        .await?;
+    assert_eq!(
+        rows, "0,2",
+        "the refused write left nothing, the next one landed"
+    );
+    Ok(())
+}
+
+/// Why the pgjdbc poolers have runbook 000's `ignore_startup_parameters = extra_float_digits`: without it
+/// pgwarden refuses pgjdbc's startup packet as PgBouncer does; with it, the same client connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgjdbc_needs_extra_float_digits_ignored() -> anyhow::Result<()> {
+    let (db, pooler) = start("drv_efd_jdbc", "pool_mode = transaction").await?;
+    let refused = pooler
+        .java("PgWorkload.java", &db)?
+        .arg("connect")
+        .run_results()
+        .await?;
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0]["connected"], "no");
+    assert_eq!(refused[0]["state"], "08P01");
+    assert_eq!(
+        refused[0]["error"],
+        "FATAL:_unsupported_startup_parameter:_extra_float_digits"
+    );
+    let (db, pooler) = start(
+        "drv_efd_jdbc2",
+        &format!("pool_mode = transaction\n{JDBC_SETTINGS}"),
+    )
+    .await?;
+    let accepted = pooler
+        .java("PgWorkload.java", &db)?
+        .arg("connect")
+        .run_results()
+        .await?;
+    assert_eq!(accepted.len(), 1, "{accepted:?}");
+    assert_eq!(accepted[0]["connected"], "yes");
     Ok(())
 }
