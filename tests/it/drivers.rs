@@ -21,7 +21,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use pgwarden_tests::clients::{Lang, ScriptRun};
-use pgwarden_tests::pg::{PasswordEncryption, PgCluster, quote_ident};
+use pgwarden_tests::pg::{PasswordEncryption, PgCluster, quote_ident, quote_literal};
 use pgwarden_tests::pooler::{Pooler, TestDb};
 
 const WORKERS: usize = 20;
@@ -106,8 +106,21 @@ async fn workload(
     };
     check_reports(&results, prepared)?;
     check_table(&db).await?;
-    // No more servers than the pool allows were ever opened for these 20 clients.
-    let backends = PgCluster::shared().backend_count_async(&db.name).await?;
+    // No more servers than the pool allows were ever opened for these 20 clients. Only the pooler's
+    // backends (the test's role) count: the superuser connection check_table just dropped may still be
+    // exiting.
+    let backends: i64 = PgCluster::shared()
+        .query_scalar_async(
+            "postgres",
+            &format!(
+                "select count(*) from pg_stat_activity where datname = {} and usename = {} \
+                 and backend_type = 'client backend'",
+                quote_literal(&db.name),
+                quote_literal(&db.user)
+            ),
+        )
+        .await?
+        .parse()?;
     assert!(
         (1..=POOL_SIZE as i64).contains(&backends),
         "{backends} backends"
