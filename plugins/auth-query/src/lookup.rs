@@ -13,7 +13,10 @@ pub fn lookup(
     user: &str,
     database: &str,
 ) -> Result<Option<String>, String> {
-    let resolved = settings.for_database(database);
+    let Some(resolved) = settings.for_database(database) else {
+        // No auth_user applies to this database: like PgBouncer, only auth_file users log in here.
+        return Ok(None);
+    };
     let target = resolved.auth_dbname.unwrap_or(database);
     let rows = db
         .query(

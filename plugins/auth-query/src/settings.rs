@@ -38,7 +38,8 @@ struct Overrides {
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
-    auth_user: String,
+    /// The global `auth_user`; a database may have its own instead (PgBouncer allows either alone).
+    auth_user: Option<String>,
     auth_query: String,
     auth_dbname: Option<String>,
     /// Per database name, in the order first written.
@@ -49,7 +50,7 @@ impl Settings {
     /// Reads and checks the configuration; an error names the key at fault.
     pub fn from_config(config: &Config) -> Result<Self, String> {
         config.reject_unknown(KEYS)?;
-        let auth_user = config.require("auth_user")?.to_string();
+        let auth_user = non_blank(config, "auth_user")?;
         let auth_query = match config.get("auth_query") {
             Some(query) => checked_query("auth_query", query)?,
             None => DEFAULT_AUTH_QUERY.to_string(),
@@ -84,6 +85,12 @@ impl Settings {
                 _ => return Err(format!("unknown configuration key `{key}`")),
             }
         }
+        if auth_user.is_none() && databases.iter().all(|(_, o)| o.auth_user.is_none()) {
+            return Err(
+                "missing required configuration key `auth_user` (global, or `database.<name>.auth_user`)"
+                    .to_string(),
+            );
+        }
         Ok(Self {
             auth_user,
             auth_query,
@@ -93,8 +100,9 @@ impl Settings {
     }
 
     /// The settings for a client of `database`: its overrides, falling back to the global ones
-    /// key by key (as PgBouncer falls back from `[databases]` to `[pgbouncer]`).
-    pub fn for_database(&self, database: &str) -> Resolved<'_> {
+    /// key by key (as PgBouncer falls back from `[databases]` to `[pgbouncer]`); `None` when no
+    /// `auth_user` applies to it (only other databases have one): its users are not looked up.
+    pub fn for_database(&self, database: &str) -> Option<Resolved<'_>> {
         let overrides = self
             .databases
             .iter()
@@ -102,11 +110,11 @@ impl Settings {
             .map(|(_, o)| o);
         let pick =
             |get: fn(&Overrides) -> &Option<String>| overrides.and_then(|o| get(o).as_deref());
-        Resolved {
-            auth_user: pick(|o| &o.auth_user).unwrap_or(&self.auth_user),
+        Some(Resolved {
+            auth_user: pick(|o| &o.auth_user).or(self.auth_user.as_deref())?,
             auth_query: pick(|o| &o.auth_query).unwrap_or(&self.auth_query),
             auth_dbname: pick(|o| &o.auth_dbname).or(self.auth_dbname.as_deref()),
-        }
+        })
     }
 }
 
@@ -151,11 +159,11 @@ mod tests {
         let s = settings(&[("auth_user", "pgwarden_auth")]).unwrap();
         assert_eq!(
             s.for_database("app"),
-            Resolved {
+            Some(Resolved {
                 auth_user: "pgwarden_auth",
                 auth_query: DEFAULT_AUTH_QUERY,
                 auth_dbname: None,
-            }
+            })
         );
     }
 
@@ -170,7 +178,7 @@ mod tests {
             ("auth_dbname", "authdb"),
         ])
         .unwrap();
-        let r = s.for_database("app");
+        let r = s.for_database("app").unwrap();
         assert_eq!(r.auth_user, "a");
         assert!(r.auth_query.contains("pg_shadow"));
         assert_eq!(r.auth_dbname, Some("authdb"));
@@ -191,28 +199,44 @@ mod tests {
         .unwrap();
         assert_eq!(
             s.for_database("reports"),
-            Resolved {
+            Some(Resolved {
                 auth_user: "reports_auth",
                 auth_query: DEFAULT_AUTH_QUERY,
                 auth_dbname: Some("global_db"),
-            }
+            })
         );
         assert_eq!(
             s.for_database("my.dotted.db"),
-            Resolved {
+            Some(Resolved {
                 auth_user: "global_user",
                 auth_query: "SELECT u, p FROM users WHERE u = $1",
                 auth_dbname: Some("dotted_auth"),
-            }
+            })
         );
-        assert_eq!(s.for_database("other").auth_user, "global_user");
-        assert_eq!(s.for_database("Reports").auth_user, "global_user");
+        assert_eq!(s.for_database("other").unwrap().auth_user, "global_user");
+        assert_eq!(s.for_database("Reports").unwrap().auth_user, "global_user");
+    }
+
+    #[test]
+    fn auth_user_on_some_databases_only() {
+        // PgBouncer's own test configuration does this: auth_user on three databases, none global.
+        let s = settings(&[("database.authdb.auth_user", "pswcheck")]).unwrap();
+        assert_eq!(s.for_database("authdb").unwrap().auth_user, "pswcheck");
+        assert_eq!(
+            s.for_database("other"),
+            None,
+            "no lookup for other databases"
+        );
     }
 
     #[test]
     fn errors_name_the_key() {
         let cases: &[(&[(&str, &str)], &str)] = &[
             (&[], "missing required configuration key `auth_user`"),
+            (
+                &[("database.x.auth_query", "SELECT 1, 2 WHERE $1 = ''")],
+                "missing required configuration key `auth_user`",
+            ),
             (&[("auth_user", " ")], "`auth_user` must not be empty"),
             (
                 &[("auth_user", "a"), ("auth_usr", "b")],

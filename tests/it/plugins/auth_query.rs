@@ -415,3 +415,37 @@ async fn auth_query_waiting_on_the_server_does_not_count_against_the_deadline() 
     }
     Ok(())
 }
+
+/// `auth_user` on one database only, none global (PgBouncer's own test configuration does this): the
+/// pooler starts, that database's users are looked up, and another database's users are not (only
+/// auth_file users log in there: an unknown one is a wrong password).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_query_with_auth_user_on_one_database_only() -> anyhow::Result<()> {
+    let pg = PgCluster::shared();
+    let db = TestDb::create(pg, "plug_aq_onedb", PasswordEncryption::Md5)?;
+    let auth = auth_setup(pg, &db.name, PasswordEncryption::Md5)?;
+    let u = users(pg)?;
+    let looked_up = format!("{}_aq", db.name);
+    let databases = [
+        entry(pg, &db, ""),
+        db_line(
+            pg,
+            &looked_up,
+            &db.name,
+            &format!("auth_user={}", auth.name),
+        ),
+    ]
+    .join("\n");
+    let pooler = Pooler::start(
+        &databases,
+        &format!("auth_type = md5\nauth_query = {LOOKUP}"),
+        &userlist_line(&auth.name, &auth.password),
+    )
+    .await?;
+    for r in [&u.md5, &u.scram] {
+        let client = login_as(&pooler, r, &looked_up).await?;
+        assert_eq!(whoami(&client).await?, format!("{} {}", r.name, db.name));
+        assert_wrong_password(&pooler, &r.name, &r.password, &db.name).await;
+    }
+    Ok(())
+}
