@@ -7,10 +7,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use pgwarden::client::{Denial, QueryPolicy};
-use pgwarden::config::{Hook, OnError, PoolMode};
+use pgwarden::client::{Denial, QueryPolicy, check_query};
+use pgwarden::config::{Hook, PoolMode};
 use pgwarden::net::Peer;
-use pgwarden::plugin::bindings::exports::pgwarden::plugin::policy::Verdict;
 use pgwarden::plugin::convert::{self, SessionInfo};
 use pgwarden::plugin::{DatabaseAccess, Plugin, PluginEngine, PluginSet, builtin};
 
@@ -97,9 +96,9 @@ pub fn session(user: &str, database: &str) -> SessionInfo {
     convert::session_info(user, database, "psql", peer, &params, PoolMode::Transaction)
 }
 
-/// The policy plugins of one database, asked the way a client session asks them (this mirrors the
-/// private `SessionPolicy` of `host/src/client/session.rs`: summary and query record once, then each
-/// plugin in order, the first denial wins, failures per `on_error`).
+/// The policy plugins of one database, asked the way a client session asks them (as the private
+/// `SessionPolicy` of `host/src/client/session.rs` does: summary and query record once, then
+/// `pgwarden::client::check_query`).
 pub struct PolicyPlugins<'a> {
     pub plugins: &'a PluginSet,
     pub database: &'a str,
@@ -130,29 +129,7 @@ impl QueryPolicy for PolicyPlugins<'_> {
     ) -> Option<Denial> {
         self.info.in_transaction = in_transaction;
         let query = convert::query(sql, extended, statement_name, self.standard_strings);
-        for plugin in self.plugins.for_hook(Hook::Policy, self.database) {
-            match plugin.check(&self.info, &query) {
-                Ok(Verdict::Allow) => {}
-                Ok(Verdict::Deny(d)) => {
-                    return Some(Denial {
-                        sqlstate: convert::sqlstate(&d.sqlstate, "42501"),
-                        message: d.message,
-                        detail: d.detail,
-                        hint: d.hint,
-                    });
-                }
-                Err(_) if plugin.spec.on_error == OnError::Allow => {}
-                Err(e) => {
-                    return Some(Denial {
-                        sqlstate: "XX000".into(),
-                        message: format!("query refused: {e}"),
-                        detail: None,
-                        hint: None,
-                    });
-                }
-            }
-        }
-        None
+        check_query(self.plugins, self.database, &self.info, &query)
     }
 }
 

@@ -431,16 +431,31 @@ async fn session_alias_psycopg2_readonly_does_not_leak() -> anyhow::Result<()> {
         .env("PGW_DB", alias)
         .run_results()
         .await?;
+    assert_readonly_did_not_leak(
+        pg,
+        &db,
+        &results,
+        "ERROR:__cannot_execute_INSERT_in_a_read-only_transaction",
+    )
+    .await
+}
+
+/// The results of a read-only client then the next client of a `pool_size=1` session alias: reads worked,
+/// the write failed in PostgreSQL with 25006 (`write_error` as the script prints it), the next client got
+/// the same server with the setting off, and only its write landed.
+async fn assert_readonly_did_not_leak(
+    pg: &PgCluster,
+    db: &TestDb,
+    results: &[BTreeMap<String, String>],
+    write_error: &str,
+) -> anyhow::Result<()> {
     assert_eq!(results.len(), 2, "{results:?}");
     let (ro, next) = (&results[0], &results[1]);
     assert_eq!(ro["client"], "readonly");
     assert_eq!(ro["setting"], "on");
     assert_eq!(ro["rows"], "1", "reads work");
     assert_eq!(ro["write_state"], "25006");
-    assert_eq!(
-        ro["write_error"],
-        "ERROR:__cannot_execute_INSERT_in_a_read-only_transaction"
-    );
+    assert_eq!(ro["write_error"], write_error);
     assert_eq!(next["client"], "next");
     assert_eq!(next["pid"], ro["pid"], "pool_size=1: the same server");
     assert_eq!(next["setting"], "off", "the read-only SET leaked");
@@ -479,31 +494,13 @@ async fn session_alias_pgjdbc_readonly_does_not_leak() -> anyhow::Result<()> {
         .env("PGW_DB", alias)
         .run_results()
         .await?;
-    assert_eq!(results.len(), 2, "{results:?}");
-    let (ro, next) = (&results[0], &results[1]);
-    assert_eq!(ro["client"], "readonly");
-    assert_eq!(ro["setting"], "on");
-    assert_eq!(ro["rows"], "1", "reads work");
-    assert_eq!(ro["write_state"], "25006");
-    assert_eq!(
-        ro["write_error"],
-        "ERROR:_cannot_execute_INSERT_in_a_read-only_transaction"
-    );
-    assert_eq!(next["client"], "next");
-    assert_eq!(next["pid"], ro["pid"], "pool_size=1: the same server");
-    assert_eq!(next["setting"], "off", "the read-only SET leaked");
-    assert_eq!(next["inserted"], "1");
-    let rows = pg
-        .query_scalar_async(
-            &db.name,
-            "select string_agg(worker::text, ',' order by worker) from ledger",
-        )
-        .await?;
-    assert_eq!(
-        rows, "0,2",
-        "the refused write left nothing, the next one landed"
-    );
-    Ok(())
+    assert_readonly_did_not_leak(
+        pg,
+        &db,
+        &results,
+        "ERROR:_cannot_execute_INSERT_in_a_read-only_transaction",
+    )
+    .await
 }
 
 /// Why the pgjdbc poolers have runbook 000's `ignore_startup_parameters = extra_float_digits`: without it

@@ -1,14 +1,18 @@
-//! The login-time plugin hooks: routing a client, and looking up secrets of users pgwarden does not know.
+//! The plugin hooks a client meets: routing it and looking up secrets of users pgwarden does not know (at
+//! login), and checking its queries.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use super::End;
+use super::relay::Denial;
 use super::startup::ClientStartup;
 use crate::auth::Secret;
 use crate::config::{Hook, OnError, PoolMode};
 use crate::net::Peer;
-use crate::plugin::{DatabaseAccess, convert};
+use crate::plugin::bindings::exports::pgwarden::plugin::policy::{Query, Verdict};
+use crate::plugin::convert::SessionInfo;
+use crate::plugin::{DatabaseAccess, PluginSet, convert};
 use crate::pool::{PoolKey, PoolSettings};
 use crate::server::ServerError;
 use crate::state::{Runtime, State};
@@ -199,4 +203,43 @@ impl DatabaseAccess for PoolQuery {
             }
         })
     }
+}
+
+/// Asks the policy plugins of `database`, in order, about one query: the first denial wins; a plugin that
+/// fails denies the query (XX000) unless its on_error is `allow`. `None` allows the query.
+pub fn check_query(
+    plugins: &PluginSet,
+    database: &str,
+    info: &SessionInfo,
+    query: &Query,
+) -> Option<Denial> {
+    for plugin in plugins.for_hook(Hook::Policy, database) {
+        match plugin.check(info, query) {
+            Ok(Verdict::Allow) => {}
+            Ok(Verdict::Deny(d)) => {
+                return Some(Denial {
+                    sqlstate: convert::sqlstate(&d.sqlstate, "42501"),
+                    message: d.message,
+                    detail: d.detail,
+                    hint: d.hint,
+                });
+            }
+            Err(e) if plugin.spec.on_error == OnError::Allow => {
+                tracing::warn!("{e}; query allowed unchecked (on_error = allow)");
+            }
+            Err(e) => {
+                tracing::error!("{e}; query refused");
+                return Some(Denial {
+                    sqlstate: "XX000".into(),
+                    message: format!("query refused: {e}"),
+                    detail: None,
+                    hint: Some(
+                        "a query policy plugin failed, and pgwarden refuses queries it could not check"
+                            .into(),
+                    ),
+                });
+            }
+        }
+    }
+    None
 }

@@ -23,6 +23,7 @@ use tokio::io::AsyncReadExt;
 pub use outq::OutQueue;
 // `ServerCtx`, `QueryPolicy` and `Denial` are public for the benchmark crate (bench/), which drives the relay
 // the way a session does.
+pub use hooks::check_query;
 pub use relay::{Denial, QueryPolicy, Relay, RelayError, ServerCtx};
 pub use startup::ClientStartup;
 

@@ -16,9 +16,7 @@ use super::relay::{Denial, QueryPolicy, Relay, RelayError, STREAM_MIN, ServerCtx
 use super::{ClientConn, ClientInfo, End, OutQueue, login::checkout_end};
 use crate::cancel::{CancelHandle, CancelTarget};
 use crate::config::PoolMode;
-use crate::config::{Hook, OnError};
 use crate::params::ParamValues;
-use crate::plugin::bindings::exports::pgwarden::plugin::policy::Verdict;
 use crate::plugin::convert::{self, SessionInfo};
 use crate::pool::Pool;
 use crate::protocol::backend::{self, Severity};
@@ -661,32 +659,7 @@ impl QueryPolicy for SessionPolicy<'_> {
             app.clone_into(&mut self.info.application_name);
         }
         let query = convert::query(sql, extended, statement_name, self.standard_strings);
-        for plugin in self.runtime.plugins.for_hook(Hook::Policy, self.database) {
-            match plugin.check(self.info, &query) {
-                Ok(Verdict::Allow) => {}
-                Ok(Verdict::Deny(d)) => {
-                    return Some(Denial {
-                        sqlstate: convert::sqlstate(&d.sqlstate, "42501"),
-                        message: d.message,
-                        detail: d.detail,
-                        hint: d.hint,
-                    });
-                }
-                Err(e) if plugin.spec.on_error == OnError::Allow => {
-                    tracing::warn!("{e}; query allowed unchecked (on_error = allow)");
-                }
-                Err(e) => {
-                    tracing::error!("{e}; query refused");
-                    return Some(Denial {
-                        sqlstate: "XX000".into(),
-                        message: format!("query refused: {e}"),
-                        detail: None,
-                        hint: Some("a query policy plugin failed, and pgwarden refuses queries it could not check".into()),
-                    });
-                }
-            }
-        }
-        None
+        super::hooks::check_query(&self.runtime.plugins, self.database, self.info, &query)
     }
 }
 
