@@ -115,10 +115,13 @@ async fn failing_policy_denies_and_the_session_goes_on() -> anyhow::Result<()> {
     let oom_client = pooler
         .connect(&db.user, &db.password, &format!("{}_oom", db.name))
         .await?;
-    let (stop, watcher) = bystander(pooler.connect_as(&db).await?);
-
+    // Counted after every login (the testing plugin routes them too) and before the bystander starts
+    // (its first query may be checked at once).
+    let bystander_client = pooler.connect_as(&db).await?;
     let before = Counts::of(&p.stats);
     let oom_before = Counts::of(&oom.stats);
+    let (stop, watcher) = bystander(bystander_client);
+
     let oom_refusal = format!("query refused: plugin \"oom\" failed: {TRAPPED}");
     assert_error(
         oom_client.batch_execute(OOM).await,
