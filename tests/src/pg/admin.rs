@@ -156,6 +156,26 @@ impl PgCluster {
                 .with_context(|| format!("superuser connection to database {db:?}"))?;
             f(client).await
         })
+        .map_err(|e| self.with_crash_context(e))
+    }
+
+    /// Adds the server log's tail to `e` when the server itself crashed or
+    /// refused to work (PANIC, a terminated backend, a full disk), which a
+    /// client sees only as "connection closed".
+    fn with_crash_context(&self, e: anyhow::Error) -> anyhow::Error {
+        let tail = self.log_tail(30);
+        let crashed = [
+            "PANIC:",
+            "was terminated by signal",
+            "No space left on device",
+        ]
+        .iter()
+        .any(|needle| tail.contains(needle));
+        if crashed {
+            e.context(format!("the server log says:\n{tail}"))
+        } else {
+            e
+        }
     }
 
     /// Executes one or more `;`-separated statements (simple query protocol).
