@@ -68,13 +68,21 @@ impl Link {
     /// The request to the server, then the answer to the client; returns the bytes queued each way.
     fn exchange(&mut self, tracked: &Tracked) -> (usize, usize) {
         self.relay
-            .process_client(&mut self.from_client, &mut self.to_server, MAX_PACKET, None)
+            .process_client(
+                &mut self.from_client,
+                &mut self.to_server,
+                &mut self.to_client,
+                MAX_PACKET,
+                None,
+                None,
+            )
             .expect("valid request");
         let mut ctx = ServerCtx {
             tracked,
             server_params: &mut self.server_params,
             client_params: &mut self.client_params,
             max: MAX_PACKET,
+            stmts: None,
         };
         self.relay
             .process_server(&mut self.from_server, &mut self.to_client, &mut ctx)

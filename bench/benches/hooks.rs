@@ -45,7 +45,14 @@ fn relay_once(
     policy: Option<&mut dyn QueryPolicy>,
 ) -> usize {
     relay
-        .process_client(input, out, MAX_PACKET, policy)
+        .process_client(
+            input,
+            out,
+            &mut OutQueue::default(),
+            MAX_PACKET,
+            policy,
+            None,
+        )
         .expect("a valid Query frame");
     out.len()
 }

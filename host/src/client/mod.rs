@@ -8,6 +8,7 @@ mod auth;
 mod hooks;
 mod login;
 mod outq;
+pub mod prepared;
 mod relay;
 mod session;
 mod startup;
@@ -24,7 +25,7 @@ pub use outq::OutQueue;
 // `ServerCtx`, `QueryPolicy` and `Denial` are public for the benchmark crate (bench/), which drives the relay
 // the way a session does.
 pub use hooks::check_query;
-pub use relay::{Denial, QueryPolicy, Relay, RelayError, ServerCtx};
+pub use relay::{Counts, Denial, QueryPolicy, Relay, RelayError, ServerCtx};
 pub use startup::ClientStartup;
 
 use crate::net::{Peer, Stream};

@@ -7,12 +7,13 @@
 
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 
 use super::outq::OutQueue;
+use super::prepared::{self, Statement, Statements};
 use crate::params::{ParamValues, Tracked};
 use crate::protocol::backend::{self, ErrorFields, TransactionStatus, tag as be};
 use crate::protocol::frontend::{self, Kind, tag as fe};
@@ -41,9 +42,12 @@ pub struct Relay {
     pub outstanding: u32,
     /// The first `hidden` of those answer pgwarden's own queries (parameter sync): swallowed.
     pub hidden: u32,
-    /// What was sent and is still unanswered, in order, with the ends of the client's COPY data: PostgreSQL
-    /// ignores a Sync it reads in COPY FROM STDIN mode, so which Syncs will be answered is only known once the
-    /// COPY ends (tokio-postgres sends Bind/Execute/Sync, then the data, CopyDone, Sync: one ReadyForQuery).
+    /// Every message sent (or answered by pgwarden itself) whose reply is still due, in order, with the ends
+    /// of the client's COPY data. Extended-protocol messages get one reply each (or none, when an earlier
+    /// one failed: the server then skips to the next Sync), which is how replies pgwarden gives itself
+    /// (ParseComplete, CloseComplete) and replies it hides (to its own Parse and Close) fall into place.
+    /// PostgreSQL ignores a Sync it reads in COPY FROM STDIN mode, so which Syncs will be answered is only
+    /// known once the COPY ends (tokio-postgres sends Bind/Execute/Sync, then the data, CopyDone, Sync).
     pending: VecDeque<Pending>,
     /// The server is in COPY FROM STDIN mode (CopyInResponse seen, no CommandComplete or error yet).
     copy_in: bool,
@@ -56,12 +60,15 @@ pub struct Relay {
     /// Bytes left of a server frame being streamed (or discarded, when hidden) to the client.
     server_stream_left: usize,
     server_stream_hidden: bool,
-    /// A Parse was denied by a policy: the client's messages are dropped until its Sync.
+    /// The client's messages are dropped until its Sync: the server skips them (an error in the batch) or
+    /// must not see them (a refused message's batch).
     skip_until_sync: bool,
-    /// The client frame being streamed is being dropped (it belongs to a denied batch).
+    /// The client frame being streamed is being dropped (it belongs to a skipped batch).
     client_stream_drop: bool,
-    /// pgwarden's stand-ins for denied queries sent and not yet answered or skipped.
-    denials: u32,
+    /// pgwarden's stand-ins for refused messages sent and not yet answered or skipped.
+    standins: u32,
+    /// Replies pgwarden gives itself that are due, waiting for the bytes before them to be queued.
+    synth: BytesMut,
     /// The client sent Terminate: nothing more will be read from it.
     pub client_terminated: bool,
     /// The server sent a FATAL error: it is going away.
@@ -75,8 +82,20 @@ pub struct Relay {
     /// `disable_pqexec`: a simple Query message is refused (PgBouncer closes the client).
     pub disallow_simple_query: bool,
     /// Counters for the console.
+    pub counts: Counts,
+}
+
+/// What a link did, for SHOW STATS.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
     pub queries: u64,
     pub transactions: u64,
+    /// Named Parse messages from the client (prepared statement tracking).
+    pub client_parses: u64,
+    /// Parse messages of tracked statements sent to the server (the client's, or pgwarden's before a use).
+    pub server_parses: u64,
+    /// Bind messages of tracked statements.
+    pub binds: u64,
 }
 
 impl Relay {
@@ -91,7 +110,8 @@ impl Relay {
             client_stream_left: 0,
             skip_until_sync: false,
             client_stream_drop: false,
-            denials: 0,
+            standins: 0,
+            synth: BytesMut::new(),
             server_stream_left: 0,
             server_stream_hidden: false,
             client_terminated: false,
@@ -100,8 +120,7 @@ impl Relay {
             last_ready: Instant::now(),
             tx_started: None,
             disallow_simple_query: false,
-            queries: 0,
-            transactions: 0,
+            counts: Counts::default(),
         }
     }
 
@@ -118,11 +137,7 @@ impl Relay {
     /// Everything sent has been answered, nothing is half-sent, and no transaction is open: the server can go
     /// to someone else.
     pub fn releasable(&self) -> bool {
-        self.outstanding == 0
-            && !self.unsynced
-            && self.client_stream_left == 0
-            && self.server_stream_left == 0
-            && self.tx == TransactionStatus::Idle
+        self.quiet() && self.tx == TransactionStatus::Idle
     }
 
     /// Everything sent has been answered (the server waits for the client), whatever the transaction state.
@@ -141,13 +156,16 @@ impl Relay {
     }
 
     /// Moves whole client frames (and the part of a streamed one that is here) from `input` to `out`,
-    /// asking `policy` (when there is one) about every Query and Parse first.
+    /// asking `policy` (when there is one) about every Query and Parse first, and mapping the client's named
+    /// statements to the server's when `stmts` tracks them. Replies pgwarden gives itself go to `to_client`.
     pub fn process_client(
         &mut self,
         input: &mut BytesMut,
         out: &mut OutQueue,
+        to_client: &mut OutQueue,
         max: u32,
         mut policy: Option<&mut dyn QueryPolicy>,
+        mut stmts: Option<&mut Statements<'_>>,
     ) -> Result<(), RelayError> {
         let mut run = 0;
         while !self.client_terminated {
@@ -177,16 +195,10 @@ impl Relay {
             }
             let kind = Kind::of(h.tag);
             if self.skip_until_sync && !matches!(kind, Kind::Sync | Kind::Terminate) {
-                // The rest of a batch whose Parse was denied: the server never sees it, as PostgreSQL
-                // itself would skip it after an error.
+                // The rest of a batch that failed or was refused: the server skips it or must not see it.
                 out.push(input.split_to(run).freeze());
                 run = 0;
-                if whole {
-                    input.advance(h.frame_len);
-                } else {
-                    self.client_stream_left = h.frame_len;
-                    self.client_stream_drop = true;
-                }
+                self.drop_client_frame(input, h.frame_len, whole);
                 continue;
             }
             self.client_stream_drop = false;
@@ -195,14 +207,9 @@ impl Relay {
                 // could be set_config or a function that writes), so where queries are checked it is refused.
                 out.push(input.split_to(run).freeze());
                 run = 0;
-                if whole {
-                    input.advance(h.frame_len);
-                } else {
-                    self.client_stream_left = h.frame_len;
-                    self.client_stream_drop = true;
-                }
+                self.drop_client_frame(input, h.frame_len, whole);
                 out.push(denial_query(&fastpath_denial()));
-                self.query_sent(Pending::Query);
+                self.standin_sent(false);
                 continue;
             }
             if whole
@@ -214,22 +221,17 @@ impl Relay {
                     out.push(input.split_to(run).freeze());
                     run = 0;
                     input.advance(h.frame_len);
-                    out.push(denial_query(&denial));
-                    self.denials += 1;
-                    if h.tag == fe::PARSE {
-                        // The server answers with the error and a ReadyForQuery the client does not expect
-                        // until its own Sync: that one is swallowed. If earlier messages of the batch were
-                        // sent, one of them may fail first; the server then skips the stand-in too.
-                        self.query_sent(if self.unsynced {
-                            Pending::SilentReadyAfterBatch
-                        } else {
-                            Pending::SilentReady
-                        });
-                        self.skip_until_sync = true;
-                    } else {
-                        self.query_sent(Pending::Query);
-                    }
+                    self.refuse(out, &denial, h.tag != fe::QUERY);
                     continue;
+                }
+            }
+            if let Some(stmts) = stmts.as_deref_mut()
+                && matches!(h.tag, fe::PARSE | fe::BIND | fe::DESCRIBE | fe::CLOSE)
+            {
+                match self.map_statement(input, &mut run, h, whole, out, stmts)? {
+                    Mapped::Done => continue,
+                    Mapped::NeedMore => break,
+                    Mapped::Unnamed => {}
                 }
             }
             match kind {
@@ -237,6 +239,7 @@ impl Relay {
                     out.push(input.split_to(run).freeze());
                     input.advance(h.frame_len);
                     self.client_terminated = true;
+                    self.flush_synth(to_client);
                     return Ok(());
                 }
                 Kind::Query if self.disallow_simple_query => {
@@ -249,7 +252,15 @@ impl Relay {
                     self.unsynced = false;
                     self.skip_until_sync = false;
                 }
-                Kind::Extended | Kind::Flush => self.unsynced = true,
+                Kind::Extended => {
+                    self.unsynced = true;
+                    self.pending.push_back(Pending::Ext {
+                        msg: Ext::of(h.tag),
+                        forward: true,
+                        undo: Undo::Nothing,
+                    });
+                }
+                Kind::Flush => self.unsynced = true,
                 Kind::Copy if h.tag != fe::COPY_DATA => self.pending.push_back(Pending::CopyEnd),
                 Kind::Copy => {}
                 Kind::Password | Kind::Unknown => {
@@ -263,7 +274,240 @@ impl Relay {
             }
         }
         out.push(input.split_to(run).freeze());
+        self.flush_synth(to_client);
         Ok(())
+    }
+
+    /// Drops a client frame the server must not see (whole, or the start of one to be streamed away).
+    fn drop_client_frame(&mut self, input: &mut BytesMut, frame_len: usize, whole: bool) {
+        if whole {
+            input.advance(frame_len);
+        } else {
+            self.client_stream_left = frame_len;
+            self.client_stream_drop = true;
+        }
+    }
+
+    /// Sends, instead of a refused message, a stand-in query that makes PostgreSQL raise `denial`. For an
+    /// extended-protocol message (`in_batch`) the rest of the client's batch is dropped and the stand-in's
+    /// ReadyForQuery hidden, so the client sees what PostgreSQL would have sent had the message failed.
+    fn refuse(&mut self, out: &mut OutQueue, denial: &Denial, in_batch: bool) {
+        out.push(denial_query(denial));
+        self.standin_sent(in_batch);
+        if in_batch {
+            self.skip_until_sync = true;
+        }
+    }
+
+    fn standin_sent(&mut self, silent: bool) {
+        self.standins += 1;
+        self.query_sent(Pending::Standin { silent });
+    }
+
+    /// Maps a Parse, Bind, Describe or Close naming a statement to the server's statement, preparing it on
+    /// the server first when needed; `Unnamed` leaves the message (unnamed statement, or a portal) as it is.
+    fn map_statement(
+        &mut self,
+        input: &mut BytesMut,
+        run: &mut usize,
+        h: frame::Header,
+        whole: bool,
+        out: &mut OutQueue,
+        stmts: &mut Statements<'_>,
+    ) -> Result<Mapped, RelayError> {
+        let at = *run + HEADER_LEN;
+        let available = &input[at..(*run + h.frame_len).min(input.len())];
+        match h.tag {
+            fe::PARSE => {
+                let parse = frontend::Parse::decode(available).map_err(RelayError::Client)?;
+                if parse.name.is_empty() {
+                    return Ok(Mapped::Unnamed);
+                }
+                let name: Box<str> = parse.name.into();
+                let stmt = Arc::new(Statement::of(&parse));
+                out.push(input.split_to(*run).freeze());
+                *run = 0;
+                input.advance(h.frame_len);
+                self.unsynced = true;
+                if stmts.client.contains(&name) {
+                    let denial = statement_error("42P05", &name, "already exists");
+                    self.refuse(out, &denial, true);
+                    return Ok(Mapped::Done);
+                }
+                self.counts.client_parses += 1;
+                stmts.client.insert(&name, Arc::clone(&stmt));
+                if stmts.server.touch(&stmt) {
+                    self.pending.push_back(Pending::Synth {
+                        reply: Synth::ParseComplete,
+                        undo: Undo::Registered {
+                            name,
+                            stmt,
+                            on_server: false,
+                        },
+                    });
+                } else {
+                    let undo = Undo::Registered {
+                        name,
+                        stmt: Arc::clone(&stmt),
+                        on_server: true,
+                    };
+                    self.prepare_on_server(&stmt, true, undo, out, stmts);
+                }
+                Ok(Mapped::Done)
+            }
+            fe::BIND => {
+                let Some((portal, name, rest_at)) = prepared::bind_names(available) else {
+                    if whole {
+                        // Malformed: the server says so.
+                        return Ok(Mapped::Unnamed);
+                    }
+                    return Ok(Mapped::NeedMore);
+                };
+                if name.is_empty() {
+                    return Ok(Mapped::Unnamed);
+                }
+                let name = String::from_utf8_lossy(name).into_owned();
+                let Some(stmt) = stmts.client.get(&name).cloned() else {
+                    out.push(input.split_to(*run).freeze());
+                    *run = 0;
+                    self.drop_client_frame(input, h.frame_len, whole);
+                    self.unsynced = true;
+                    self.refuse(
+                        out,
+                        &statement_error("26000", &name, "does not exist"),
+                        true,
+                    );
+                    return Ok(Mapped::Done);
+                };
+                let head =
+                    prepared::bind_prefix(h.frame_len, portal, name.len(), &stmt.server_name);
+                out.push(input.split_to(*run).freeze());
+                *run = 0;
+                self.ensure_on_server(&stmt, out, stmts);
+                out.push(head.freeze());
+                input.advance(HEADER_LEN + rest_at);
+                let rest = h.frame_len - HEADER_LEN - rest_at;
+                if whole {
+                    *run = rest;
+                } else {
+                    let here = rest.min(input.len());
+                    *run = here;
+                    self.client_stream_left = rest - here;
+                    self.client_stream_drop = false;
+                }
+                self.unsynced = true;
+                self.counts.binds += 1;
+                self.pending.push_back(Pending::Ext {
+                    msg: Ext::Bind,
+                    forward: true,
+                    undo: Undo::Nothing,
+                });
+                if self.client_stream_left > 0 {
+                    // The loop's streaming branch must not count the bytes already in `run` again.
+                    out.push(input.split_to(*run).freeze());
+                    *run = 0;
+                }
+                Ok(Mapped::Done)
+            }
+            _ => {
+                // Describe or Close: 'S' or 'P', then the name.
+                let mut r = frame::Reader::new(available);
+                let which = r.u8().map_err(RelayError::Client)?;
+                let name = r.cstr().map_err(RelayError::Client)?;
+                if which != b'S' || name.is_empty() {
+                    return Ok(Mapped::Unnamed);
+                }
+                let name = name.to_owned();
+                out.push(input.split_to(*run).freeze());
+                *run = 0;
+                input.advance(h.frame_len);
+                self.unsynced = true;
+                if h.tag == fe::CLOSE {
+                    // Statements stay prepared on servers; the client's name goes. Closing a name that does
+                    // not exist is no error in PostgreSQL either.
+                    let undo = match stmts.client.remove(&name) {
+                        Some(stmt) => Undo::Closed {
+                            name: name.into(),
+                            stmt,
+                        },
+                        None => Undo::Nothing,
+                    };
+                    self.pending.push_back(Pending::Synth {
+                        reply: Synth::CloseComplete,
+                        undo,
+                    });
+                    return Ok(Mapped::Done);
+                }
+                let Some(stmt) = stmts.client.get(&name).cloned() else {
+                    self.refuse(
+                        out,
+                        &statement_error("26000", &name, "does not exist"),
+                        true,
+                    );
+                    return Ok(Mapped::Done);
+                };
+                self.ensure_on_server(&stmt, out, stmts);
+                out.push(prepared::statement_message(fe::DESCRIBE, &stmt.server_name));
+                self.pending.push_back(Pending::Ext {
+                    msg: Ext::Describe,
+                    forward: true,
+                    undo: Undo::Nothing,
+                });
+                Ok(Mapped::Done)
+            }
+        }
+    }
+
+    /// Prepares `stmt` on the server (hiding the ParseComplete) unless the server has it.
+    fn ensure_on_server(
+        &mut self,
+        stmt: &Arc<Statement>,
+        out: &mut OutQueue,
+        stmts: &mut Statements<'_>,
+    ) {
+        if !stmts.server.touch(stmt) {
+            let undo = Undo::OnServer(Arc::clone(stmt));
+            self.prepare_on_server(stmt, false, undo, out, stmts);
+        }
+    }
+
+    /// Sends the Parse of `stmt` under its server name, closing least recently used statements first to
+    /// stay within `max_prepared_statements` (and any statement whose key it shares).
+    fn prepare_on_server(
+        &mut self,
+        stmt: &Arc<Statement>,
+        forward: bool,
+        undo: Undo,
+        out: &mut OutQueue,
+        stmts: &mut Statements<'_>,
+    ) {
+        let collided = stmts.server.collides(stmt);
+        if let Some(old) = &collided {
+            stmts.server.forget(old);
+        }
+        let mut evicted = collided;
+        loop {
+            if let Some(old) = evicted.take() {
+                out.push(old.close_frame());
+                self.pending.push_back(Pending::Ext {
+                    msg: Ext::Close,
+                    forward: false,
+                    undo: Undo::Evicted(old),
+                });
+            }
+            match stmts.server.evict_one(stmts.max) {
+                Some(old) => evicted = Some(old),
+                None => break,
+            }
+        }
+        stmts.server.insert(Arc::clone(stmt));
+        out.push(stmt.parse.clone());
+        self.counts.server_parses += 1;
+        self.pending.push_back(Pending::Ext {
+            msg: Ext::Parse,
+            forward,
+            undo,
+        });
     }
 
     /// The policy's verdict on a Query or Parse body: `Some` to deny.
@@ -292,7 +536,7 @@ impl Relay {
         }
         self.outstanding += 1;
         self.pending.push_back(what);
-        self.queries += 1;
+        self.counts.queries += 1;
     }
 
     /// The server left COPY FROM STDIN mode. It ignored every Sync it read in that mode: those sent before the
@@ -303,14 +547,14 @@ impl Relay {
         let end = self
             .pending
             .iter()
-            .position(|p| *p == Pending::CopyEnd)
+            .position(|p| matches!(p, Pending::CopyEnd))
             .unwrap_or(self.pending.len());
         let mut i = 0;
         let mut ignored = 0;
         self.pending.retain(|p| {
             let (before, at_end) = (i < end, i == end);
             i += 1;
-            if before && *p == Pending::Sync {
+            if before && matches!(p, Pending::Sync) {
                 ignored += 1;
                 return false;
             }
@@ -322,13 +566,14 @@ impl Relay {
         }
     }
 
-    /// Moves server frames from `input` to `out`, hiding the answers to pgwarden's own queries and keeping the
-    /// client's and the server's tracked parameters current.
+    /// Moves server frames from `input` to `out`, hiding the answers to pgwarden's own queries and messages,
+    /// adding the replies pgwarden gives itself in their place, and keeping the client's and the server's
+    /// tracked parameters current.
     pub fn process_server(
         &mut self,
         input: &mut BytesMut,
         out: &mut OutQueue,
-        ctx: &mut ServerCtx<'_>,
+        ctx: &mut ServerCtx<'_, '_>,
     ) -> Result<(), RelayError> {
         let mut run = 0;
         loop {
@@ -370,141 +615,455 @@ impl Relay {
             if self.copy_in && matches!(h.tag, be::COMMAND_COMPLETE | be::ERROR_RESPONSE) {
                 self.copy_ended();
             }
-            let forward = match h.tag {
-                be::READY_FOR_QUERY => self.ready_for_query(body)?,
-                be::COPY_IN_RESPONSE | be::COPY_BOTH_RESPONSE => {
-                    self.copy_in = true;
-                    self.hidden == 0
-                }
-                be::PARAMETER_STATUS => self.parameter_status(body, ctx)?,
-                be::ERROR_RESPONSE => {
-                    let fields = ErrorFields::parse(body).map_err(RelayError::Server)?;
-                    if fields.is_fatal() {
-                        self.server_fatal = true;
-                    }
-                    if self.hidden > 0 {
-                        tracing::warn!("pgwarden's parameter sync failed on the server: {fields}");
-                    } else if self.denials > 0
-                        && let Some(error) = self.denial_answered(body)?
-                    {
-                        out.push(input.split_to(run).freeze());
-                        run = 0;
-                        input.advance(h.frame_len);
-                        out.push(error);
-                        continue;
-                    }
-                    self.hidden == 0 || fields.is_fatal()
-                }
-                _ => self.hidden == 0,
-            };
-            if forward {
-                run += h.frame_len;
+            let verdict = if self.hidden > 0 {
+                self.hidden_frame(h.tag, body, ctx)?
             } else {
+                self.client_frame(h.tag, body, ctx)?
+            };
+            match verdict {
+                Verdict::Forward => run += h.frame_len,
+                Verdict::Drop => {
+                    out.push(input.split_to(run).freeze());
+                    run = 0;
+                    input.advance(h.frame_len);
+                }
+                Verdict::Replace(bytes) => {
+                    out.push(input.split_to(run).freeze());
+                    run = 0;
+                    input.advance(h.frame_len);
+                    out.push(bytes);
+                }
+            }
+            if !self.synth.is_empty() {
                 out.push(input.split_to(run).freeze());
                 run = 0;
-                input.advance(h.frame_len);
+                out.push_local(&mut self.synth);
             }
         }
         out.push(input.split_to(run).freeze());
         Ok(())
     }
 
-    /// An ErrorResponse arrived while a denial's stand-in is outstanding. If it is the stand-in's, returns it
-    /// as the client should see it: the denial alone, without the DO block's context and source location.
-    /// If not, and the stand-in followed other messages of an extended batch, one of those failed: the server
-    /// skips the stand-in until the client's Sync, so no ReadyForQuery will answer it.
-    fn denial_answered(&mut self, body: &[u8]) -> Result<Option<bytes::Bytes>, RelayError> {
-        let fields = backend::error_fields(body).map_err(RelayError::Server)?;
-        let marker = DENIAL_MARKER.as_bytes();
-        if fields.iter().any(|&(f, v)| f == b'n' && v == marker) {
-            self.denials -= 1;
-            let kept: Vec<_> = fields
-                .into_iter()
-                .filter(|(f, _)| !matches!(f, b'n' | b'W' | b'F' | b'L' | b'R'))
-                .collect();
-            let mut buf = BytesMut::new();
-            backend::write_raw_error_fields(&mut buf, be::ERROR_RESPONSE, &kept);
-            return Ok(Some(buf.freeze()));
+    /// A frame answering pgwarden's own query: swallowed, but FATAL errors and parameter changes the client
+    /// was not told about get through.
+    fn hidden_frame(
+        &mut self,
+        tag: u8,
+        body: &[u8],
+        ctx: &mut ServerCtx<'_, '_>,
+    ) -> Result<Verdict, RelayError> {
+        Ok(match tag {
+            be::READY_FOR_QUERY => {
+                self.ready_for_query(body, ctx)?;
+                Verdict::Drop
+            }
+            be::COPY_IN_RESPONSE | be::COPY_BOTH_RESPONSE => {
+                self.copy_in = true;
+                Verdict::Drop
+            }
+            be::PARAMETER_STATUS => self.parameter_status(body, ctx)?,
+            be::ERROR_RESPONSE => {
+                let fields = ErrorFields::parse(body).map_err(RelayError::Server)?;
+                tracing::warn!("pgwarden's parameter sync failed on the server: {fields}");
+                if fields.is_fatal() {
+                    self.server_fatal = true;
+                    Verdict::Forward
+                } else {
+                    Verdict::Drop
+                }
+            }
+            _ => Verdict::Drop,
+        })
+    }
+
+    /// A frame of the replies to the client's traffic (and pgwarden's messages among it).
+    fn client_frame(
+        &mut self,
+        tag: u8,
+        body: &[u8],
+        ctx: &mut ServerCtx<'_, '_>,
+    ) -> Result<Verdict, RelayError> {
+        Ok(match tag {
+            be::READY_FOR_QUERY => self.ready_for_query(body, ctx)?,
+            be::PARSE_COMPLETE | be::BIND_COMPLETE | be::CLOSE_COMPLETE | be::NO_DATA => {
+                self.reply_ends(true, ctx)
+            }
+            be::ROW_DESCRIPTION if self.front_is(Ext::Describe) => self.reply_ends(true, ctx),
+            be::COMMAND_COMPLETE | be::EMPTY_QUERY_RESPONSE | be::PORTAL_SUSPENDED => {
+                if tag == be::COMMAND_COMPLETE
+                    && let Some(stmts) = ctx.stmts.as_deref_mut()
+                {
+                    statements_command(body, stmts);
+                }
+                if self.front_is(Ext::Execute) {
+                    self.reply_ends(true, ctx)
+                } else {
+                    Verdict::Forward
+                }
+            }
+            be::COPY_IN_RESPONSE | be::COPY_BOTH_RESPONSE => {
+                self.copy_in = true;
+                Verdict::Forward
+            }
+            be::PARAMETER_STATUS => self.parameter_status(body, ctx)?,
+            be::ERROR_RESPONSE => self.error_response(body, ctx)?,
+            _ => Verdict::Forward,
+        })
+    }
+
+    /// The index of the entry the server answers now (COPY ends are not answered).
+    fn front(&self) -> Option<usize> {
+        self.pending
+            .iter()
+            .position(|p| !matches!(p, Pending::CopyEnd))
+    }
+
+    fn front_is(&self, msg: Ext) -> bool {
+        self.front()
+            .is_some_and(|i| matches!(&self.pending[i], Pending::Ext { msg: m, .. } if *m == msg))
+    }
+
+    /// The server answered the extended-protocol message at the front (`ok`: not with an error): it is done.
+    /// Returns whether the client sees the reply (not when it answers pgwarden's own message).
+    fn reply_ends(&mut self, ok: bool, ctx: &mut ServerCtx<'_, '_>) -> Verdict {
+        let Some(i) = self.front() else {
+            return Verdict::Forward;
+        };
+        let Pending::Ext { .. } = &self.pending[i] else {
+            return Verdict::Forward;
+        };
+        let Some(Pending::Ext { forward, undo, .. }) = self.pending.remove(i) else {
+            unreachable!("checked above");
+        };
+        if !ok {
+            undo.apply(ctx.stmts.as_deref_mut());
         }
-        let front = self.pending.iter().position(|p| *p != Pending::CopyEnd);
-        if let Some(i) = front
-            && self.pending[i] == Pending::SilentReadyAfterBatch
-        {
-            self.pending.remove(i);
-            self.denials -= 1;
-            self.outstanding = self.outstanding.saturating_sub(1);
-            if self.outstanding == 0 {
-                self.query_started = None;
+        self.due_synth();
+        if forward || !ok {
+            Verdict::Forward
+        } else {
+            Verdict::Drop
+        }
+    }
+
+    /// Queues the replies pgwarden gives itself that are now due (every earlier message answered).
+    fn due_synth(&mut self) {
+        while let Some(Pending::Synth { reply, .. }) = self.pending.front() {
+            let tag = match reply {
+                Synth::ParseComplete => be::PARSE_COMPLETE,
+                Synth::CloseComplete => be::CLOSE_COMPLETE,
+            };
+            self.synth.put_u8(tag);
+            self.synth.put_u32(4);
+            self.pending.pop_front();
+        }
+    }
+
+    /// Moves the replies due now to the client (after `process_client` queued messages pgwarden answers).
+    fn flush_synth(&mut self, to_client: &mut OutQueue) {
+        self.due_synth();
+        if !self.synth.is_empty() {
+            to_client.push_local(&mut self.synth);
+        }
+    }
+
+    /// An ErrorResponse to the client's traffic. An extended-protocol message that fails makes the server skip
+    /// the rest of its batch, up to the client's Sync; a stand-in's error loses the DO block's context.
+    fn error_response(
+        &mut self,
+        body: &[u8],
+        ctx: &mut ServerCtx<'_, '_>,
+    ) -> Result<Verdict, RelayError> {
+        let fields = ErrorFields::parse(body).map_err(RelayError::Server)?;
+        if fields.is_fatal() {
+            self.server_fatal = true;
+        }
+        let Some(i) = self.front() else {
+            return Ok(Verdict::Forward);
+        };
+        match &self.pending[i] {
+            Pending::Ext { .. } => {
+                let verdict = self.reply_ends(false, ctx);
+                self.skip_batch(ctx);
+                Ok(verdict)
+            }
+            Pending::Standin { .. } => Ok(match standin_error(body)? {
+                Some(error) => Verdict::Replace(error),
+                None => Verdict::Forward,
+            }),
+            _ => Ok(Verdict::Forward),
+        }
+    }
+
+    /// After an extended-protocol error the server ignores everything up to the next Sync: those messages
+    /// get no reply (and what pgwarden recorded for them is undone); if the client has not sent that Sync
+    /// yet, what it sends until then is dropped.
+    fn skip_batch(&mut self, ctx: &mut ServerCtx<'_, '_>) {
+        let mut synced = false;
+        let mut i = 0;
+        while i < self.pending.len() {
+            match &self.pending[i] {
+                Pending::Sync => {
+                    synced = true;
+                    break;
+                }
+                Pending::CopyEnd => i += 1,
+                _ => {
+                    let skipped = self.pending.remove(i).expect("index in range");
+                    match skipped {
+                        Pending::Ext { undo, .. } | Pending::Synth { undo, .. } => {
+                            undo.apply(ctx.stmts.as_deref_mut());
+                        }
+                        Pending::Standin { .. } | Pending::Query => {
+                            if matches!(skipped, Pending::Standin { .. }) {
+                                self.standins = self.standins.saturating_sub(1);
+                            }
+                            self.outstanding = self.outstanding.saturating_sub(1);
+                        }
+                        Pending::Sync | Pending::CopyEnd => unreachable!("not removed"),
+                    }
+                }
             }
         }
-        Ok(None)
+        if !synced {
+            self.skip_until_sync = true;
+        }
+        if self.outstanding == 0 {
+            self.query_started = None;
+        }
     }
 
     /// Returns whether to forward the ReadyForQuery.
-    fn ready_for_query(&mut self, body: &[u8]) -> Result<bool, RelayError> {
+    fn ready_for_query(
+        &mut self,
+        body: &[u8],
+        ctx: &mut ServerCtx<'_, '_>,
+    ) -> Result<Verdict, RelayError> {
         let status = backend::parse_ready_for_query(body).map_err(RelayError::Server)?;
         self.outstanding = self.outstanding.saturating_sub(1);
-        // Drop the answered Query or Sync, and any COPY ends queued before it.
+        // Drop the answered Query or Sync, and any COPY ends queued before it; extended messages before it
+        // got no reply (the server skipped them).
         let mut answered = None;
         while let Some(p) = self.pending.pop_front() {
-            if p != Pending::CopyEnd {
-                answered = Some(p);
-                break;
+            match p {
+                Pending::CopyEnd => {}
+                Pending::Ext { undo, .. } | Pending::Synth { undo, .. } => {
+                    undo.apply(ctx.stmts.as_deref_mut());
+                }
+                other => {
+                    answered = Some(other);
+                    break;
+                }
             }
         }
         self.last_ready = Instant::now();
         if self.outstanding == 0 {
             self.query_started = None;
         }
+        // Replies pgwarden owes for messages after this one are due now (also after its own query).
+        self.due_synth();
         if self.hidden > 0 {
             self.hidden -= 1;
-            return Ok(false);
+            return Ok(Verdict::Drop);
         }
-        if matches!(
-            answered,
-            Some(Pending::SilentReady | Pending::SilentReadyAfterBatch)
-        ) {
-            // The server's state changed (a failed transaction stays failed), the client hears at its Sync.
-            self.tx = status;
-            return Ok(false);
+        if let Some(Pending::Standin { silent }) = answered {
+            self.standins = self.standins.saturating_sub(1);
+            if silent {
+                // The server's state changed (a failed transaction stays failed), the client hears at its Sync.
+                self.tx = status;
+                return Ok(Verdict::Drop);
+            }
         }
         if status == TransactionStatus::Idle && self.tx_started.take().is_some() {
-            self.transactions += 1;
+            self.counts.transactions += 1;
         }
         self.tx = status;
-        Ok(true)
+        Ok(Verdict::Forward)
     }
 
-    /// Returns whether to forward the ParameterStatus: always for the client's own traffic; for pgwarden's
-    /// sync only when the value differs from what the client was last told.
+    /// Whether to forward the ParameterStatus: always for the client's own traffic; for pgwarden's sync only
+    /// when the value differs from what the client was last told.
     fn parameter_status(
         &mut self,
         body: &[u8],
-        ctx: &mut ServerCtx<'_>,
-    ) -> Result<bool, RelayError> {
+        ctx: &mut ServerCtx<'_, '_>,
+    ) -> Result<Verdict, RelayError> {
         let (name, value) = backend::parse_parameter_status(body).map_err(RelayError::Server)?;
         let Some(i) = ctx.tracked.index(name) else {
-            return Ok(self.hidden == 0);
+            return Ok(verdict(self.hidden == 0));
         };
         ctx.server_params.set(i, value);
         let changed_for_client = ctx.client_params.set(i, value);
-        Ok(self.hidden == 0 || changed_for_client)
+        Ok(verdict(self.hidden == 0 || changed_for_client))
     }
 }
 
+fn verdict(forward: bool) -> Verdict {
+    if forward {
+        Verdict::Forward
+    } else {
+        Verdict::Drop
+    }
+}
+
+/// What happens to one server frame.
+enum Verdict {
+    Forward,
+    Drop,
+    Replace(bytes::Bytes),
+}
+
+/// What [`Relay::map_statement`] did with a client message.
+enum Mapped {
+    /// Handled (sent rewritten, answered by pgwarden, or refused).
+    Done,
+    /// Not a named statement: relay it as it is.
+    Unnamed,
+    /// The statement name of a streamed Bind has not arrived yet.
+    NeedMore,
+}
+
+/// PostgreSQL's error for a statement name that does not exist or already exists.
+fn statement_error(sqlstate: &str, name: &str, what: &str) -> Denial {
+    Denial {
+        sqlstate: sqlstate.into(),
+        message: format!("prepared statement \"{name}\" {what}"),
+        detail: None,
+        hint: None,
+    }
+}
+
+/// A CommandComplete that changes which statements the server holds: DEALLOCATE ALL and DISCARD ALL drop
+/// them all (the client's too: it asked); DEALLOCATE of one name may have dropped one of pgwarden's.
+fn statements_command(body: &[u8], stmts: &mut Statements<'_>) {
+    match body {
+        b"DEALLOCATE ALL\0" | b"DISCARD ALL\0" => {
+            stmts.client.clear();
+            stmts.server.clear();
+        }
+        b"DEALLOCATE\0" if !stmts.server.is_empty() => stmts.server.distrust(),
+        _ => {}
+    }
+}
+
+/// The stand-in's own error, as the client should see it: the refusal alone, without the DO block's context
+/// and source location. `None` when the error is another one (the stand-in ran in a failed transaction).
+fn standin_error(body: &[u8]) -> Result<Option<bytes::Bytes>, RelayError> {
+    let fields = backend::error_fields(body).map_err(RelayError::Server)?;
+    let marker = DENIAL_MARKER.as_bytes();
+    if !fields.iter().any(|&(f, v)| f == b'n' && v == marker) {
+        return Ok(None);
+    }
+    let kept: Vec<_> = fields
+        .into_iter()
+        .filter(|(f, _)| !matches!(f, b'n' | b'W' | b'F' | b'L' | b'R'))
+        .collect();
+    let mut buf = BytesMut::new();
+    backend::write_raw_error_fields(&mut buf, be::ERROR_RESPONSE, &kept);
+    Ok(Some(buf.freeze()))
+}
+
 /// An entry of [`Relay::pending`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 enum Pending {
-    /// A Query or FunctionCall (the client's or pgwarden's own): one ReadyForQuery.
+    /// A Query or FunctionCall (the client's or pgwarden's own): ended by a ReadyForQuery.
     Query,
     /// A Sync: one ReadyForQuery, unless the server reads it in COPY FROM STDIN mode.
     Sync,
     /// CopyDone or CopyFail: the end of the client's COPY data.
     CopyEnd,
-    /// pgwarden's stand-in for a denied Parse: its error goes to the client, its ReadyForQuery does not.
-    SilentReady,
-    /// The same, sent after other messages of the client's extended batch (which may fail first).
-    SilentReadyAfterBatch,
+    /// pgwarden's stand-in for a refused message: a Query that makes PostgreSQL raise the refusal. `silent`
+    /// when it replaced an extended-protocol message: its ReadyForQuery is hidden (the client's Sync gets one).
+    Standin { silent: bool },
+    /// An extended-protocol message: one reply ends it, or the server skips it after an earlier error.
+    /// `forward`: the client sees the reply (not when pgwarden sent the message on its own).
+    Ext { msg: Ext, forward: bool, undo: Undo },
+    /// A reply pgwarden gives for a message it answers itself, due once every earlier message is answered.
+    Synth { reply: Synth, undo: Undo },
+}
+
+/// Which extended-protocol message an entry is (what ends its reply).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ext {
+    Parse,
+    Bind,
+    Describe,
+    Execute,
+    Close,
+}
+
+impl Ext {
+    fn of(tag: u8) -> Self {
+        match tag {
+            fe::PARSE => Self::Parse,
+            fe::BIND => Self::Bind,
+            fe::DESCRIBE => Self::Describe,
+            fe::EXECUTE => Self::Execute,
+            _ => Self::Close,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Synth {
+    ParseComplete,
+    CloseComplete,
+}
+
+/// What to take back when a message fails or the server skips it: the statement bookkeeping done when it
+/// was sent, so that the client's and the server's statements stay what PostgreSQL would hold.
+#[derive(Debug)]
+enum Undo {
+    Nothing,
+    /// A client's new statement (also recorded on the server when `on_server`).
+    Registered {
+        name: Box<str>,
+        stmt: Arc<Statement>,
+        on_server: bool,
+    },
+    /// pgwarden's Parse before a use.
+    OnServer(Arc<Statement>),
+    /// A client's Close: the name stays.
+    Closed {
+        name: Box<str>,
+        stmt: Arc<Statement>,
+    },
+    /// pgwarden's Close of an evicted statement: the server keeps it.
+    Evicted(Arc<Statement>),
+}
+
+impl Undo {
+    fn apply(self, stmts: Option<&mut Statements<'_>>) {
+        let Some(stmts) = stmts else {
+            return;
+        };
+        match self {
+            Undo::Nothing => {}
+            Undo::Registered {
+                name,
+                stmt,
+                on_server,
+            } => {
+                if stmts
+                    .client
+                    .get(&name)
+                    .is_some_and(|held| Arc::ptr_eq(held, &stmt))
+                {
+                    stmts.client.remove(&name);
+                }
+                if on_server {
+                    stmts.server.forget(&stmt);
+                }
+            }
+            Undo::OnServer(stmt) => stmts.server.forget(&stmt),
+            Undo::Closed { name, stmt } => {
+                if !stmts.client.contains(&name) {
+                    stmts.client.insert(&name, stmt);
+                }
+            }
+            Undo::Evicted(stmt) => stmts.server.insert(stmt),
+        }
+    }
 }
 
 /// A query policy (the plugins that apply to this client), asked about each Query and Parse.
@@ -577,13 +1136,19 @@ impl Default for Relay {
 }
 
 /// What `process_server` needs besides the bytes.
-pub struct ServerCtx<'a> {
+pub struct ServerCtx<'a, 'b> {
     pub tracked: &'a Tracked,
     pub server_params: &'a mut ParamValues,
     pub client_params: &'a mut ParamValues,
     pub max: u32,
+    /// The linked client's and server's prepared statements, when they are tracked.
+    pub stmts: Option<&'a mut Statements<'b>>,
 }
 
 #[cfg(test)]
 #[path = "relay_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "relay_prepared_tests.rs"]
+mod prepared_tests;

@@ -44,12 +44,13 @@ impl Fixture {
         }
     }
 
-    fn ctx(&mut self) -> ServerCtx<'_> {
+    fn ctx(&mut self) -> ServerCtx<'_, 'static> {
         ServerCtx {
             tracked: &self.tracked,
             server_params: &mut self.server,
             client_params: &mut self.client,
             max: u32::MAX,
+            stmts: None,
         }
     }
 }
@@ -62,8 +63,15 @@ fn pipelined_queries_keep_the_server_until_all_are_answered() {
     write_query(&mut input, "select 2");
     let sent = input.to_vec();
     let mut out = OutQueue::default();
-    r.process_client(&mut input, &mut out, u32::MAX, None)
-        .unwrap();
+    r.process_client(
+        &mut input,
+        &mut out,
+        &mut OutQueue::default(),
+        u32::MAX,
+        None,
+        None,
+    )
+    .unwrap();
     assert_eq!(drain(&mut out), sent, "forwarded verbatim as one run");
     assert_eq!(r.outstanding, 2);
     assert!(!r.releasable());
@@ -81,7 +89,7 @@ fn pipelined_queries_keep_the_server_until_all_are_answered() {
     write_ready_for_query(&mut s, TransactionStatus::Idle);
     r.process_server(&mut s, &mut out, &mut fx.ctx()).unwrap();
     assert!(r.releasable());
-    assert_eq!(r.queries, 2);
+    assert_eq!(r.counts.queries, 2);
 }
 
 #[test]
@@ -91,13 +99,27 @@ fn partial_frames_wait_for_the_rest() {
     write_query(&mut whole, "select 1");
     let mut input = BytesMut::from(&whole[..6]);
     let mut out = OutQueue::default();
-    r.process_client(&mut input, &mut out, u32::MAX, None)
-        .unwrap();
+    r.process_client(
+        &mut input,
+        &mut out,
+        &mut OutQueue::default(),
+        u32::MAX,
+        None,
+        None,
+    )
+    .unwrap();
     assert!(out.is_empty());
     assert_eq!(r.outstanding, 0);
     input.put_slice(&whole[6..]);
-    r.process_client(&mut input, &mut out, u32::MAX, None)
-        .unwrap();
+    r.process_client(
+        &mut input,
+        &mut out,
+        &mut OutQueue::default(),
+        u32::MAX,
+        None,
+        None,
+    )
+    .unwrap();
     assert_eq!(drain(&mut out), whole.to_vec());
     assert_eq!(r.outstanding, 1);
 }
@@ -111,14 +133,28 @@ fn extended_batch_is_unsynced_until_sync() {
     input.put_slice(&frame(b'E', b"\0\0\0\0\0"));
     input.put_slice(&frame(b'H', b""));
     let mut out = OutQueue::default();
-    r.process_client(&mut input, &mut out, u32::MAX, None)
-        .unwrap();
+    r.process_client(
+        &mut input,
+        &mut out,
+        &mut OutQueue::default(),
+        u32::MAX,
+        None,
+        None,
+    )
+    .unwrap();
     assert!(r.unsynced);
     assert_eq!(r.outstanding, 0);
     assert!(!r.releasable(), "mid-batch");
     write_sync(&mut input);
-    r.process_client(&mut input, &mut out, u32::MAX, None)
-        .unwrap();
+    r.process_client(
+        &mut input,
+        &mut out,
+        &mut OutQueue::default(),
+        u32::MAX,
+        None,
+        None,
+    )
+    .unwrap();
     assert!(!r.unsynced);
     assert_eq!(r.outstanding, 1);
 }
@@ -132,8 +168,15 @@ fn terminate_is_not_forwarded_and_stops_reading() {
     write_terminate(&mut input);
     write_query(&mut input, "select 2");
     let mut out = OutQueue::default();
-    r.process_client(&mut input, &mut out, u32::MAX, None)
-        .unwrap();
+    r.process_client(
+        &mut input,
+        &mut out,
+        &mut OutQueue::default(),
+        u32::MAX,
+        None,
+        None,
+    )
+    .unwrap();
     assert_eq!(drain(&mut out), q);
     assert!(r.client_terminated);
     assert_eq!(r.outstanding, 1);
@@ -144,12 +187,26 @@ fn unexpected_and_oversized_client_frames_are_errors() {
     let mut out = OutQueue::default();
     let mut input = BytesMut::from(&frame(b'p', b"pw\0")[..]);
     assert!(matches!(
-        Relay::new().process_client(&mut input, &mut out, u32::MAX, None),
+        Relay::new().process_client(
+            &mut input,
+            &mut out,
+            &mut OutQueue::default(),
+            u32::MAX,
+            None,
+            None
+        ),
         Err(RelayError::UnexpectedFromClient(b'p'))
     ));
     let mut input = BytesMut::from(&frame(b'Q', &[b'x'; 100])[..]);
     assert!(matches!(
-        Relay::new().process_client(&mut input, &mut out, 50, None),
+        Relay::new().process_client(
+            &mut input,
+            &mut out,
+            &mut OutQueue::default(),
+            50,
+            None,
+            None
+        ),
         Err(RelayError::Client(ProtocolError::TooLarge { .. }))
     ));
 }
@@ -166,8 +223,15 @@ fn hidden_sync_answers_are_swallowed_but_changed_parameters_reach_the_client() {
     let mut input = BytesMut::new();
     write_query(&mut input, "select now()");
     let mut out = OutQueue::default();
-    r.process_client(&mut input, &mut out, u32::MAX, None)
-        .unwrap();
+    r.process_client(
+        &mut input,
+        &mut out,
+        &mut OutQueue::default(),
+        u32::MAX,
+        None,
+        None,
+    )
+    .unwrap();
     drain(&mut out);
     assert_eq!(r.outstanding, 2);
 
@@ -266,8 +330,15 @@ fn transaction_status_and_counts() {
     ] {
         let mut input = BytesMut::new();
         write_query(&mut input, "x");
-        r.process_client(&mut input, &mut out, u32::MAX, None)
-            .unwrap();
+        r.process_client(
+            &mut input,
+            &mut out,
+            &mut OutQueue::default(),
+            u32::MAX,
+            None,
+            None,
+        )
+        .unwrap();
         let mut s = BytesMut::new();
         write_ready_for_query(&mut s, status);
         r.process_server(&mut s, &mut out, &mut fx.ctx()).unwrap();
@@ -275,7 +346,10 @@ fn transaction_status_and_counts() {
         assert_eq!(r.releasable(), status == TransactionStatus::Idle);
         assert!(r.quiet());
     }
-    assert_eq!(r.transactions, 1, "BEGIN; …; COMMIT is one transaction");
+    assert_eq!(
+        r.counts.transactions, 1,
+        "BEGIN; …; COMMIT is one transaction"
+    );
 }
 
 /// Answers from the server, run through the relay.
@@ -294,8 +368,15 @@ fn client_says(r: &mut Relay, frames: &[Vec<u8>]) {
         input.put_slice(f);
     }
     let mut out = OutQueue::default();
-    r.process_client(&mut input, &mut out, u32::MAX, None)
-        .unwrap();
+    r.process_client(
+        &mut input,
+        &mut out,
+        &mut OutQueue::default(),
+        u32::MAX,
+        None,
+        None,
+    )
+    .unwrap();
 }
 
 #[test]
@@ -376,7 +457,14 @@ fn random_input_never_panics() {
         let mut fx = Fixture::new();
         let mut out = OutQueue::default();
         let mut input = BytesMut::from(&bytes[..]);
-        let _ = r.process_client(&mut input, &mut out, 1 << 20, None);
+        let _ = r.process_client(
+            &mut input,
+            &mut out,
+            &mut OutQueue::default(),
+            1 << 20,
+            None,
+            None,
+        );
         let mut input = BytesMut::from(&bytes[..]);
         r.add_hidden_query();
         let _ = r.process_server(&mut input, &mut out, &mut fx.ctx());
@@ -424,8 +512,15 @@ fn a_denied_query_is_replaced_by_one_that_raises_the_denial() {
     write_query(&mut input, "select 1");
     write_query(&mut input, "delete from forbidden");
     let mut out = OutQueue::default();
-    r.process_client(&mut input, &mut out, u32::MAX, Some(&mut policy))
-        .unwrap();
+    r.process_client(
+        &mut input,
+        &mut out,
+        &mut OutQueue::default(),
+        u32::MAX,
+        Some(&mut policy),
+        None,
+    )
+    .unwrap();
     let sent = queries_in(&drain(&mut out));
     assert_eq!(sent.len(), 2);
     assert_eq!(sent[0].1, b"select 1\0");
@@ -459,8 +554,15 @@ fn a_denied_parse_skips_its_batch_and_hides_one_ready_for_query() {
     write_sync(&mut input);
     write_query(&mut input, "select 2");
     let mut out = OutQueue::default();
-    r.process_client(&mut input, &mut out, u32::MAX, Some(&mut policy))
-        .unwrap();
+    r.process_client(
+        &mut input,
+        &mut out,
+        &mut OutQueue::default(),
+        u32::MAX,
+        Some(&mut policy),
+        None,
+    )
+    .unwrap();
     let sent = queries_in(&drain(&mut out));
     let tags: Vec<u8> = sent.iter().map(|(t, _)| *t).collect();
     assert_eq!(
@@ -508,12 +610,26 @@ fn skipping_drops_streamed_frames_of_the_denied_batch_too() {
     let big_bind = frame(b'B', &vec![0u8; STREAM_MIN * 2]);
     input.put_slice(&big_bind[..100]);
     let mut out = OutQueue::default();
-    r.process_client(&mut input, &mut out, u32::MAX, Some(&mut policy))
-        .unwrap();
+    r.process_client(
+        &mut input,
+        &mut out,
+        &mut OutQueue::default(),
+        u32::MAX,
+        Some(&mut policy),
+        None,
+    )
+    .unwrap();
     input.put_slice(&big_bind[100..]);
     write_sync(&mut input);
-    r.process_client(&mut input, &mut out, u32::MAX, Some(&mut policy))
-        .unwrap();
+    r.process_client(
+        &mut input,
+        &mut out,
+        &mut OutQueue::default(),
+        u32::MAX,
+        Some(&mut policy),
+        None,
+    )
+    .unwrap();
     let tags: Vec<u8> = queries_in(&drain(&mut out))
         .iter()
         .map(|(t, _)| *t)
@@ -529,8 +645,15 @@ fn a_function_call_is_refused_where_a_policy_checks_queries() {
     let mut r = Relay::new();
     let mut input = BytesMut::from(&call[..]);
     let mut out = OutQueue::default();
-    r.process_client(&mut input, &mut out, u32::MAX, None)
-        .unwrap();
+    r.process_client(
+        &mut input,
+        &mut out,
+        &mut OutQueue::default(),
+        u32::MAX,
+        None,
+        None,
+    )
+    .unwrap();
     assert_eq!(drain(&mut out), call);
 
     // With one, it is replaced by a query raising the refusal, answered like the call would be; a call too
@@ -541,12 +664,26 @@ fn a_function_call_is_refused_where_a_policy_checks_queries() {
     let mut input = BytesMut::from(&call[..]);
     input.put_slice(&big[..100]);
     let mut out = OutQueue::default();
-    r.process_client(&mut input, &mut out, u32::MAX, Some(&mut policy))
-        .unwrap();
+    r.process_client(
+        &mut input,
+        &mut out,
+        &mut OutQueue::default(),
+        u32::MAX,
+        Some(&mut policy),
+        None,
+    )
+    .unwrap();
     input.put_slice(&big[100..]);
     write_query(&mut input, "select 1");
-    r.process_client(&mut input, &mut out, u32::MAX, Some(&mut policy))
-        .unwrap();
+    r.process_client(
+        &mut input,
+        &mut out,
+        &mut OutQueue::default(),
+        u32::MAX,
+        Some(&mut policy),
+        None,
+    )
+    .unwrap();
     let sent = queries_in(&drain(&mut out));
     let tags: Vec<u8> = sent.iter().map(|(t, _)| *t).collect();
     assert_eq!(tags, b"QQQ".to_vec());
@@ -585,8 +722,15 @@ fn the_stand_in_error_reaches_the_client_without_the_do_blocks_context() {
     let mut input = BytesMut::new();
     write_query(&mut input, "delete from forbidden");
     let mut out = OutQueue::default();
-    r.process_client(&mut input, &mut out, u32::MAX, Some(&mut policy))
-        .unwrap();
+    r.process_client(
+        &mut input,
+        &mut out,
+        &mut OutQueue::default(),
+        u32::MAX,
+        Some(&mut policy),
+        None,
+    )
+    .unwrap();
     let sent = queries_in(&drain(&mut out));
     let stand_in = String::from_utf8(sent[0].1.clone()).unwrap();
     assert!(
@@ -619,8 +763,15 @@ fn the_stand_in_error_reaches_the_client_without_the_do_blocks_context() {
 
     // Any other error passes untouched.
     write_query(&mut input, "select 1/0");
-    r.process_client(&mut input, &mut out, u32::MAX, Some(&mut policy))
-        .unwrap();
+    r.process_client(
+        &mut input,
+        &mut out,
+        &mut OutQueue::default(),
+        u32::MAX,
+        Some(&mut policy),
+        None,
+    )
+    .unwrap();
     drain(&mut out);
     let mut s = BytesMut::new();
     let other: Vec<(u8, &[u8])> = vec![(b'S', b"ERROR"), (b'C', b"22012"), (b'W', b"here")];
@@ -648,8 +799,15 @@ fn a_stand_in_skipped_after_an_earlier_failure_in_its_batch_hides_nothing() {
     input.put_slice(&frame(b'E', b"\0\0\0\0\0"));
     write_sync(&mut input);
     let mut out = OutQueue::default();
-    r.process_client(&mut input, &mut out, u32::MAX, Some(&mut policy))
-        .unwrap();
+    r.process_client(
+        &mut input,
+        &mut out,
+        &mut OutQueue::default(),
+        u32::MAX,
+        Some(&mut policy),
+        None,
+    )
+    .unwrap();
     let tags: Vec<u8> = queries_in(&drain(&mut out))
         .iter()
         .map(|(t, _)| *t)
@@ -688,8 +846,10 @@ fn a_stand_in_skipped_after_an_earlier_failure_in_its_batch_hides_nothing() {
             .concat()[..],
         ),
         &mut out,
+        &mut OutQueue::default(),
         u32::MAX,
         Some(&mut policy),
+        None,
     )
     .unwrap();
     drain(&mut out);

@@ -12,6 +12,7 @@ use bytes::BytesMut;
 use tokio::time::Sleep;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
+use super::prepared::{ClientStatements, Statements};
 use super::relay::{Denial, QueryPolicy, Relay, RelayError, STREAM_MIN, ServerCtx};
 use super::{ClientConn, ClientInfo, End, OutQueue, login::checkout_end};
 use crate::cancel::{CancelHandle, CancelTarget};
@@ -101,6 +102,9 @@ pub struct Session {
     to_server: OutQueue,
     /// Protocol state of the current link, reset per link (kept here so its allocations are reused).
     relay_state: Relay,
+    /// The client's named prepared statements, when pgwarden maps them to servers' (max_prepared_statements
+    /// in transaction and statement pooling).
+    statements: ClientStatements,
     /// What policy plugins are told about this client (built once at login).
     plugin_info: SessionInfo,
     /// Fires when the process starts draining or terminating; polled only until it fires once.
@@ -167,6 +171,7 @@ impl Session {
             timeouts,
             to_server: OutQueue::default(),
             relay_state: Relay::default(),
+            statements: ClientStatements::default(),
             plugin_info,
             stop: Box::pin(stop_token.cancelled_owned()),
             stop_seen: false,
@@ -360,7 +365,14 @@ impl Session {
         server: &mut ServerConn,
     ) -> LinkEnd {
         let (mode, max) = self.pool.0.mode_and_max_packet();
-        relay.disallow_simple_query = self.state.runtime.load().config.settings.disable_pqexec;
+        let (disable_pqexec, max_prepared) = {
+            let runtime = self.state.runtime.load();
+            let s = &runtime.config.settings;
+            (s.disable_pqexec, s.max_prepared_statements as usize)
+        };
+        relay.disallow_simple_query = disable_pqexec;
+        // Session pooling keeps the client on its server: its statement names are the server's.
+        let track_statements = mode != PoolMode::Session && max_prepared > 0;
         // The plugins a transaction starts with are the ones it finishes with, whatever a reload swaps in
         // meanwhile; a session-mode client picks up a new generation between transactions.
         let mut policy_runtime = self.policy_runtime();
@@ -398,7 +410,19 @@ impl Session {
                     .is_none_or(|v| !v.eq_ignore_ascii_case("off")),
             });
             let policy = policy.as_mut().map(|p| p as &mut dyn QueryPolicy);
-            if let Err(e) = relay.process_client(&mut conn.rbuf, &mut self.to_server, max, policy) {
+            let mut stmts = track_statements.then_some(Statements {
+                client: &mut self.statements,
+                server: &mut server.prepared,
+                max: max_prepared,
+            });
+            if let Err(e) = relay.process_client(
+                &mut conn.rbuf,
+                &mut self.to_server,
+                &mut conn.out,
+                max,
+                policy,
+                stmts.as_mut(),
+            ) {
                 return finish_relay_error(&e);
             }
             let mut ctx = ServerCtx {
@@ -406,6 +430,7 @@ impl Session {
                 server_params: &mut server.params,
                 client_params: &mut self.params,
                 max,
+                stmts: stmts.as_mut(),
             };
             if let Err(e) = relay.process_server(&mut server.rbuf, &mut conn.out, &mut ctx) {
                 return finish_relay_error(&e);
@@ -617,11 +642,16 @@ impl Session {
 
     /// Gives a clean server back between transactions (transaction and statement mode).
     async fn release(&mut self, mut server: ServerConn) {
+        if !server.prepared.trusted() {
+            return server.close("a client deallocated prepared statements by name");
+        }
         if let Some(reset) = self.pool.0.reset_query_always() {
             let (_, max) = self.pool.0.mode_and_max_packet();
             if let Err(e) = server.simple_query(&reset, max).await {
                 return server.close(&format!("server_reset_query failed: {e}"));
             }
+            // DISCARD ALL (the usual reset) drops prepared statements; whatever it is, trust nothing.
+            server.prepared.clear();
         }
         self.pool.0.checkin(server);
     }
@@ -689,10 +719,14 @@ async fn dispose(state: Arc<State>, pool: Arc<Pool>, mut server: ServerConn, dis
             let reset = (settings.mode == PoolMode::Session || settings.server_reset_query_always)
                 .then_some(settings.server_reset_query.as_deref())
                 .flatten();
-            if let Some(reset) = reset
-                && let Err(e) = server.simple_query(reset, max).await
-            {
-                return server.close(&format!("server_reset_query failed: {e}"));
+            if !server.prepared.trusted() {
+                return server.close("a client deallocated prepared statements by name");
+            }
+            if let Some(reset) = reset {
+                if let Err(e) = server.simple_query(reset, max).await {
+                    return server.close(&format!("server_reset_query failed: {e}"));
+                }
+                server.prepared.clear();
             }
             pool.checkin(server);
         }

@@ -48,6 +48,8 @@ pub struct ServerConn {
     /// The process-wide list of tracked parameter names (`params` is indexed by it).
     pub(crate) tracked: Arc<Tracked>,
     pub(crate) slot: Option<crate::pool::Slot>,
+    /// The statements pgwarden prepared here for clients (max_prepared_statements).
+    pub prepared: crate::client::prepared::ServerStatements,
 }
 
 impl ServerConn {
@@ -66,6 +68,7 @@ impl ServerConn {
             epoch: 0,
             tracked: Arc::clone(tracked),
             slot: None,
+            prepared: Default::default(),
         }
     }
 
