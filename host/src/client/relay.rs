@@ -665,6 +665,8 @@ impl Relay {
             be::ERROR_RESPONSE => {
                 let fields = ErrorFields::parse(body).map_err(RelayError::Server)?;
                 tracing::warn!("pgwarden's parameter sync failed on the server: {fields}");
+                // Which SET failed is unknown: forget what the server holds, so the next link sets it all.
+                *ctx.server_params = ParamValues::new(ctx.tracked);
                 if fields.is_fatal() {
                     self.server_fatal = true;
                     Verdict::Forward

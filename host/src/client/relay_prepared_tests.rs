@@ -491,3 +491,16 @@ fn pgwardens_parse_complete_follows_its_own_hidden_query() {
     assert_eq!(tags(&seen), "1tTZ");
     assert!(l.client.get("s2").is_some());
 }
+
+#[test]
+fn asyncpgs_prepare_shape_goes_through() {
+    let mut l = Link::new(10);
+    let (sent, answered) = l.client(&[
+        parse("__asyncpg_stmt_1__", "select 1"),
+        frame(b'D', b"S__asyncpg_stmt_1__\0"),
+        frame(b'H', b""),
+        sync(),
+    ]);
+    assert_eq!(tags(&sent), "PDHS");
+    assert!(answered.is_empty());
+}

@@ -381,6 +381,10 @@ impl Session {
             frontend::write_query(&mut local, &sql);
             self.to_server.push_local(&mut local);
             relay.add_hidden_query();
+            // The server holds the client's values now, as the client spelled them. PostgreSQL reports a
+            // value only when it changes, so without this one it spells differently (`'utf-8'` for `UTF8`)
+            // would be set again before every transaction.
+            server.params.merge_from(&self.params);
         }
         self.timer = None;
         loop {
