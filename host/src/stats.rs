@@ -1,5 +1,5 @@
-//! `log_stats`: every `stats_period`, one log line per plugin that was called in the period (the pools' lines
-//! come with the admin console's SHOW STATS).
+//! `log_stats`: every `stats_period`, PgBouncer's totals line (rates over the period, all pools) and one line
+//! per plugin that was called in the period.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -50,9 +50,49 @@ pub fn plugin_line(name: &str, before: Counts, now: Counts, period: Duration) ->
     ))
 }
 
+/// The pools' totals at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub transactions: u64,
+    pub queries: u64,
+    pub client_parses: u64,
+    pub server_parses: u64,
+    pub binds: u64,
+}
+
+impl Totals {
+    pub fn of(state: &State) -> Self {
+        let mut t = Self::default();
+        for pool in state.pools.all() {
+            let s = &pool.stats;
+            t.transactions += s.transactions.load(Ordering::Relaxed);
+            t.queries += s.queries.load(Ordering::Relaxed);
+            t.client_parses += s.client_parses.load(Ordering::Relaxed);
+            t.server_parses += s.server_parses.load(Ordering::Relaxed);
+            t.binds += s.binds.load(Ordering::Relaxed);
+        }
+        t
+    }
+}
+
+/// PgBouncer's stats line (its first five rates): per second over the period.
+pub fn totals_line(before: Totals, now: Totals, period: Duration) -> String {
+    let secs = period.as_secs_f64().max(0.001);
+    let rate = |a: u64, b: u64| (b.saturating_sub(a) as f64 / secs).round() as u64;
+    format!(
+        "stats: {} xacts/s, {} queries/s, {} client parses/s, {} server parses/s, {} binds/s",
+        rate(before.transactions, now.transactions),
+        rate(before.queries, now.queries),
+        rate(before.client_parses, now.client_parses),
+        rate(before.server_parses, now.server_parses),
+        rate(before.binds, now.binds),
+    )
+}
+
 /// Logs the stats lines every `stats_period` (both settings are read anew each period: reloadable).
 pub async fn log_periodically(state: Arc<State>) {
     let mut last: HashMap<usize, Counts> = HashMap::new();
+    let mut last_totals = Totals::of(&state);
     let mut since = Instant::now();
     loop {
         let period = state.runtime().config.settings.stats_period;
@@ -60,6 +100,11 @@ pub async fn log_periodically(state: Arc<State>) {
         let runtime = state.runtime();
         let elapsed = since.elapsed();
         since = Instant::now();
+        let totals = Totals::of(&state);
+        if runtime.config.settings.log_stats {
+            tracing::info!("{}", totals_line(last_totals, totals, elapsed));
+        }
+        last_totals = totals;
         let mut seen = HashMap::new();
         for plugin in runtime.plugins.all() {
             // Keyed by identity: a plugin replaced on reload starts from zero.
@@ -80,6 +125,26 @@ pub async fn log_periodically(state: Arc<State>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn totals_line_has_pgbouncers_rates() {
+        let before = Totals {
+            transactions: 10,
+            queries: 20,
+            ..Totals::default()
+        };
+        let now = Totals {
+            transactions: 130,
+            queries: 260,
+            client_parses: 6,
+            server_parses: 2,
+            binds: 60,
+        };
+        assert_eq!(
+            totals_line(before, now, Duration::from_secs(60)),
+            "stats: 2 xacts/s, 4 queries/s, 0 client parses/s, 0 server parses/s, 1 binds/s"
+        );
+    }
 
     #[test]
     fn a_line_per_period_with_rates_and_average_call_time() {

@@ -13,7 +13,7 @@ use tokio::time::Sleep;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::prepared::{ClientStatements, Statements};
-use super::relay::{Denial, QueryPolicy, Relay, RelayError, STREAM_MIN, ServerCtx};
+use super::relay::{Counts, Denial, QueryPolicy, Relay, RelayError, STREAM_MIN, ServerCtx};
 use super::{ClientConn, ClientInfo, End, OutQueue, login::checkout_end};
 use crate::cancel::{CancelHandle, CancelTarget};
 use crate::config::PoolMode;
@@ -354,6 +354,7 @@ impl Session {
         let mut relay = std::mem::take(&mut self.relay_state);
         relay.reset();
         let end = self.relay_with(&mut relay, conn, server).await;
+        self.pool.0.stats.add(&std::mem::take(&mut relay.counts));
         self.relay_state = relay;
         end
     }
@@ -438,6 +439,10 @@ impl Session {
             };
             if let Err(e) = relay.process_server(&mut server.rbuf, &mut conn.out, &mut ctx) {
                 return finish_relay_error(&e);
+            }
+            if relay.quiet() && relay.counts != Counts::default() {
+                // Totals move at every answered request, also for a session-mode client's long link.
+                self.pool.0.stats.add(&std::mem::take(&mut relay.counts));
             }
             if let Some(end) = self.decide(mode, relay) {
                 return end;

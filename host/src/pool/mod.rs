@@ -25,6 +25,35 @@ use crate::auth::secret::{ScramKeys, Secret};
 use crate::params::Tracked;
 use crate::server::{self, ServerConn, ServerError, Welcome};
 
+/// Totals of what a pool's clients did, added at the end of each link.
+#[derive(Debug, Default)]
+pub struct PoolStats {
+    pub transactions: AtomicU64,
+    pub queries: AtomicU64,
+    /// Named Parse messages from clients (prepared statement tracking).
+    pub client_parses: AtomicU64,
+    /// Parse messages of tracked statements sent to servers.
+    pub server_parses: AtomicU64,
+    /// Bind messages of tracked statements.
+    pub binds: AtomicU64,
+}
+
+impl PoolStats {
+    pub fn add(&self, c: &crate::client::Counts) {
+        for (total, n) in [
+            (&self.transactions, c.transactions),
+            (&self.queries, c.queries),
+            (&self.client_parses, c.client_parses),
+            (&self.server_parses, c.server_parses),
+            (&self.binds, c.binds),
+        ] {
+            if n > 0 {
+                total.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
 /// What a waiting client receives.
 type Grant = Result<ServerConn, Arc<ServerError>>;
 
@@ -48,6 +77,8 @@ pub struct Pool {
     epoch: AtomicU64,
     /// Logged-in clients using this pool (for min_pool_size and the console).
     pub clients: AtomicU32,
+    /// What the pool's clients did (SHOW STATS, log_stats).
+    pub stats: PoolStats,
     /// When the last client left (None while clients are connected); touched only at login and logout.
     idle_since: Mutex<Option<Instant>>,
     me: Weak<Pool>,
@@ -109,6 +140,7 @@ impl Pool {
             tracked,
             epoch: AtomicU64::new(1),
             clients: AtomicU32::new(0),
+            stats: PoolStats::default(),
             idle_since: Mutex::new(Some(Instant::now())),
             me: me.clone(),
         });
