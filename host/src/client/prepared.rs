@@ -15,6 +15,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::protocol::HEADER_LEN;
 use crate::protocol::frontend::{Parse, tag};
+use crate::sql::session::Effects;
 
 /// Prefix of the names pgwarden gives statements on servers.
 pub const SERVER_PREFIX: &str = "PGWARDEN_";
@@ -28,6 +29,8 @@ pub struct Statement {
     pub server_name: String,
     /// The Parse message that prepares it on a server, under `server_name`.
     pub parse: Bytes,
+    /// What executing it may do to the session (settings, state that cannot move).
+    pub effects: Effects,
 }
 
 impl Statement {
@@ -52,6 +55,7 @@ impl Statement {
             key,
             server_name,
             parse: b.freeze(),
+            effects: Effects::default(),
         }
     }
 
@@ -326,6 +330,7 @@ mod tests {
             key: a.key,
             server_name: a.server_name.clone(),
             parse: Bytes::from_static(b"other"),
+            effects: Effects::default(),
         });
         let mut server = ServerStatements::default();
         server.insert(Arc::clone(&a));

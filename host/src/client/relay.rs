@@ -18,6 +18,7 @@ use crate::params::{ParamValues, Tracked};
 use crate::protocol::backend::{self, ErrorFields, TransactionStatus, tag as be};
 use crate::protocol::frontend::{self, Kind, tag as fe};
 use crate::protocol::{HEADER_LEN, ProtocolError, frame};
+use crate::sql::session::{self as session_sql, Effects};
 
 /// Frames above this size may be streamed instead of buffered whole.
 pub const STREAM_MIN: usize = 64 * 1024;
@@ -83,6 +84,16 @@ pub struct Relay {
     pub disallow_simple_query: bool,
     /// Counters for the console.
     pub counts: Counts,
+    /// What the client's SQL does to its server session is tracked (transaction and statement pooling).
+    pub track_session: bool,
+    /// The client's `standard_conforming_strings`, for reading its SQL.
+    pub standard_strings: bool,
+    /// session_state=reject: statements creating state that cannot move are refused with this hint.
+    pub refuse_sticky: Option<Arc<str>>,
+    /// session_state=allow: such state is not recorded.
+    pub ignore_sticky: bool,
+    /// What this link's statements may have done to the session.
+    pub effects: Effects,
 }
 
 /// What a link did, for SHOW STATS.
@@ -121,6 +132,11 @@ impl Relay {
             tx_started: None,
             disallow_simple_query: false,
             counts: Counts::default(),
+            track_session: false,
+            standard_strings: true,
+            refuse_sticky: None,
+            ignore_sticky: false,
+            effects: Effects::default(),
         }
     }
 
@@ -225,10 +241,26 @@ impl Relay {
                     continue;
                 }
             }
+            let mut fx = Effects::default();
+            if self.track_session && whole && matches!(h.tag, fe::QUERY | fe::PARSE) {
+                let body = &input[run + HEADER_LEN..run + h.frame_len];
+                if session_sql::may_have_effects(body) {
+                    fx = self.read_effects(h.tag, body)?;
+                    if let (Some(sticky), Some(hint)) = (fx.sticky, &self.refuse_sticky) {
+                        let denial = sticky_denial(sticky, hint);
+                        out.push(input.split_to(run).freeze());
+                        run = 0;
+                        input.advance(h.frame_len);
+                        self.refuse(out, &denial, h.tag != fe::QUERY);
+                        continue;
+                    }
+                    self.effects.merge(&fx);
+                }
+            }
             if let Some(stmts) = stmts.as_deref_mut()
                 && matches!(h.tag, fe::PARSE | fe::BIND | fe::DESCRIBE | fe::CLOSE)
             {
-                match self.map_statement(input, &mut run, h, whole, out, stmts)? {
+                match self.map_statement(input, &mut run, h, whole, out, stmts, fx)? {
                     Mapped::Done => continue,
                     Mapped::NeedMore => break,
                     Mapped::Unnamed => {}
@@ -278,6 +310,22 @@ impl Relay {
         Ok(())
     }
 
+    /// The session effects of a Query or Parse body (sticky state left out under session_state=allow).
+    fn read_effects(&self, tag: u8, body: &[u8]) -> Result<Effects, RelayError> {
+        let sql = if tag == fe::QUERY {
+            frontend::parse_query(body).map_err(RelayError::Client)?
+        } else {
+            frontend::Parse::decode(body)
+                .map_err(RelayError::Client)?
+                .query
+        };
+        let mut fx = session_sql::effects(sql, self.standard_strings);
+        if self.ignore_sticky {
+            fx.sticky = None;
+        }
+        Ok(fx)
+    }
+
     /// Drops a client frame the server must not see (whole, or the start of one to be streamed away).
     fn drop_client_frame(&mut self, input: &mut BytesMut, frame_len: usize, whole: bool) {
         if whole {
@@ -306,6 +354,10 @@ impl Relay {
 
     /// Maps a Parse, Bind, Describe or Close naming a statement to the server's statement, preparing it on
     /// the server first when needed; `Unnamed` leaves the message (unnamed statement, or a portal) as it is.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the frame being read and where it goes, as process_client holds them"
+    )]
     fn map_statement(
         &mut self,
         input: &mut BytesMut,
@@ -314,6 +366,7 @@ impl Relay {
         whole: bool,
         out: &mut OutQueue,
         stmts: &mut Statements<'_>,
+        effects: Effects,
     ) -> Result<Mapped, RelayError> {
         let at = *run + HEADER_LEN;
         let available = &input[at..(*run + h.frame_len).min(input.len())];
@@ -324,7 +377,9 @@ impl Relay {
                     return Ok(Mapped::Unnamed);
                 }
                 let name: Box<str> = parse.name.into();
-                let stmt = Arc::new(Statement::of(&parse));
+                let mut stmt = Statement::of(&parse);
+                stmt.effects = effects;
+                let stmt = Arc::new(stmt);
                 out.push(input.split_to(*run).freeze());
                 *run = 0;
                 input.advance(h.frame_len);
@@ -383,6 +438,7 @@ impl Relay {
                     prepared::bind_prefix(h.frame_len, portal, name.len(), &stmt.server_name);
                 out.push(input.split_to(*run).freeze());
                 *run = 0;
+                self.effects.merge(&stmt.effects);
                 self.ensure_on_server(&stmt, out, stmts);
                 out.push(head.freeze());
                 input.advance(HEADER_LEN + rest_at);
@@ -923,6 +979,16 @@ enum Mapped {
     Unnamed,
     /// The statement name of a streamed Bind has not arrived yet.
     NeedMore,
+}
+
+/// session_state=reject's refusal of a statement that would create state that cannot move.
+fn sticky_denial(sticky: session_sql::Sticky, hint: &str) -> Denial {
+    Denial {
+        sqlstate: "0A000".into(),
+        message: format!("{} cannot be used with transaction pooling", sticky.what()),
+        detail: Some("pgwarden's session_state = reject for this database".into()),
+        hint: Some(hint.to_owned()),
+    }
 }
 
 /// PostgreSQL's error for a statement name that does not exist or already exists.

@@ -1,7 +1,8 @@
 //! The query loop of a logged-in client: wait for a message, get a server, relay until the pool mode says
 //! the server can go back, give it back clean.
 
-use std::fmt::Debug;
+use std::collections::BTreeMap;
+use std::fmt::{Debug, Write as _};
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,14 +17,15 @@ use super::prepared::{ClientStatements, Statements};
 use super::relay::{Counts, Denial, QueryPolicy, Relay, RelayError, STREAM_MIN, ServerCtx};
 use super::{ClientConn, ClientInfo, End, OutQueue, login::checkout_end};
 use crate::cancel::{CancelHandle, CancelTarget};
-use crate::config::PoolMode;
-use crate::params::ParamValues;
+use crate::config::{PoolMode, SessionState};
+use crate::params::{ParamValues, quote_ident, quote_literal};
 use crate::plugin::convert::{self, SessionInfo};
 use crate::pool::Pool;
 use crate::protocol::backend::{self, Severity};
 use crate::protocol::frontend::{self, Kind};
 use crate::protocol::{HEADER_LEN, frame};
-use crate::server::ServerConn;
+use crate::server::{ServerConn, ServerError};
+use crate::sql::session::Sticky;
 use crate::state::{Runtime, State};
 
 /// PgBouncer's words for a client that has waited query_wait_notify for a server.
@@ -105,6 +107,15 @@ pub struct Session {
     /// The client's named prepared statements, when pgwarden maps them to servers' (max_prepared_statements
     /// in transaction and statement pooling).
     statements: ClientStatements,
+    /// Session settings the client changed (beyond the reported parameters), as the server spells their
+    /// values: put on whichever server it lands on in transaction and statement pooling.
+    settings: BTreeMap<String, String>,
+    /// The client's server session holds state that cannot move (session_state=pin): it keeps its server.
+    pinned: Option<ServerConn>,
+    /// It ran set_config on a setting it computed: which one is unknown, so it keeps its server for good.
+    pinned_for_good: bool,
+    /// The last transaction ended with the client pinned: the next one checks whether it still must be.
+    was_pinned: bool,
     /// What policy plugins are told about this client (built once at login).
     plugin_info: SessionInfo,
     /// Fires when the process starts draining or terminating; polled only until it fires once.
@@ -172,6 +183,10 @@ impl Session {
             to_server: OutQueue::default(),
             relay_state: Relay::default(),
             statements: ClientStatements::default(),
+            settings: BTreeMap::new(),
+            pinned: None,
+            pinned_for_good: false,
+            was_pinned: false,
             plugin_info,
             stop: Box::pin(stop_token.cancelled_owned()),
             stop_seen: false,
@@ -201,18 +216,47 @@ impl Session {
     pub async fn run(mut self, conn: &mut ClientConn) -> End {
         loop {
             if let Err(end) = self.wait_for_message(conn).await {
+                if let Some(server) = self.pinned.take() {
+                    // LISTEN, locks, temporary tables... go with the connection.
+                    self.dispose(
+                        server,
+                        Disposal::Close("client with session state left", false),
+                    );
+                }
                 return end;
             }
-            let mut server = match self.acquire(conn).await {
-                Ok(server) => server,
-                Err(end) => return end,
+            let pinned = self.pinned.take();
+            let mut server = match pinned {
+                Some(server) => server,
+                None => match self.acquire(conn).await {
+                    Ok(server) => server,
+                    Err(end) => return end,
+                },
             };
             self.link(&server);
             let end = self.relay(conn, &mut server).await;
             self.unlink().await;
             match end {
-                LinkEnd::Release => self.release(server).await,
+                LinkEnd::Release => match self.after_transaction(&mut server).await {
+                    Ok(true) => self.pinned = Some(server),
+                    Ok(false) => self.release(server).await,
+                    Err(e) => {
+                        server.close(&format!("reading session state failed: {e}"));
+                        if self.pinned_for_good || self.relay_state.effects.sticky.is_some() {
+                            return End::pooler("server session state lost");
+                        }
+                    }
+                },
                 LinkEnd::Finish(end, disposal) => {
+                    let sticky = self.was_pinned
+                        || self.pinned_for_good
+                        || self.relay_state.effects.sticky.is_some();
+                    let disposal = match disposal {
+                        Disposal::Reset | Disposal::Rollback if sticky => {
+                            Disposal::Close("client with session state left", false)
+                        }
+                        other => other,
+                    };
                     self.dispose(server, disposal);
                     return end;
                 }
@@ -377,7 +421,35 @@ impl Session {
         // The plugins a transaction starts with are the ones it finishes with, whatever a reload swaps in
         // meanwhile; a session-mode client picks up a new generation between transactions.
         let mut policy_runtime = self.policy_runtime();
-        if let Some(sql) = self.params.sync_sql(&server.params, &self.state.tracked) {
+        let track_session = mode != PoolMode::Session;
+        relay.track_session = track_session;
+        relay.standard_strings = self
+            .state
+            .tracked
+            .index("standard_conforming_strings")
+            .and_then(|i| self.params.get(i))
+            .is_none_or(|v| !v.eq_ignore_ascii_case("off"));
+        if track_session {
+            let settings = self.pool.0.settings();
+            relay.ignore_sticky = settings.session_state == SessionState::Allow;
+            relay.refuse_sticky = (settings.session_state == SessionState::Reject).then(|| {
+                Arc::from(match &settings.session_alias {
+                    Some(alias) => {
+                        format!("connect to database \"{alias}\" (session pooling) instead")
+                    }
+                    None => {
+                        "use a database entry with pool_mode = session for this client".to_owned()
+                    }
+                })
+            });
+        }
+        let mut sync = self.params.sync_sql(&server.params, &self.state.tracked);
+        if track_session && self.settings != server.settings {
+            let sql = sync.get_or_insert_with(String::new);
+            settings_sync_sql(&self.settings, &server.settings, sql);
+            server.settings.clone_from(&self.settings);
+        }
+        if let Some(sql) = sync {
             let mut local = BytesMut::new();
             frontend::write_query(&mut local, &sql);
             self.to_server.push_local(&mut local);
@@ -649,6 +721,62 @@ impl Session {
         }
     }
 
+    /// After a transaction in transaction or statement pooling: reads from the server what the transaction's
+    /// statements may have changed in the session, records the settings for the client, and tells whether
+    /// the client keeps this server (state that cannot move, session_state=pin).
+    async fn after_transaction(&mut self, server: &mut ServerConn) -> Result<bool, ServerError> {
+        let fx = std::mem::take(&mut self.relay_state.effects);
+        if fx.sticky == Some(Sticky::UnknownSetting) {
+            self.pinned_for_good = true;
+        }
+        if fx.reset_all {
+            self.settings.clear();
+            server.settings.clear();
+        }
+        let tracked = &self.state.tracked;
+        let names: Vec<&String> = fx
+            .settings
+            .iter()
+            .filter(|n| tracked.index(n).is_none())
+            .collect();
+        let check_sticky = fx.sticky.is_some() || self.pinned_for_good || self.was_pinned;
+        if names.is_empty() && !check_sticky {
+            return Ok(false);
+        }
+        let mut sql = String::from("SELECT ");
+        for name in &names {
+            let _ = write!(
+                sql,
+                "pg_catalog.current_setting({}, true), ",
+                quote_literal(name)
+            );
+        }
+        let login_user = self.pool.0.settings().login.user.clone();
+        let _ = write!(sql, "{}", sticky_probe(&login_user));
+        let max = self.pool.0.settings().max_packet;
+        let rows = server.simple_query_rows(&sql, max).await?;
+        let row = rows.into_iter().next().unwrap_or_default();
+        for (name, value) in names.iter().zip(&row) {
+            match value {
+                Some(v) => {
+                    self.settings.insert((*name).clone(), v.clone());
+                    server.settings.insert((*name).clone(), v.clone());
+                }
+                None => {
+                    self.settings.remove(*name);
+                    server.settings.remove(*name);
+                }
+            }
+        }
+        let sticky = row
+            .get(names.len())
+            .and_then(|v| v.as_deref())
+            .is_some_and(|count| count != "0");
+        let keep = self.pinned_for_good || (check_sticky && sticky);
+        self.was_pinned = keep;
+        Ok(keep)
+    }
+
     /// Gives a clean server back between transactions (transaction and statement mode).
     async fn release(&mut self, mut server: ServerConn) {
         if !server.prepared.trusted() {
@@ -661,6 +789,7 @@ impl Session {
             }
             // DISCARD ALL (the usual reset) drops prepared statements; whatever it is, trust nothing.
             server.prepared.clear();
+            server.settings.clear();
         }
         self.pool.0.checkin(server);
     }
@@ -736,6 +865,7 @@ async fn dispose(state: Arc<State>, pool: Arc<Pool>, mut server: ServerConn, dis
                     return server.close(&format!("server_reset_query failed: {e}"));
                 }
                 server.prepared.clear();
+                server.settings.clear();
             }
             pool.checkin(server);
         }
@@ -771,4 +901,41 @@ async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
+}
+
+/// The statements that make a server whose session settings are `server` hold the client's: RESET what the
+/// client never set, set_config what differs.
+fn settings_sync_sql(
+    client: &BTreeMap<String, String>,
+    server: &BTreeMap<String, String>,
+    sql: &mut String,
+) {
+    for name in server.keys().filter(|n| !client.contains_key(*n)) {
+        let _ = write!(sql, "RESET {};", quote_ident(name));
+    }
+    for (name, value) in client {
+        if server.get(name) != Some(value) {
+            let _ = write!(
+                sql,
+                "SELECT pg_catalog.set_config({}, {}, false);",
+                quote_literal(name),
+                quote_literal(value)
+            );
+        }
+    }
+}
+
+/// An expression counting the state of this server session that cannot move to another server: channels
+/// listened to, advisory locks held (a finished transaction holds no transaction-level ones), temporary
+/// relations, cursors WITH HOLD, SQL-level prepared statements, and a role other than the login user's.
+fn sticky_probe(login_user: &str) -> String {
+    format!(
+        "(SELECT count(*) FROM pg_catalog.pg_listening_channels()) \
+         + (SELECT count(*) FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid()) \
+         + (SELECT count(*) FROM pg_catalog.pg_class WHERE relnamespace = pg_catalog.pg_my_temp_schema()) \
+         + (SELECT count(*) FROM pg_catalog.pg_cursors WHERE is_holdable) \
+         + (SELECT count(*) FROM pg_catalog.pg_prepared_statements WHERE from_sql) \
+         + (CASE WHEN current_user <> session_user OR session_user <> {} THEN 1 ELSE 0 END)",
+        quote_literal(login_user)
+    )
 }

@@ -6,7 +6,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use super::types::{LoadBalanceHosts, PoolMode};
+use super::types::{LoadBalanceHosts, PoolMode, SessionState};
 use super::values::{Parsed, RawValue, duration, hosts, opt_string, port, uint, unset_or, word};
 
 /// Metadata of one `[databases]` / `[users]` key, for the reference.
@@ -66,6 +66,7 @@ pub struct Database {
     pub max_db_connections: Option<u32>,
     pub max_db_client_connections: Option<u32>,
     pub pool_mode: Option<PoolMode>,
+    pub session_state: Option<SessionState>,
     pub server_lifetime: Option<Duration>,
     pub query_wait_timeout: Option<Duration>,
     pub load_balance_hosts: LoadBalanceHosts,
@@ -95,6 +96,7 @@ impl Database {
             max_db_connections: None,
             max_db_client_connections: None,
             pool_mode: None,
+            session_state: None,
             server_lifetime: None,
             query_wait_timeout: None,
             load_balance_hosts: LoadBalanceHosts::RoundRobin,
@@ -126,6 +128,7 @@ impl fmt::Debug for Database {
             .field("max_db_connections", &self.max_db_connections)
             .field("max_db_client_connections", &self.max_db_client_connections)
             .field("pool_mode", &self.pool_mode)
+            .field("session_state", &self.session_state)
             .field("server_lifetime", &self.server_lifetime)
             .field("query_wait_timeout", &self.query_wait_timeout)
             .field("load_balance_hosts", &self.load_balance_hosts)
@@ -155,6 +158,7 @@ entry_keys! {
     "max_db_connections" => max_db_connections, |r: &RawValue| unset_or(r, uint), "integer", "global max_db_connections", "Maximum server connections to this database over all pools.";
     "max_db_client_connections" => max_db_client_connections, |r: &RawValue| unset_or(r, uint), "integer", "global max_db_client_connections", "Maximum client connections to this database.";
     "pool_mode" => pool_mode, |r: &RawValue| unset_or(r, word::<PoolMode>), "PoolMode", "global pool_mode", "Pool mode for this database: session, transaction or statement.";
+    "session_state" => session_state, |r: &RawValue| unset_or(r, word::<SessionState>), "SessionState", "global session_state", "pgwarden: pin, reject or allow state that cannot move between servers.";
     "server_lifetime" => server_lifetime, |r: &RawValue| unset_or(r, duration), "duration", "global server_lifetime", "server_lifetime for this database.";
     "query_wait_timeout" => query_wait_timeout, |r: &RawValue| unset_or(r, duration), "duration", "user's or global value", "query_wait_timeout for this database; -1 means not set.";
     "load_balance_hosts" => load_balance_hosts, word::<LoadBalanceHosts>, "LoadBalanceHosts", "round-robin", "With several hosts: round-robin per connection, or disable to stay on one host until it fails.";
@@ -199,7 +203,12 @@ mod tests {
 
     #[test]
     fn every_database_key_is_settable() {
-        let samples = [("host", "h"), ("port", "1"), ("pool_mode", "session")];
+        let samples = [
+            ("host", "h"),
+            ("port", "1"),
+            ("pool_mode", "session"),
+            ("session_state", "reject"),
+        ];
         for key in DATABASE_KEYS {
             let value = samples.iter().find(|(k, _)| *k == key.name).map_or(
                 if key.type_name == "integer" || key.type_name == "duration" {

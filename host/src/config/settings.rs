@@ -10,7 +10,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::types::{AuthType, PoolMode, TlsMode};
+use super::types::{AuthType, PoolMode, SessionState, TlsMode};
 use super::values::{
     Parsed, RawValue, boolean, check_query, count, duration, level, list, octal_mode, opt_path,
     opt_string, port, string, uint, word,
@@ -41,7 +41,6 @@ pub const NOT_IMPLEMENTED: &[&str] = &[
     "unix_socket_group",
     "server_round_robin",
     "pool_idle_timeout",
-    "max_prepared_statements",
     "conffile",
     // The admin console and its users arrive with the console work.
     "admin_users",
@@ -207,7 +206,7 @@ settings! {
     log_pooler_errors: bool = "1", boolean, "bool", reload,
         "Log the error messages sent to clients.";
     log_stats: bool = "1", boolean, "bool", reload,
-        "Log aggregated statistics every stats_period (today: one line per plugin called in the period).";
+        "Log aggregated statistics every stats_period: the totals line (xacts, queries, parses, binds per second) and one line per plugin called.";
     logfile: Option<PathBuf> = "", opt_path, "path", reload,
         "File to log to, in addition to stderr.";
     login_notify_message: Option<String> = "", opt_string, "string", reload,
@@ -290,6 +289,8 @@ settings! {
         "TLS policy for server connections (pgwarden: require and stricter are refused).";
     service_name: String = "pgbouncer", string, "string", fixed,
         "Windows service name; alias of job_name.";
+    session_state: SessionState = "pin", word::<SessionState>, "SessionState", reload,
+        "pgwarden: transaction/statement pooling and state that cannot move servers (LISTEN, advisory locks, temp tables, WITH HOLD, SET ROLE, SQL PREPARE): pin, reject or allow.";
     so_reuseport: bool = "0", boolean, "bool", fixed,
         "Set SO_REUSEPORT on listening sockets.";
     stats_period: Duration = "60", duration, "duration", reload,

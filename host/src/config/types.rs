@@ -79,6 +79,21 @@ config_enum! {
 }
 
 config_enum! {
+    /// What transaction and statement pooling do with a client whose server session holds state that cannot
+    /// move to another server (LISTEN, session advisory locks, temporary tables, cursors WITH HOLD, SET ROLE,
+    /// SQL PREPARE).
+    pub enum SessionState {
+        /// The client keeps its server until that state is gone or it disconnects.
+        #[default]
+        Pin = "pin",
+        /// The statement is refused with an error naming a session-mode alias.
+        Reject = "reject",
+        /// Nothing is done (PgBouncer's behaviour): the state stays on the server for whoever gets it next.
+        Allow = "allow",
+    }
+}
+
+config_enum! {
     /// How clients authenticate to the pooler.
     pub enum AuthType {
         /// No authentication; the client's user name is ignored.

@@ -767,6 +767,8 @@ mod tests {
             server_reset_query_always: false,
             query_wait_timeout: long,
             max_packet: u32::MAX,
+            session_state: crate::config::SessionState::Pin,
+            session_alias: None,
         }
     }
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::config::{Database, PoolMode};
+use crate::config::{Database, PoolMode, SessionState};
 use crate::net::Keepalive;
 use crate::server::LoginSpec;
 use crate::state::Runtime;
@@ -32,6 +32,10 @@ pub struct PoolSettings {
     pub server_reset_query_always: bool,
     pub query_wait_timeout: Duration,
     pub max_packet: u32,
+    /// State that cannot move between servers, in transaction and statement pooling.
+    pub session_state: SessionState,
+    /// A session-mode entry for the same server database, named when session_state=reject refuses.
+    pub session_alias: Option<String>,
 }
 
 impl PoolSettings {
@@ -132,6 +136,8 @@ impl PoolSettings {
                 .or(db.query_wait_timeout)
                 .unwrap_or(s.query_wait_timeout),
             max_packet: s.max_packet_size,
+            session_state: db.session_state.unwrap_or(s.session_state),
+            session_alias: session_alias(runtime, db, db_name),
         }
     }
 
@@ -151,4 +157,26 @@ impl PoolSettings {
 
 fn nonzero_secs(secs: u32) -> Option<Duration> {
     (secs > 0).then(|| Duration::from_secs(u64::from(secs)))
+}
+
+/// The name of another database entry for the same server database in session mode, if there is one.
+fn session_alias(runtime: &Runtime, db: &Database, db_name: &str) -> Option<String> {
+    let config = &runtime.config;
+    let target = |d: &Database, name: &str| {
+        (
+            d.host.clone(),
+            d.port,
+            d.dbname.clone().unwrap_or_else(|| name.to_owned()),
+        )
+    };
+    let ours = target(db, db_name);
+    config
+        .databases
+        .values()
+        .filter(|d| d.name != db.name && d.name != "*")
+        .find(|d| {
+            d.pool_mode.unwrap_or(config.settings.pool_mode) == PoolMode::Session
+                && target(d, &d.name) == ours
+        })
+        .map(|d| d.name.clone())
 }

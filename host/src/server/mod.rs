@@ -50,6 +50,9 @@ pub struct ServerConn {
     pub(crate) slot: Option<crate::pool::Slot>,
     /// The statements pgwarden prepared here for clients (max_prepared_statements).
     pub prepared: crate::client::prepared::ServerStatements,
+    /// Session settings (beyond the reported parameters) clients changed here or pgwarden set, by name:
+    /// the next client's link puts them back to what that client holds.
+    pub settings: std::collections::BTreeMap<String, String>,
 }
 
 impl ServerConn {
@@ -69,6 +72,7 @@ impl ServerConn {
             tracked: Arc::clone(tracked),
             slot: None,
             prepared: Default::default(),
+            settings: Default::default(),
         }
     }
 
@@ -81,6 +85,16 @@ impl ServerConn {
     /// Runs one simple query to completion, discarding rows; a server ErrorResponse is `ServerError::Query`.
     /// Used for the reset, check and connect queries, never for client traffic.
     pub async fn simple_query(&mut self, sql: &str, max_packet: u32) -> Result<(), ServerError> {
+        self.simple_query_rows(sql, max_packet).await.map(drop)
+    }
+
+    /// [`ServerConn::simple_query`], returning the rows as text.
+    pub async fn simple_query_rows(
+        &mut self,
+        sql: &str,
+        max_packet: u32,
+    ) -> Result<Vec<Vec<Option<String>>>, ServerError> {
+        let mut rows = Vec::new();
         let mut out = BytesMut::with_capacity(sql.len() + 6);
         frontend::write_query(&mut out, sql);
         self.stream.write_all(&out).await?;
@@ -99,7 +113,16 @@ impl ServerConn {
                             phase: "a pooler query (left a transaction open)",
                         });
                     }
-                    return Ok(());
+                    return Ok(rows);
+                }
+                tag::DATA_ROW => {
+                    let values = backend::parse_data_row(&f.body)?;
+                    rows.push(
+                        values
+                            .into_iter()
+                            .map(|v| v.map(|b| String::from_utf8_lossy(b).into_owned()))
+                            .collect(),
+                    );
                 }
                 tag::ERROR_RESPONSE => error = Some(ErrorFields::parse(&f.body)?),
                 tag::PARAMETER_STATUS => {

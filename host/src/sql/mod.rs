@@ -17,6 +17,7 @@ mod classify;
 mod lexer;
 mod names;
 mod rules;
+pub mod session;
 mod summary;
 #[cfg(test)]
 mod tests;

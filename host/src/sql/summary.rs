@@ -79,7 +79,7 @@ pub(super) fn summarize_statement(sql: &str, toks: &[Token]) -> Option<Statement
 
 /// The significant tokens with their names and depths, and whether some name could not be resolved
 /// with certainty (a `UESCAPE` the server would read differently from us).
-fn significant<'a>(sql: &'a str, toks: &[Token]) -> (Vec<Sig<'a>>, bool) {
+pub(super) fn significant<'a>(sql: &'a str, toks: &[Token]) -> (Vec<Sig<'a>>, bool) {
     let mut sig = Vec::with_capacity(toks.len());
     let mut depth = 0usize;
     for t in toks.iter().filter(|t| !t.is_trivia()) {

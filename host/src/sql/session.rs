@@ -1,0 +1,356 @@
+//! What a client's SQL does to its server session beyond the transaction: settings it changes (to be
+//! carried to the next server in transaction pooling) and state that cannot be carried at all (to pin the
+//! client to its server, or refuse).
+//!
+//! A lexical reading, like the rest of this module: it finds the statements that may have such an effect,
+//! and the pooler then asks the server what actually holds (a SET in a transaction that rolled back
+//! changes nothing; a LISTEN followed by UNLISTEN leaves nothing). Effects hidden in function bodies
+//! (`DO`, a function calling set_config) are not seen.
+
+use super::lexer::{StringKind, TokenKind, tokens_with};
+use super::summary::{Sig, significant};
+use super::{names, split};
+
+/// State a server session can hold that pgwarden cannot recreate on another server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Sticky {
+    /// LISTEN: notifications go to the session that listens.
+    Listen,
+    /// A session-level advisory lock (`pg_advisory_lock`, `pg_try_advisory_lock`, and `_shared`).
+    AdvisoryLock,
+    /// A temporary table, view or sequence.
+    TempObject,
+    /// A cursor declared WITH HOLD (it outlives its transaction).
+    HoldCursor,
+    /// SET ROLE / SET SESSION AUTHORIZATION (or set_config of either).
+    Role,
+    /// An SQL-level PREPARE.
+    SqlPrepare,
+    /// set_config of a setting named by an expression: which one is unknown.
+    UnknownSetting,
+}
+
+impl Sticky {
+    /// The statement that creates it, for error messages.
+    pub fn what(self) -> &'static str {
+        match self {
+            Sticky::Listen => "LISTEN",
+            Sticky::AdvisoryLock => "session-level advisory locks",
+            Sticky::TempObject => "temporary tables",
+            Sticky::HoldCursor => "cursors WITH HOLD",
+            Sticky::Role => "SET ROLE and SET SESSION AUTHORIZATION",
+            Sticky::SqlPrepare => "SQL PREPARE",
+            Sticky::UnknownSetting => "set_config with a computed setting name",
+        }
+    }
+}
+
+/// The session effects of one query string.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Effects {
+    /// Settings whose session value the SQL may change, as the server names them (lower-cased unless
+    /// quoted): SET and RESET without LOCAL, set_config, SET TIME ZONE, SET SESSION CHARACTERISTICS.
+    pub settings: Vec<String>,
+    /// RESET ALL: every setting back to its default.
+    pub reset_all: bool,
+    /// The first state it may create that cannot move between servers.
+    pub sticky: Option<Sticky>,
+}
+
+impl Effects {
+    pub fn is_empty(&self) -> bool {
+        self.settings.is_empty() && !self.reset_all && self.sticky.is_none()
+    }
+
+    /// Adds `other`'s effects (a later statement of the same link).
+    pub fn merge(&mut self, other: &Effects) {
+        for name in &other.settings {
+            self.setting(name);
+        }
+        self.reset_all |= other.reset_all;
+        if let Some(s) = other.sticky {
+            self.sticky(s);
+        }
+    }
+
+    fn setting(&mut self, name: &str) {
+        if !self.settings.iter().any(|s| s == name) {
+            self.settings.push(name.to_owned());
+        }
+    }
+
+    fn sticky(&mut self, what: Sticky) {
+        self.sticky.get_or_insert(what);
+    }
+}
+
+/// Words whose absence proves a query has no session effect, checked before any lexing (case-insensitive
+/// substrings: `set` covers SET, RESET and set_config).
+const HINTS: [&[u8]; 6] = [b"set", b"listen", b"lock", b"temp", b"hold", b"prepare"];
+
+/// Whether SQL text (or any message holding it) may have session effects; most queries are ruled out by
+/// this scan alone.
+pub fn may_have_effects(bytes: &[u8]) -> bool {
+    HINTS.iter().any(|hint| {
+        bytes
+            .windows(hint.len())
+            .any(|w| w.eq_ignore_ascii_case(hint))
+    })
+}
+
+/// The session effects of `sql`, lexed as a session with `standard_conforming_strings` =
+/// `standard_strings` would.
+pub fn effects(sql: &str, standard_strings: bool) -> Effects {
+    let mut out = Effects::default();
+    if !may_have_effects(sql.as_bytes()) {
+        return out;
+    }
+    let toks = tokens_with(sql, standard_strings);
+    for piece in split(sql, &toks) {
+        let (sig, _) = significant(sql, &toks[piece.start..piece.end]);
+        statement(&sig, &mut out);
+    }
+    out
+}
+
+fn statement(sig: &[Sig<'_>], out: &mut Effects) {
+    let Some(first) = sig.first() else {
+        return;
+    };
+    let word = |i: usize, w: &str| sig.get(i).is_some_and(|s| s.is_word(w));
+    match &*first.upper {
+        "SET" => set(sig, 1, out),
+        "RESET" => {
+            if word(1, "ALL") {
+                out.reset_all = true;
+            } else if word(1, "ROLE") || (word(1, "SESSION") && word(2, "AUTHORIZATION")) {
+                // Back to the login role: no state left to carry (the server is asked anyway).
+            } else if word(1, "TIME") && word(2, "ZONE") {
+                out.setting("timezone");
+            } else if let Some(name) = setting_name(sig, 1) {
+                out.setting(&name);
+            }
+        }
+        "LISTEN" => out.sticky(Sticky::Listen),
+        "PREPARE" => out.sticky(Sticky::SqlPrepare),
+        "DECLARE"
+            if sig
+                .windows(2)
+                .any(|w| w[0].is_word("WITH") && w[1].is_word("HOLD")) =>
+        {
+            out.sticky(Sticky::HoldCursor);
+        }
+        "CREATE" => {
+            // CREATE [GLOBAL | LOCAL] {TEMP | TEMPORARY} {TABLE | VIEW | SEQUENCE} ...; CREATE [OR REPLACE]
+            // TEMP VIEW ...
+            let temp = sig[1..]
+                .iter()
+                .find(|s| !s.is_word_in(&["OR", "REPLACE", "GLOBAL", "LOCAL"]))
+                .is_some_and(|s| s.is_word_in(&["TEMP", "TEMPORARY"]));
+            if temp {
+                out.sticky(Sticky::TempObject);
+            }
+        }
+        _ => {}
+    }
+    // SELECT ... INTO TEMP t, and functions anywhere in any statement.
+    for (i, s) in sig.iter().enumerate() {
+        if s.is_word("INTO")
+            && sig
+                .get(i + 1)
+                .is_some_and(|n| n.is_word_in(&["TEMP", "TEMPORARY"]))
+        {
+            out.sticky(Sticky::TempObject);
+        }
+        let called = sig.get(i + 1).is_some_and(|n| n.is_punct("("));
+        if !called || s.kind != TokenKind::Word {
+            continue;
+        }
+        match s.name.as_deref().map(str::to_ascii_lowercase).as_deref() {
+            Some(
+                "pg_advisory_lock"
+                | "pg_advisory_lock_shared"
+                | "pg_try_advisory_lock"
+                | "pg_try_advisory_lock_shared",
+            ) => out.sticky(Sticky::AdvisoryLock),
+            Some("set_config") => match sig.get(i + 2).and_then(string_literal) {
+                Some(name) => {
+                    let name = name.to_ascii_lowercase();
+                    if name == "role" || name == "session_authorization" {
+                        out.sticky(Sticky::Role);
+                    } else {
+                        out.setting(&name);
+                    }
+                }
+                None => out.sticky(Sticky::UnknownSetting),
+            },
+            _ => {}
+        }
+    }
+}
+
+/// `SET [SESSION | LOCAL] ...` from `at`.
+fn set(sig: &[Sig<'_>], mut at: usize, out: &mut Effects) {
+    let word = |i: usize, w: &str| sig.get(i).is_some_and(|s| s.is_word(w));
+    if word(at, "LOCAL") || word(at, "TRANSACTION") || word(at, "CONSTRAINTS") {
+        // Gone at the end of the transaction.
+        return;
+    }
+    if word(at, "SESSION") {
+        if word(at + 1, "AUTHORIZATION") {
+            return out.sticky(Sticky::Role);
+        }
+        if word(at + 1, "CHARACTERISTICS") {
+            for name in [
+                "default_transaction_isolation",
+                "default_transaction_read_only",
+                "default_transaction_deferrable",
+            ] {
+                out.setting(name);
+            }
+            return;
+        }
+        at += 1;
+    }
+    if word(at, "ROLE") {
+        return out.sticky(Sticky::Role);
+    }
+    if word(at, "TIME") && word(at + 1, "ZONE") {
+        return out.setting("timezone");
+    }
+    if word(at, "NAMES") {
+        return out.setting("client_encoding");
+    }
+    if word(at, "XML") && word(at + 1, "OPTION") {
+        return out.setting("xmloption");
+    }
+    if let Some(name) = setting_name(sig, at) {
+        if name == "role" || name == "session_authorization" {
+            out.sticky(Sticky::Role);
+        } else {
+            out.setting(&name);
+        }
+    }
+}
+
+/// A setting name at `at`: `name` or `prefix.name`, as the server folds it.
+fn setting_name(sig: &[Sig<'_>], at: usize) -> Option<String> {
+    let mut name = sig.get(at)?.name.as_deref()?.to_owned();
+    if sig.get(at + 1).is_some_and(|s| s.is_punct("."))
+        && let Some(rest) = sig.get(at + 2).and_then(|s| s.name.as_deref())
+    {
+        name.push('.');
+        name.push_str(rest);
+    }
+    Some(name)
+}
+
+/// The value of a plain string literal (`'search_path'`); `None` for anything else.
+fn string_literal(s: &Sig<'_>) -> Option<String> {
+    (s.kind == TokenKind::String(StringKind::Standard)).then(|| names::string_value(s.text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(sql: &str) -> Vec<String> {
+        effects(sql, true).settings
+    }
+
+    fn sticky(sql: &str) -> Option<Sticky> {
+        effects(sql, true).sticky
+    }
+
+    #[test]
+    fn session_settings_are_found_and_local_ones_are_not() {
+        assert_eq!(settings("SET search_path TO app, public"), ["search_path"]);
+        assert_eq!(
+            settings("set SESSION statement_timeout = 5000"),
+            ["statement_timeout"]
+        );
+        assert_eq!(settings("SET \"Search_Path\" = x"), ["Search_Path"]);
+        assert_eq!(settings("SET myapp.tenant = '42'"), ["myapp.tenant"]);
+        assert_eq!(settings("SET TIME ZONE 'UTC'"), ["timezone"]);
+        assert_eq!(
+            settings("RESET work_mem; RESET TIME ZONE"),
+            ["work_mem", "timezone"]
+        );
+        assert_eq!(
+            settings("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY"),
+            [
+                "default_transaction_isolation",
+                "default_transaction_read_only",
+                "default_transaction_deferrable"
+            ]
+        );
+        assert_eq!(
+            settings("select set_config('Search_Path', 'x', false), 1"),
+            ["search_path"]
+        );
+        for local in [
+            "SET LOCAL search_path = x",
+            "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+            "SET CONSTRAINTS ALL DEFERRED",
+            "UPDATE t SET a = 1",
+            "select 'SET search_path = x'",
+            "-- SET search_path = x\nselect 1",
+        ] {
+            assert!(effects(local, true).is_empty(), "{local}");
+        }
+        assert!(effects("RESET ALL", true).reset_all);
+    }
+
+    #[test]
+    fn state_that_cannot_move_is_found() {
+        for (sql, want) in [
+            ("LISTEN jobs", Sticky::Listen),
+            ("select pg_advisory_lock(42)", Sticky::AdvisoryLock),
+            (
+                "SELECT pg_try_advisory_lock_shared(1, 2)",
+                Sticky::AdvisoryLock,
+            ),
+            ("CREATE TEMP TABLE t (a int)", Sticky::TempObject),
+            (
+                "create global temporary table t (a int)",
+                Sticky::TempObject,
+            ),
+            (
+                "CREATE OR REPLACE TEMP VIEW v AS SELECT 1",
+                Sticky::TempObject,
+            ),
+            ("SELECT 1 INTO TEMP t", Sticky::TempObject),
+            (
+                "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+                Sticky::HoldCursor,
+            ),
+            ("SET ROLE admin", Sticky::Role),
+            ("SET SESSION AUTHORIZATION bob", Sticky::Role),
+            ("select set_config('role', 'x', false)", Sticky::Role),
+            ("PREPARE q AS SELECT 1", Sticky::SqlPrepare),
+            (
+                "select set_config(current_user || '.x', 'y', false)",
+                Sticky::UnknownSetting,
+            ),
+        ] {
+            assert_eq!(sticky(sql), Some(want), "{sql}");
+        }
+        for movable in [
+            "select pg_advisory_xact_lock(1)",
+            "DECLARE c CURSOR FOR SELECT 1",
+            "CREATE TABLE temp (a int)",
+            "SET LOCAL ROLE admin",
+            "select 'LISTEN x'",
+            "UNLISTEN *",
+        ] {
+            assert_eq!(sticky(movable), None, "{movable}");
+        }
+    }
+
+    #[test]
+    fn the_prefilter_only_rules_out_queries_without_hints() {
+        assert!(!may_have_effects(b"select * from orders where id = $1"));
+        assert!(may_have_effects(b"UPDATE t SeT a = 1"));
+        assert!(effects("select * from orders where id = $1", true).is_empty());
+    }
+}
