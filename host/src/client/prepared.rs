@@ -135,6 +135,9 @@ impl ClientStatements {
 pub struct ServerStatements {
     by_key: HashMap<u128, (Arc<Statement>, u64)>,
     clock: u64,
+    /// Statements prepared before a schema change made their plans' result types differ: closed before the
+    /// next Parse sent to this server.
+    stale: Vec<Arc<Statement>>,
     /// A client ran SQL `DEALLOCATE name` here: which statement went is unknown, so the connection is not
     /// reused (see [`ServerStatements::trusted`]).
     untrusted: bool,
@@ -190,6 +193,20 @@ impl ServerStatements {
     /// The server dropped every prepared statement (DEALLOCATE ALL, DISCARD ALL).
     pub fn clear(&mut self) {
         self.by_key.clear();
+        self.stale.clear();
+    }
+
+    /// `stmt` failed with "cached plan must not change result type": it is to be closed and prepared again.
+    pub fn mark_stale(&mut self, stmt: &Arc<Statement>) {
+        self.forget(stmt);
+        if !self.stale.iter().any(|s| s.same_as(stmt)) {
+            self.stale.push(Arc::clone(stmt));
+        }
+    }
+
+    /// The stale statements, to close now.
+    pub fn take_stale(&mut self) -> Vec<Arc<Statement>> {
+        std::mem::take(&mut self.stale)
     }
 
     /// A client deallocated some statement by name with SQL: the record may be wrong from now on.

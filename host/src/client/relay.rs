@@ -456,7 +456,7 @@ impl Relay {
                 self.pending.push_back(Pending::Ext {
                     msg: Ext::Bind,
                     forward: true,
-                    undo: Undo::Nothing,
+                    undo: Undo::Bound(stmt),
                 });
                 if self.client_stream_left > 0 {
                     // The loop's streaming branch must not count the bytes already in `run` again.
@@ -537,6 +537,14 @@ impl Relay {
         out: &mut OutQueue,
         stmts: &mut Statements<'_>,
     ) {
+        for old in stmts.server.take_stale() {
+            out.push(old.close_frame());
+            self.pending.push_back(Pending::Ext {
+                msg: Ext::Close,
+                forward: false,
+                undo: Undo::Stale(old),
+            });
+        }
         let collided = stmts.server.collides(stmt);
         if let Some(old) = &collided {
             stmts.server.forget(old);
@@ -840,7 +848,17 @@ impl Relay {
             return Ok(Verdict::Forward);
         };
         match &self.pending[i] {
-            Pending::Ext { .. } => {
+            Pending::Ext { undo, .. } => {
+                if let Undo::Bound(stmt) = undo
+                    && fields.code == "0A000"
+                    && self.tx == TransactionStatus::Idle
+                    && let Some(stmts) = ctx.stmts.as_deref_mut()
+                {
+                    // "cached plan must not change result type": the statement was prepared before a schema
+                    // change. Outside a transaction it is prepared again at its next use (the driver's retry)
+                    // instead of failing until an operator's RECONNECT.
+                    stmts.server.mark_stale(stmt);
+                }
                 let verdict = self.reply_ends(false, ctx);
                 self.skip_batch(ctx);
                 Ok(verdict)
@@ -1098,6 +1116,10 @@ enum Undo {
     },
     /// pgwarden's Close of an evicted statement: the server keeps it.
     Evicted(Arc<Statement>),
+    /// A Bind of this statement: nothing to take back (kept to recognise a stale plan).
+    Bound(Arc<Statement>),
+    /// pgwarden's Close of a stale statement: it is still to be closed.
+    Stale(Arc<Statement>),
 }
 
 impl Undo {
@@ -1130,6 +1152,8 @@ impl Undo {
                 }
             }
             Undo::Evicted(stmt) => stmts.server.insert(stmt),
+            Undo::Bound(_) => {}
+            Undo::Stale(stmt) => stmts.server.mark_stale(&stmt),
         }
     }
 }

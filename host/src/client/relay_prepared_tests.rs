@@ -504,3 +504,44 @@ fn asyncpgs_prepare_shape_goes_through() {
     assert_eq!(tags(&sent), "PDHS");
     assert!(answered.is_empty());
 }
+
+#[test]
+fn a_plan_made_stale_by_a_schema_change_is_prepared_again_at_its_next_use() {
+    let mut l = Link::new(10);
+    l.client(&[parse("s1", "select * from t"), sync()]);
+    l.server(&[frame(b'1', b""), ready()]);
+    l.relay.reset();
+    let (sent, _) = l.client(&[bind("s1"), execute(), sync()]);
+    assert_eq!(tags(&sent), "BES");
+    let seen = l.server(&[error("0A000"), ready()]);
+    assert_eq!(tags(&seen), "EZ", "the client hears it once");
+    l.relay.reset();
+    let (sent, _) = l.client(&[bind("s1"), execute(), sync()]);
+    assert_eq!(
+        tags(&sent),
+        "CPBES",
+        "closed and prepared again before the retry"
+    );
+    let name = statement_name(b'P', &sent[1].1);
+    assert_eq!(statement_name(b'C', &sent[0].1), name);
+    let seen = l.server(&[
+        frame(b'3', b""),
+        frame(b'1', b""),
+        frame(b'2', b""),
+        frame(b'C', b"SELECT 0\0"),
+        ready(),
+    ]);
+    assert_eq!(tags(&seen), "2CZ");
+
+    // Inside a transaction block the statement is left alone (the transaction has failed anyway).
+    let mut l = Link::new(10);
+    l.client(&[parse("s1", "select * from t"), sync()]);
+    l.server(&[frame(b'1', b""), ready()]);
+    l.relay.reset();
+    l.relay.tx = TransactionStatus::InTransaction;
+    l.client(&[bind("s1"), execute(), sync()]);
+    l.server(&[error("0A000"), ready()]);
+    l.relay.reset();
+    let (sent, _) = l.client(&[bind("s1"), execute(), sync()]);
+    assert_eq!(tags(&sent), "BES");
+}
