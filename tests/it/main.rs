@@ -3,6 +3,7 @@
 
 mod auth;
 mod cancel;
+mod cli_clients;
 mod clients;
 mod config_cli;
 mod drivers;
