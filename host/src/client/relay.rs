@@ -1011,6 +1011,12 @@ fn sticky_denial(sticky: session_sql::Sticky, hint: &str) -> Denial {
 
 /// PostgreSQL's error for a statement name that does not exist or already exists.
 fn statement_error(sqlstate: &str, name: &str, what: &str) -> Denial {
+    // PgBouncer's log words (it closes the client here; pgwarden answers as PostgreSQL would).
+    if sqlstate == "42P05" {
+        tracing::info!("prepared statement '{name}' was already prepared");
+    } else {
+        tracing::info!("prepared statement '{name}' did not exist");
+    }
     Denial {
         sqlstate: sqlstate.into(),
         message: format!("prepared statement \"{name}\" {what}"),
