@@ -6,6 +6,7 @@ use std::fmt::{Debug, Write as _};
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -89,6 +90,23 @@ impl Drop for PoolClient {
     }
 }
 
+/// A pinned client, counted in its pool's `pinned_clients` for as long as this lives.
+#[derive(Debug)]
+struct PinnedGauge(Arc<Pool>);
+
+impl PinnedGauge {
+    fn new(pool: &Arc<Pool>) -> Self {
+        pool.stats.pinned_clients.fetch_add(1, Ordering::Relaxed);
+        Self(Arc::clone(pool))
+    }
+}
+
+impl Drop for PinnedGauge {
+    fn drop(&mut self) {
+        self.0.stats.pinned_clients.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Anything held for the life of the session and released on drop (client counts).
 pub type Guard = Box<dyn Debug + Send + Sync>;
 
@@ -115,7 +133,8 @@ pub struct Session {
     /// It ran set_config on a setting it computed: which one is unknown, so it keeps its server for good.
     pinned_for_good: bool,
     /// The last transaction ended with the client pinned: the next one checks whether it still must be.
-    was_pinned: bool,
+    /// Counted in the pool's pinned clients while set.
+    was_pinned: Option<PinnedGauge>,
     /// What policy plugins are told about this client (built once at login).
     plugin_info: SessionInfo,
     /// Fires when the process starts draining or terminating; polled only until it fires once.
@@ -186,7 +205,7 @@ impl Session {
             settings: BTreeMap::new(),
             pinned: None,
             pinned_for_good: false,
-            was_pinned: false,
+            was_pinned: None,
             plugin_info,
             stop: Box::pin(stop_token.cancelled_owned()),
             stop_seen: false,
@@ -248,7 +267,7 @@ impl Session {
                     }
                 },
                 LinkEnd::Finish(end, disposal) => {
-                    let sticky = self.was_pinned
+                    let sticky = self.was_pinned.is_some()
                         || self.pinned_for_good
                         || self.relay_state.effects.sticky.is_some();
                     let disposal = match disposal {
@@ -739,7 +758,7 @@ impl Session {
             .iter()
             .filter(|n| tracked.index(n).is_none())
             .collect();
-        let check_sticky = fx.sticky.is_some() || self.pinned_for_good || self.was_pinned;
+        let check_sticky = fx.sticky.is_some() || self.pinned_for_good || self.was_pinned.is_some();
         if names.is_empty() && !check_sticky {
             return Ok(false);
         }
@@ -773,7 +792,11 @@ impl Session {
             .and_then(|v| v.as_deref())
             .is_some_and(|count| count != "0");
         let keep = self.pinned_for_good || (check_sticky && sticky);
-        self.was_pinned = keep;
+        if !keep {
+            self.was_pinned = None;
+        } else if self.was_pinned.is_none() {
+            self.was_pinned = Some(PinnedGauge::new(&self.pool.0));
+        }
         Ok(keep)
     }
 

@@ -36,6 +36,8 @@ pub struct PoolStats {
     pub server_parses: AtomicU64,
     /// Bind messages of tracked statements.
     pub binds: AtomicU64,
+    /// Clients kept on their server by state that cannot move (session_state = pin), now.
+    pub pinned_clients: AtomicU32,
 }
 
 impl PoolStats {
