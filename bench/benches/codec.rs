@@ -154,11 +154,29 @@ fn error_response(c: &mut Criterion) {
         });
 }
 
+/// What transaction pooling pays per query to notice session-changing statements: the one-pass word check
+/// that rules out most queries, and the full reading of one that has such a word.
+fn session_effects(c: &mut Criterion) {
+    let large = pgwarden_bench::sql::large_select();
+    let mut group = c.benchmark_group("session_effects");
+    for (label, text) in [
+        ("select_100B", pgwarden_bench::sql::SMALL_SELECT),
+        ("select_10KB", large.as_str()),
+        ("set_search_path", "SET search_path TO app, public"),
+    ] {
+        group.throughput(Throughput::Bytes(text.len() as u64));
+        group.bench_function(label, |b| {
+            b.iter(|| pgwarden::sql::session::effects(black_box(text), true));
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = frame_split, relay, startup_parse, error_response
+    targets = frame_split, relay, startup_parse, error_response, session_effects
 }
 criterion_main!(benches);

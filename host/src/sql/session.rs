@@ -7,6 +7,10 @@
 //! changes nothing; a LISTEN followed by UNLISTEN leaves nothing). Effects hidden in function bodies
 //! (`DO`, a function calling set_config) are not seen.
 
+use std::sync::LazyLock;
+
+use aho_corasick::AhoCorasick;
+
 use super::lexer::{StringKind, TokenKind, tokens_with};
 use super::summary::{Sig, significant};
 use super::{names, split};
@@ -86,16 +90,19 @@ impl Effects {
 
 /// Words whose absence proves a query has no session effect, checked before any lexing (case-insensitive
 /// substrings: `set` covers SET, RESET and set_config).
-const HINTS: [&[u8]; 6] = [b"set", b"listen", b"lock", b"temp", b"hold", b"prepare"];
+const HINTS: [&str; 6] = ["set", "listen", "lock", "temp", "hold", "prepare"];
+
+static HINT_FINDER: LazyLock<AhoCorasick> = LazyLock::new(|| {
+    AhoCorasick::builder()
+        .ascii_case_insensitive(true)
+        .build(HINTS)
+        .expect("fixed patterns build")
+});
 
 /// Whether SQL text (or any message holding it) may have session effects; most queries are ruled out by
-/// this scan alone.
+/// this one pass alone.
 pub fn may_have_effects(bytes: &[u8]) -> bool {
-    HINTS.iter().any(|hint| {
-        bytes
-            .windows(hint.len())
-            .any(|w| w.eq_ignore_ascii_case(hint))
-    })
+    HINT_FINDER.is_match(bytes)
 }
 
 /// The session effects of `sql`, lexed as a session with `standard_conforming_strings` =
