@@ -292,7 +292,8 @@ impl Relay {
                         undo: Undo::Nothing,
                     });
                 }
-                Kind::Flush => self.unsynced = true,
+                // A Flush starts nothing: after a Sync (libpq 17 pipelines send Sync, Flush) the link is quiet.
+                Kind::Flush => {}
                 Kind::Copy if h.tag != fe::COPY_DATA => self.pending.push_back(Pending::CopyEnd),
                 Kind::Copy => {}
                 Kind::Password | Kind::Unknown => {
