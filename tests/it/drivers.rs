@@ -6,13 +6,15 @@
 //! what they report and what PostgreSQL holds afterwards.
 //!
 //! Session mode runs each driver with its defaults (psycopg's prepare_threshold and pipeline mode,
-//! asyncpg's statement cache, SQLAlchemy's pools, pgjdbc's prepareThreshold=5). Transaction mode runs
-//! "today's settings", the workarounds PgBouncer's users apply (no named prepared statements kept across
-//! transactions; pgjdbc: `prepareThreshold=0`); the drivers' defaults in transaction mode come with
-//! protocol-level prepared statement support. node-postgres prepares only statements given a `name`: session
-//! mode runs named ones, transaction mode node-postgres's default, the unnamed statement. pgjdbc sends
-//! `extra_float_digits` as a startup parameter, so its poolers have `ignore_startup_parameters =
-//! extra_float_digits`, as runbook 000 configures PgBouncer.
+//! asyncpg's statement cache, SQLAlchemy's pools, pgjdbc's prepareThreshold=5). Transaction mode runs them
+//! twice: with the same defaults, which need pgwarden's protocol-level prepared statements
+//! (`max_prepared_statements`, on by default: every worker's server holds prepared statements, under
+//! pgwarden's names), and with "today's settings", the workarounds PgBouncer's users apply (no named prepared
+//! statements kept across transactions; pgjdbc: `prepareThreshold=0`). node-postgres prepares only
+//! statements given a `name`: its "defaults" are named statements (session mode and transaction mode), its
+//! "today" node-postgres's default, the unnamed statement. pgjdbc sends `extra_float_digits` as a startup
+//! parameter, so its poolers have `ignore_startup_parameters = extra_float_digits`, as runbook 000
+//! configures PgBouncer.
 //!
 //! The virtualenv: `tests/clients/python/setup.sh`; the node_modules: `tests/clients/node/setup.sh`; the
 //! compiled Java workload: `tests/clients/java/setup.sh` (pgjdbc: Debian's libpostgresql-jdbc-java; all
@@ -312,6 +314,90 @@ async fn session_pgjdbc_defaults_prepare_threshold() -> anyhow::Result<()> {
     workload(
         "drv_s_jdbc",
         "session",
+        Driver::Java("PgWorkload.java"),
+        "defaults",
+        &[],
+        Prepared::EveryWorker,
+    )
+    .await
+}
+
+// Transaction mode: the drivers' defaults, named statements kept across transactions (pgwarden prepares
+// them on whichever server a transaction runs on).
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_psycopg3_defaults_prepare_and_pipeline() -> anyhow::Result<()> {
+    workload(
+        "drv_tp_pg3",
+        "transaction",
+        Driver::Py("psycopg3_workload.py"),
+        "defaults",
+        &[],
+        Prepared::EveryWorker,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_asyncpg_default_statement_cache() -> anyhow::Result<()> {
+    workload(
+        "drv_tp_apg",
+        "transaction",
+        Driver::Py("asyncpg_workload.py"),
+        "defaults",
+        &[],
+        Prepared::EveryWorker,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_sqlalchemy_orm_over_psycopg3_defaults() -> anyhow::Result<()> {
+    // A client-side pool larger than the server pool: transaction pooling shares the 3 servers.
+    workload(
+        "drv_tp_sapg3",
+        "transaction",
+        Driver::Py("sqlalchemy_psycopg_workload.py"),
+        "defaults",
+        &[("PGW_SA_POOL_SIZE", "10")],
+        Prepared::EveryWorker,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_sqlalchemy_core_over_asyncpg_defaults() -> anyhow::Result<()> {
+    workload(
+        "drv_tp_saapg",
+        "transaction",
+        Driver::Py("sqlalchemy_asyncpg_workload.py"),
+        "defaults",
+        &[("PGW_SA_POOL_SIZE", "10")],
+        Prepared::EveryWorker,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_node_postgres_named_prepared_statements() -> anyhow::Result<()> {
+    // The same statement names on every connection, for the same texts: each client's names are its own.
+    workload(
+        "drv_tp_nodepg",
+        "transaction",
+        Driver::Node("pg_workload.js"),
+        "named",
+        &[],
+        Prepared::EveryWorker,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_pgjdbc_defaults_prepare_threshold() -> anyhow::Result<()> {
+    // From the 5th run of a statement pgjdbc prepares it as S_1, S_2, ... on whatever server it is on.
+    workload(
+        "drv_tp_jdbc",
+        "transaction",
         Driver::Java("PgWorkload.java"),
         "defaults",
         &[],

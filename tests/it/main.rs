@@ -14,6 +14,7 @@ mod plugins;
 mod polyglot;
 mod pool_support;
 mod pooling;
+mod prepared;
 mod process;
 mod protocol;
 mod reload;

@@ -23,7 +23,7 @@ use crate::params::{ParamValues, quote_ident, quote_literal};
 use crate::plugin::convert::{self, SessionInfo};
 use crate::pool::Pool;
 use crate::protocol::backend::{self, Severity};
-use crate::protocol::frontend::{self, Kind};
+use crate::protocol::frontend::{self, Kind, tag as fe};
 use crate::protocol::{HEADER_LEN, frame};
 use crate::server::{ServerConn, ServerError};
 use crate::sql::session::Sticky;
@@ -284,7 +284,8 @@ impl Session {
     }
 
     /// Waits, holding no server, until the client has sent the start of its next message. A Terminate ends
-    /// the session; small messages are awaited whole so that no server waits on a slow client.
+    /// the session; messages are awaited whole so that no server waits on a slow client, except large ones
+    /// of the kinds the relay streams (Bind, CopyData, FunctionCall).
     async fn wait_for_message(&mut self, conn: &mut ClientConn) -> Result<(), End> {
         conn.flush().await?;
         conn.out.shrink_when_empty();
@@ -300,7 +301,13 @@ impl Session {
                             char::from(h.tag)
                         )));
                     }
-                    _ if conn.rbuf.len() >= h.frame_len || h.frame_len > STREAM_MIN => {
+                    // Only the kinds the relay streams may start before they are whole: a larger Query or
+                    // Parse is relayed whole, so waiting for it linked would release the server at once
+                    // (nothing sent, nothing owed) and come straight back here, never reading the rest.
+                    _ if conn.rbuf.len() >= h.frame_len
+                        || (h.frame_len > STREAM_MIN
+                            && matches!(h.tag, fe::BIND | fe::COPY_DATA | fe::FUNCTION_CALL)) =>
+                    {
                         return Ok(());
                     }
                     _ => {}
