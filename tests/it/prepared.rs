@@ -8,6 +8,7 @@
 //! same hand-built message sequence straight to PostgreSQL and through pgwarden and compare the replies.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
 use bytes::BufMut;
@@ -931,5 +932,98 @@ async fn session_mode_forwards_names_unchanged() -> anyhow::Result<()> {
             .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit())),
         "tokio-postgres's own name expected, got {n:?}"
     );
+    Ok(())
+}
+
+/// libpq 17 and later end a pipeline's sync with Sync then Flush (psycopg 3 pipelines do this): the Flush
+/// after the Sync owes no reply, so in transaction mode the server goes back to the pool at the
+/// ReadyForQuery. An idle client must not keep it, nor one that then says goodbye.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_after_sync_leaves_the_server_to_others() -> anyhow::Result<()> {
+    let (db, pooler) = setup("prep_flush", "transaction", "default_pool_size = 1").await?;
+    let params = [("user", db.user.as_str()), ("database", db.name.as_str())];
+    let mut a = RawClient::connect(pooler.port).await?;
+    a.login(&params, &db.password).await?;
+    a.send(
+        &[
+            parse("n", "select 1"),
+            bind_exec("n", &[]),
+            sync_msg(),
+            flush_msg(),
+        ]
+        .concat(),
+    )
+    .await?;
+    assert_eq!(tags(&a.until_ready().await?), "12DCZ");
+    let limit = Duration::from_secs(5);
+    let b = pooler.connect_as(&db).await?;
+    let rows = tokio::time::timeout(limit, simple_column(&b, "select 2"))
+        .await
+        .context("the idle client still holds the only server")??;
+    assert_eq!(rows, ["2"]);
+
+    // The same client busy again, then leaving right after a Sync and Flush.
+    a.send(&[bind_exec("n", &[]), sync_msg(), flush_msg()].concat())
+        .await?;
+    assert_eq!(tags(&a.until_ready().await?), "2DCZ");
+    a.send(&frame_bytes(b'X', b"")).await?;
+    crate::protocol::expect_closed(&mut a).await?;
+    let rows = tokio::time::timeout(limit, simple_column(&b, "select 3"))
+        .await
+        .context("the server of the client that left was never given back")??;
+    assert_eq!(rows, ["3"]);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------
+// psycopg 3
+// ---------------------------------------------------------------------------------------------------
+
+/// The script takes about a second; a stuck pipeline fails the test sooner than the default limit.
+const SCRIPT_LIMIT: Duration = Duration::from_secs(20);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg3_pipelines_with_prepare_and_errors() -> anyhow::Result<()> {
+    let pg = PgCluster::shared();
+    let (db, pooler) = setup("prep_psycopg", "transaction", "default_pool_size = 2").await?;
+    // Straight to PostgreSQL first: what the script's statements give there, one session.
+    let mut direct = pooler
+        .python("psycopg3_prepared.py", &db)?
+        .target(pg.host(), pg.port(), &db.user, &db.password, &db.name)
+        .env("PGW_COUNT_PREPARED", "1")
+        .timeout(SCRIPT_LIMIT)
+        .run_results()
+        .await?;
+    let counted = direct.pop().context("no output")?;
+    assert_eq!(counted["case"], "server_statements", "{direct:?}");
+    // psycopg really prepared its statements (_pg3_0, ...): the last connection's are still there.
+    assert!(counted["count"].parse::<i64>()? >= 1, "{direct:?}");
+    let results: Vec<(&str, &str, &str)> = direct
+        .iter()
+        .map(|r| {
+            (
+                r["case"].as_str(),
+                r["results"].as_str(),
+                r["errors"].as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        results,
+        [
+            ("pipeline_error", "2,-,-,4|5", "42P01"),
+            ("failed_prepare", "42P01,0,1", "-"),
+            ("failed_prepare_pipeline", "1,-,-|0,1", "42P01"),
+            ("same_names", "a1,b1,a2,b2,a3,b3", "-"),
+            ("transaction", "11,22012,25P02|11", "-"),
+        ]
+    );
+
+    let through = pooler
+        .python("psycopg3_prepared.py", &db)?
+        .timeout(SCRIPT_LIMIT)
+        .run_results()
+        .await?;
+    assert_eq!(through, direct, "pgwarden (left) and PostgreSQL disagree");
     Ok(())
 }
