@@ -227,7 +227,19 @@ async fn mode_and_pool_size_resolve_user_then_database_then_global() -> anyhow::
     }
     let b_pool = pool_of(&pooler, &name, &b)?;
     wait_queued(&b_pool, 1).await?;
+    // The third server may still be logging in when the fourth client queues: wait for it, then make sure
+    // no fourth one comes.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while backends(pg, &name, Some(&b)).await? < 3 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
     assert_eq!(backends(pg, &name, Some(&b)).await?, 3);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(
+        backends(pg, &name, Some(&b)).await?,
+        3,
+        "the fourth client waits"
+    );
     admin.batch_execute("COMMIT").await?;
     for task in blocked {
         assert_eq!(finish(task).await?, "0");
