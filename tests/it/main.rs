@@ -19,6 +19,7 @@ mod process;
 mod protocol;
 mod reload;
 mod runbook;
+mod session_state;
 mod settings;
 mod smoke;
 mod timeouts;
