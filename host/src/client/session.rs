@@ -771,11 +771,8 @@ impl Session {
         }
         let mut sql = String::from("SELECT ");
         for name in &names {
-            let _ = write!(
-                sql,
-                "pg_catalog.current_setting({}, true), ",
-                quote_literal(name)
-            );
+            sql.push_str(&session_value_sql(name));
+            sql.push_str(", ");
         }
         let login_user = self.pool.0.settings().login.user.clone();
         let _ = write!(sql, "{}", sticky_probe(&login_user));
@@ -955,6 +952,21 @@ fn settings_sync_sql(
     }
 }
 
+/// An expression giving the value of setting `name` when this session set it (SET, set_config), NULL
+/// otherwise. Only such values are the client's to carry: after a SET that PostgreSQL refused (a setting
+/// only a superuser or a restart may change), a RESET, or a local value gone with its transaction, the server
+/// holds its own value, and carrying that one would make pgwarden's set_config fail on the next server, which
+/// aborts the whole hidden sync query and so drops every other setting of the client there. Custom settings
+/// (`myapp.tenant`) are not in pg_settings: their current value is carried.
+fn session_value_sql(name: &str) -> String {
+    let name = quote_literal(name);
+    format!(
+        "CASE WHEN coalesce((SELECT source FROM pg_catalog.pg_settings \
+         WHERE pg_catalog.lower(name) = pg_catalog.lower({name})), 'session') = 'session' \
+         THEN pg_catalog.current_setting({name}, true) END"
+    )
+}
+
 /// An expression counting the state of this server session that cannot move to another server: channels
 /// listened to, advisory locks held (a finished transaction holds no transaction-level ones), temporary
 /// relations, cursors WITH HOLD, SQL-level prepared statements, and a role other than the login user's.
@@ -968,4 +980,20 @@ fn sticky_probe(login_user: &str) -> String {
          + (CASE WHEN current_user <> session_user OR session_user <> {} THEN 1 ELSE 0 END)",
         quote_literal(login_user)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_values_the_session_set_are_read_back() {
+        let sql = session_value_sql("myapp.it's");
+        assert_eq!(
+            sql,
+            "CASE WHEN coalesce((SELECT source FROM pg_catalog.pg_settings \
+             WHERE pg_catalog.lower(name) = pg_catalog.lower('myapp.it''s')), 'session') = 'session' \
+             THEN pg_catalog.current_setting('myapp.it''s', true) END"
+        );
+    }
 }
