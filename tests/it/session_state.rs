@@ -733,3 +733,42 @@ async fn allow_leaves_state_on_the_server_as_pgbouncer_does() -> anyhow::Result<
     holder.batch_execute("COMMIT").await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_set_does_not_keep_other_settings_from_following_the_client() -> anyhow::Result<()>
+{
+    let (db, pooler) = setup("state_refused_set", "default_pool_size = 2").await?;
+    let (a, _a) = connect_db(&pooler, &db).await?;
+    let (b, _b) = connect_db(&pooler, &db).await?;
+    let (h, _h) = connect_db(&pooler, &db).await?;
+    a.batch_execute("SET search_path TO tenant_a, public; SET work_mem = '9MB'")
+        .await?;
+    // Settings the client may not change: PostgreSQL refuses them and nothing changes.
+    let e = sql_error(&a, "SET log_statement = 'all'").await?;
+    assert_eq!(
+        (e.code().code(), e.message()),
+        (
+            "42501",
+            "permission denied to set parameter \"log_statement\""
+        )
+    );
+    let e = sql_error(&a, "SET shared_buffers = '1MB'").await?;
+    assert_eq!(e.code().code(), "55P02");
+    let show = "SELECT pg_backend_pid()::text, current_setting('search_path'), \
+                current_setting('work_mem'), current_setting('log_statement')";
+    let mut last: i32 = row(&a, show).await?[0].parse()?;
+    for round in 0..3 {
+        let holder = hold(&b, &h, last).await?;
+        let mut got = row(&a, show).await?;
+        holder.batch_execute("COMMIT").await?;
+        let pid: i32 = got.remove(0).parse()?;
+        assert_ne!(pid, last);
+        assert_eq!(
+            got,
+            ["tenant_a, public", "9MB", "none"],
+            "round {round}: A on server {pid}"
+        );
+        last = pid;
+    }
+    Ok(())
+}
