@@ -229,12 +229,12 @@ async fn mode_and_pool_size_resolve_user_then_database_then_global() -> anyhow::
     wait_queued(&b_pool, 1).await?;
     // The third server may still be logging in when the fourth client queues: wait for it, then make sure
     // no fourth one comes.
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while backends(pg, &name, Some(&b)).await? < 3 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert_eq!(backends(pg, &name, Some(&b)).await?, 3);
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(
         backends(pg, &name, Some(&b)).await?,
         3,

@@ -326,17 +326,18 @@ async fn listen_pins_the_client_notifications_reach_it_and_unlisten_frees_the_se
     let probe = spawn_scalar(&b, STATE_PROBE);
     wait_queued(&pool, 1).await?;
 
-    // Notifications sent straight to PostgreSQL reach A: its server is still the one listening. (pgwarden
-    // relays them with A's next transaction; an idle pinned client gets nothing until then.)
+    // Notifications sent straight to PostgreSQL reach A while it sits idle, as they would on a direct
+    // connection (a worker waiting on its socket for work): its server is still the one listening.
     for i in 0..5 {
         pg.exec_async(&db.name, &format!("NOTIFY jobs, 'n{i}'"))
             .await?;
-        assert_eq!(backend_pid(&a).await?, x, "transaction {i} of A");
         let n = next_notification(&mut notes).await?;
         assert_eq!(
             (n.channel(), n.payload()),
-            ("jobs", format!("n{i}").as_str())
+            ("jobs", format!("n{i}").as_str()),
+            "delivered to idle A"
         );
+        assert_eq!(backend_pid(&a).await?, x, "transaction {i} of A");
     }
     assert!(!probe.is_finished(), "B ran while A listened");
     assert_eq!(pool.waiting(), 1);

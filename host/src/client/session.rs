@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 use tokio::time::Sleep;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
@@ -147,6 +147,13 @@ pub struct Session {
     _guards: Vec<Guard>,
 }
 
+/// What woke a client waiting between transactions.
+#[derive(Debug, PartialEq, Eq)]
+enum Wake {
+    Client,
+    PinnedServer,
+}
+
 /// How a link ends.
 enum LinkEnd {
     /// The server is clean and idle: back to the pool, and on to the next transaction.
@@ -256,7 +263,7 @@ impl Session {
             let end = self.relay(conn, &mut server).await;
             self.unlink().await;
             match end {
-                LinkEnd::Release => match self.after_transaction(&mut server).await {
+                LinkEnd::Release => match self.after_transaction(&mut server, conn).await {
                     Ok(true) => self.pinned = Some(server),
                     Ok(false) => self.release(server).await,
                     Err(e) => {
@@ -317,7 +324,10 @@ impl Session {
                 // Idle clients hold no buffer: thousands of them should cost next to nothing.
                 conn.rbuf = BytesMut::new();
             }
-            self.wait_client_readable(conn, idle_since).await?;
+            if self.wait_client_readable(conn, idle_since).await? == Wake::PinnedServer {
+                self.relay_pinned_server(conn).await?;
+                continue;
+            }
             if conn.rbuf.capacity() - conn.rbuf.len() < HEADER_LEN {
                 conn.rbuf.reserve(READ_CHUNK);
             }
@@ -334,23 +344,101 @@ impl Session {
         &mut self,
         conn: &ClientConn,
         idle_since: Instant,
-    ) -> Result<(), End> {
+    ) -> Result<Wake, End> {
         let idle_timeout = self.timeouts.client_idle_timeout;
         let deadline = (!idle_timeout.is_zero())
             .then(|| tokio::time::Instant::from(idle_since + idle_timeout));
+        let pinned = self.pinned.as_ref();
+        let pinned_readable = async {
+            match pinned {
+                Some(server) => server.stream.readable().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             // The client sent something (or closed).
-            res = conn.stream.readable() => res.map_err(|e| End::Closed(format!("client read error: {e}"))),
+            res = conn.stream.readable() => res
+                .map(|()| Wake::Client)
+                .map_err(|e| End::Closed(format!("client read error: {e}"))),
+            // The server a pinned client keeps sent something: a notification for its LISTEN, a notice, or
+            // the news that it is going away.
+            _ = pinned_readable => Ok(Wake::PinnedServer),
             // client_idle_timeout between transactions.
             () = sleep_until_opt(deadline) => Err(End::pooler("client_idle_timeout")),
             // A drain leaves clients between transactions alone until the process exits.
             () = &mut self.stop, if !self.stop_seen => {
                 self.stop_seen = true;
-                Ok(())
+                Ok(Wake::Client)
             }
             // Immediate shutdown.
             () = &mut self.terminate => Err(End::pooler("server shutting down")),
         }
+    }
+
+    /// Passes what the server of an idle pinned client sent (notifications, notices, parameter changes) to
+    /// the client. A server that fails or goes away ends the session: the state it pinned is lost.
+    async fn relay_pinned_server(&mut self, conn: &mut ClientConn) -> Result<(), End> {
+        let Some(server) = self.pinned.as_mut() else {
+            return Ok(());
+        };
+        let max = self.pool.0.settings().max_packet;
+        let lost = match server.stream.try_read_buf(&mut server.rbuf) {
+            Ok(0) => Some("server closed the connection".to_owned()),
+            Ok(_) => None,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+            Err(e) => Some(format!("server read error: {e}")),
+        };
+        let mut fatal = None;
+        loop {
+            match frame::split(&mut server.rbuf, max) {
+                Ok(Some(f)) => match f.tag {
+                    backend::tag::NOTIFICATION_RESPONSE
+                    | backend::tag::NOTICE_RESPONSE
+                    | backend::tag::PARAMETER_STATUS => {
+                        if f.tag == backend::tag::PARAMETER_STATUS
+                            && let Ok((name, value)) = backend::parse_parameter_status(&f.body)
+                            && let Some(i) = self.state.tracked.index(name)
+                        {
+                            server.params.set(i, value);
+                            self.params.set(i, value);
+                        }
+                        conn.send(|b| {
+                            b.put_u8(f.tag);
+                            b.put_u32(u32::try_from(f.body.len() + 4).unwrap_or(u32::MAX));
+                            b.put_slice(&f.body);
+                        });
+                    }
+                    backend::tag::ERROR_RESPONSE => {
+                        conn.send(|b| {
+                            b.put_u8(f.tag);
+                            b.put_u32(u32::try_from(f.body.len() + 4).unwrap_or(u32::MAX));
+                            b.put_slice(&f.body);
+                        });
+                        fatal = Some("server sent an error while idle".to_owned());
+                    }
+                    other => {
+                        fatal = Some(format!(
+                            "unexpected message '{}' from an idle server",
+                            char::from(other)
+                        ));
+                    }
+                },
+                Ok(None) => break,
+                Err(e) => {
+                    fatal = Some(format!("server sent an invalid message: {e}"));
+                    break;
+                }
+            }
+        }
+        conn.flush().await?;
+        if let Some(reason) = lost.or(fatal) {
+            if let Some(server) = self.pinned.take() {
+                server.close(&reason);
+            }
+            self.was_pinned = None;
+            return Err(End::pooler("server conn crashed?"));
+        }
+        Ok(())
     }
 
     /// Gets a server for the next transaction, waiting out a PAUSE. An idle server is taken without
@@ -750,7 +838,11 @@ impl Session {
     /// After a transaction in transaction or statement pooling: reads from the server what the transaction's
     /// statements may have changed in the session, records the settings for the client, and tells whether
     /// the client keeps this server (state that cannot move, session_state=pin).
-    async fn after_transaction(&mut self, server: &mut ServerConn) -> Result<bool, ServerError> {
+    async fn after_transaction(
+        &mut self,
+        server: &mut ServerConn,
+        conn: &mut ClientConn,
+    ) -> Result<bool, ServerError> {
         let fx = std::mem::take(&mut self.relay_state.effects);
         if fx.sticky == Some(Sticky::UnknownSetting) {
             self.pinned_for_good = true;
@@ -777,7 +869,11 @@ impl Session {
         let login_user = self.pool.0.settings().login.user.clone();
         let _ = write!(sql, "{}", sticky_probe(&login_user));
         let max = self.pool.0.settings().max_packet;
-        let rows = server.simple_query_rows(&sql, max).await?;
+        let rows = server.simple_query_rows(&sql, max).await;
+        if !server.notifications.is_empty() {
+            conn.out.push_local(&mut server.notifications);
+        }
+        let rows = rows?;
         let row = rows.into_iter().next().unwrap_or_default();
         for (name, value) in names.iter().zip(&row) {
             match value {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub use error::ServerError;
@@ -53,6 +53,8 @@ pub struct ServerConn {
     /// Session settings (beyond the reported parameters) clients changed here or pgwarden set, by name:
     /// the next client's link puts them back to what that client holds.
     pub settings: std::collections::BTreeMap<String, String>,
+    /// NotificationResponse frames that arrived while pgwarden ran a query of its own, for the client.
+    pub notifications: BytesMut,
 }
 
 impl ServerConn {
@@ -73,6 +75,7 @@ impl ServerConn {
             slot: None,
             prepared: Default::default(),
             settings: Default::default(),
+            notifications: BytesMut::new(),
         }
     }
 
@@ -123,6 +126,13 @@ impl ServerConn {
                             .map(|v| v.map(|b| String::from_utf8_lossy(b).into_owned()))
                             .collect(),
                     );
+                }
+                tag::NOTIFICATION_RESPONSE => {
+                    // A NOTIFY for a LISTEN of the client that holds this server: it must not be lost.
+                    self.notifications.put_u8(f.tag);
+                    self.notifications
+                        .put_u32(u32::try_from(f.body.len() + 4).unwrap_or(u32::MAX));
+                    self.notifications.put_slice(&f.body);
                 }
                 tag::ERROR_RESPONSE => error = Some(ErrorFields::parse(&f.body)?),
                 tag::PARAMETER_STATUS => {
