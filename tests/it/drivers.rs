@@ -8,8 +8,8 @@
 //! Session mode runs each driver with its defaults (psycopg's prepare_threshold and pipeline mode,
 //! asyncpg's statement cache, SQLAlchemy's pools, pgjdbc's prepareThreshold=5). Transaction mode runs them
 //! twice: with the same defaults, which need pgwarden's protocol-level prepared statements
-//! (`max_prepared_statements`, on by default: every worker's server holds prepared statements, under
-//! pgwarden's names), and with "today's settings", the workarounds PgBouncer's users apply (no named prepared
+//! (`max_prepared_statements`, on by default: the shared servers hold prepared statements under pgwarden's
+//! names), and with "today's settings", the workarounds PgBouncer's users apply (no named prepared
 //! statements kept across transactions; pgjdbc: `prepareThreshold=0`). node-postgres prepares only
 //! statements given a `name`: its "defaults" are named statements (session mode and transaction mode), its
 //! "today" node-postgres's default, the unnamed statement. pgjdbc sends `extra_float_digits` as a startup
@@ -35,6 +35,10 @@ const POOL_SIZE: usize = 3;
 enum Prepared {
     /// Every worker's server session held prepared statements (the driver prepares on its own).
     EveryWorker,
+    /// Transaction pooling with the driver preparing on its own: the servers hold pgwarden's shared
+    /// statements, so most workers' halfway look sees some. Not every one: a worker may look from a server
+    /// no client has used a prepared statement on yet (its own live on whichever server it used them).
+    Shared,
     /// None did (the driver never keeps named statements).
     Never,
     /// Not asserted: SQLAlchemy's documented asyncpg settings prepare every statement under a unique name
@@ -191,6 +195,7 @@ fn check_reports(results: &[BTreeMap<String, String>], prepared: Prepared) -> an
     );
     let ok = match prepared {
         Prepared::EveryWorker => prepared_counts.iter().all(|&n| n > 0),
+        Prepared::Shared => prepared_counts.iter().filter(|&&n| n > 0).count() * 2 >= WORKERS,
         Prepared::Never => prepared_counts.iter().all(|&n| n == 0),
         Prepared::Unchecked => true,
     };
@@ -333,7 +338,7 @@ async fn transaction_psycopg3_defaults_prepare_and_pipeline() -> anyhow::Result<
         Driver::Py("psycopg3_workload.py"),
         "defaults",
         &[],
-        Prepared::EveryWorker,
+        Prepared::Shared,
     )
     .await
 }
@@ -346,7 +351,7 @@ async fn transaction_asyncpg_default_statement_cache() -> anyhow::Result<()> {
         Driver::Py("asyncpg_workload.py"),
         "defaults",
         &[],
-        Prepared::EveryWorker,
+        Prepared::Shared,
     )
     .await
 }
@@ -360,7 +365,7 @@ async fn transaction_sqlalchemy_orm_over_psycopg3_defaults() -> anyhow::Result<(
         Driver::Py("sqlalchemy_psycopg_workload.py"),
         "defaults",
         &[("PGW_SA_POOL_SIZE", "10")],
-        Prepared::EveryWorker,
+        Prepared::Shared,
     )
     .await
 }
@@ -373,7 +378,7 @@ async fn transaction_sqlalchemy_core_over_asyncpg_defaults() -> anyhow::Result<(
         Driver::Py("sqlalchemy_asyncpg_workload.py"),
         "defaults",
         &[("PGW_SA_POOL_SIZE", "10")],
-        Prepared::EveryWorker,
+        Prepared::Shared,
     )
     .await
 }
@@ -387,7 +392,7 @@ async fn transaction_node_postgres_named_prepared_statements() -> anyhow::Result
         Driver::Node("pg_workload.js"),
         "named",
         &[],
-        Prepared::EveryWorker,
+        Prepared::Shared,
     )
     .await
 }
@@ -401,7 +406,7 @@ async fn transaction_pgjdbc_defaults_prepare_threshold() -> anyhow::Result<()> {
         Driver::Java("PgWorkload.java"),
         "defaults",
         &[],
-        Prepared::EveryWorker,
+        Prepared::Shared,
     )
     .await
 }
