@@ -689,3 +689,44 @@ async fn shutdown_stops_the_pooler() -> anyhow::Result<()> {
     assert!(pooler.state.lifecycle.shutdown_mode().is_some());
     Ok(())
 }
+
+/// Console clients count against max_user_client_connections and max_db_client_connections like any
+/// client (SHOW USERS and SHOW DATABASES show them), but admins are never refused (PgBouncer's rule).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_clients_count_against_client_limits_except_admins() -> anyhow::Result<()> {
+    let (_db, pooler) = start(
+        "adm_limits",
+        "max_user_client_connections = 1\nmax_db_client_connections = 3",
+    )
+    .await?;
+    let watcher = pooler.connect(WATCHER, WATCHER_PW, "pgbouncer").await?;
+    let err = pooler
+        .connect(WATCHER, WATCHER_PW, "pgbouncer")
+        .await
+        .expect_err("over max_user_client_connections");
+    let err = err
+        .downcast_ref::<tokio_postgres::Error>()
+        .context("not a server error")?;
+    let (code, message, _) = db_error(err);
+    assert_eq!(code, "08P01");
+    assert_eq!(
+        message,
+        "client connections exceeded (max_user_client_connections)"
+    );
+    let admin = console(&pooler).await?;
+    let _admin2 = console(&pooler).await?;
+    let t = table(&admin, "SHOW USERS").await?;
+    assert_eq!(t.get(WATCHER, "current_client_connections"), "1");
+    assert_eq!(t.get(ADMIN, "current_client_connections"), "2");
+    let t = table(&admin, "SHOW DATABASES").await?;
+    assert_eq!(t.get("pgbouncer", "current_client_connections"), "3");
+    drop(watcher);
+    eventually("the stats user to get in again", || async {
+        Ok(pooler
+            .connect(WATCHER, WATCHER_PW, "pgbouncer")
+            .await
+            .is_ok())
+    })
+    .await?;
+    Ok(())
+}

@@ -29,7 +29,7 @@ use crate::net::Stream;
 use crate::protocol::PROTOCOL_VIOLATION;
 use crate::protocol::backend::{self, ErrorFields, Severity, TransactionStatus};
 use crate::protocol::frontend::{self, tag};
-use crate::state::{Runtime, State};
+use crate::state::{CountKind, Runtime, State};
 
 /// What SHOW VERSION answers: the first line of `pgwarden --version`.
 pub const VERSION: &str = concat!("pgwarden ", env!("CARGO_PKG_VERSION"));
@@ -87,8 +87,9 @@ pub struct Console {
     access: Access,
     user: String,
     info: ClientInfo,
-    /// Client counts held while connected (max_client_conn).
-    _guard: Box<dyn Debug + Send + Sync>,
+    /// Client counts held while connected (max_client_conn, max_db_client_connections,
+    /// max_user_client_connections).
+    _guards: Vec<Guard>,
 }
 
 impl Debug for Console {
@@ -107,7 +108,7 @@ impl Console {
         access: Access,
         user: String,
         info: ClientInfo,
-        guard: Box<dyn Debug + Send + Sync>,
+        guards: Vec<Guard>,
     ) -> Self {
         state.console.clients.fetch_add(1, Ordering::AcqRel);
         state.console.logins.fetch_add(1, Ordering::Relaxed);
@@ -116,7 +117,7 @@ impl Console {
             access,
             user,
             info,
-            _guard: guard,
+            _guards: guards,
         }
     }
 
@@ -279,11 +280,12 @@ pub async fn login(
     conn: &mut ClientConn,
     info: &ClientInfo,
     user: &str,
-    guard: Box<dyn Debug + Send + Sync>,
+    total: Guard,
 ) -> Result<Console, End> {
     let settings = &runtime.config.settings;
     let trusted = trusted_peer(user, &conn.stream);
     let access = access(settings, user, trusted)?;
+    let guards = vec![total, count_client(state, runtime, user, access)?];
     if trusted {
         if settings.log_connections {
             tracing::info!("{info}: pgbouncer access from unix socket");
@@ -291,10 +293,44 @@ pub async fn login(
     } else if settings.auth_type != AuthType::Any {
         crate::client::authenticate_user(conn, runtime, user).await?;
     }
-    let console = Console::new(state, access, user.to_owned(), info.clone(), guard);
+    let console = Console::new(state, access, user.to_owned(), info.clone(), guards);
     console.welcome(conn);
     conn.flush().await?;
     Ok(console)
+}
+
+/// Anything a console client holds while connected.
+pub type Guard = Box<dyn Debug + Send + Sync>;
+
+/// Counts a console client against max_db_client_connections (the console's database) and the user's
+/// max_user_client_connections; admins are counted but never refused (PgBouncer's rule).
+fn count_client(
+    state: &State,
+    runtime: &Runtime,
+    user: &str,
+    access: Access,
+) -> Result<Guard, End> {
+    let settings = &runtime.config.settings;
+    let limit = |max: u32| if access == Access::Admin { 0 } else { max };
+    let db = state
+        .clients
+        .try_add(
+            CountKind::Database,
+            CONSOLE_NAME,
+            limit(settings.max_db_client_connections),
+        )
+        .ok_or_else(|| End::pooler("client connections exceeded (max_db_client_connections)"))?;
+    let max_user = runtime
+        .config
+        .users
+        .get(user)
+        .and_then(|u| u.max_user_client_connections)
+        .unwrap_or(settings.max_user_client_connections);
+    let user = state
+        .clients
+        .try_add(CountKind::User, user, limit(max_user))
+        .ok_or_else(|| End::pooler("client connections exceeded (max_user_client_connections)"))?;
+    Ok(Box::new((db, user)))
 }
 
 impl Drop for Console {

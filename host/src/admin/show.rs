@@ -153,7 +153,6 @@ fn databases(state: &State, runtime: &Runtime) -> ResultSet {
         let clients = state.clients.count(CountKind::Database, &db.name);
         let Some(entry) = db.entry else {
             if db.name == CONSOLE_NAME {
-                let console_clients = state.console.clients.load(Ordering::Relaxed);
                 r.push(row![
                     CONSOLE_NAME,
                     None::<String>,
@@ -169,7 +168,7 @@ fn databases(state: &State, runtime: &Runtime) -> ResultSet {
                     0u32,
                     0u32,
                     s.max_db_client_connections,
-                    console_clients,
+                    clients,
                     0u32,
                     0u32,
                 ]);
@@ -325,12 +324,7 @@ fn users(state: &State, runtime: &Runtime) -> ResultSet {
             .filter(|p| *p.key.user == *name)
             .map(|p| p.snapshot().open)
             .sum();
-        let clients = if name == CONSOLE_NAME {
-            state.console.clients.load(Ordering::Relaxed)
-                + state.clients.count(CountKind::User, &name)
-        } else {
-            state.clients.count(CountKind::User, &name)
-        };
+        let clients = state.clients.count(CountKind::User, &name);
         r.push(row![
             name.as_str(),
             size(u.and_then(|u| u.pool_size)),
