@@ -15,10 +15,12 @@
 //! - [`listener`]: listening sockets, the accept loop, [`run`], maintenance.
 //! - [`sql`]: the lexical summary of SQL that query policies get (statements, kinds, read-only or not).
 //! - [`plugin`]: the wasmtime runtime for plugins: engine, instances, limits, failure policy, generations.
+//! - [`admin`]: the admin console (the `pgbouncer` database): SHOW, SET, RELOAD, PAUSE, RESUME, SHUTDOWN.
 //! - [`reload`]: SIGHUP: re-read config, auth_file and plugins, swap atomically, re-resolve pools.
 //! - [`stats`]: `log_stats` lines every `stats_period`.
 //! - [`net`], [`cli`], [`logging`], [`process`]: sockets, command line, logs, daemon/pidfile/user/signals.
 
+pub mod admin;
 pub mod auth;
 pub mod cancel;
 pub mod cli;

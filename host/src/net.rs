@@ -77,6 +77,15 @@ impl Stream {
         }
     }
 
+    /// The user id of the process at the other end of a Unix socket (`None` for TCP, or when the kernel
+    /// does not say).
+    pub fn peer_uid(&self) -> Option<u32> {
+        match self {
+            Self::Unix(s) => s.peer_cred().ok().map(|c| c.uid()),
+            Self::Tcp(_) => None,
+        }
+    }
+
     pub fn is_unix(&self) -> bool {
         matches!(self, Self::Unix(_))
     }

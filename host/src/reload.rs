@@ -1,4 +1,4 @@
-//! Reload (SIGHUP, and later the console's RELOAD): re-read the config file and `auth_file`, swap the new
+//! Reload (SIGHUP, and the console's RELOAD): re-read the config file and `auth_file`, swap the new
 //! generation in atomically, re-resolve every pool. An invalid file changes nothing.
 
 use std::sync::Arc;
@@ -71,6 +71,16 @@ pub async fn reload(state: &Arc<State>) -> Result<(), ReloadError> {
     apply(state, &runtime);
     tracing::info!("configuration reloaded (generation {})", runtime.generation);
     Ok(())
+}
+
+/// Swaps in `config` under the running plugins (the console's `SET`, which changes one setting and nothing a
+/// plugin is built from), then brings every pool in line, as a reload does.
+pub fn install_config(state: &State, config: config::Config) {
+    let plugins = Arc::clone(&state.runtime().plugins);
+    let runtime = Arc::new(Runtime::new(config, plugins, state.next_generation()));
+    state.runtime.store(Arc::clone(&runtime));
+    apply(state, &runtime);
+    tracing::info!("configuration changed (generation {})", runtime.generation);
 }
 
 /// Brings every pool in line with `runtime`. Pools whose database entry disappeared keep their last

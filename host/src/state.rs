@@ -66,6 +66,8 @@ pub struct State {
     pub cancels: Arc<CancelRegistry>,
     pub clients: Arc<ClientCounts>,
     pub lifecycle: Lifecycle,
+    /// What the admin console's own clients did (its row in SHOW POOLS and SHOW STATS).
+    pub console: crate::admin::ConsoleStats,
     next_generation: AtomicU64,
 }
 
@@ -98,6 +100,7 @@ impl State {
             cancels: Arc::new(CancelRegistry::default()),
             clients: Arc::default(),
             lifecycle: Lifecycle::default(),
+            console: crate::admin::ConsoleStats::default(),
             next_generation: AtomicU64::new(2),
         }))
     }
@@ -112,8 +115,23 @@ impl State {
         self.lifecycle.paused_flag.store(paused, Ordering::Release);
         self.lifecycle.paused.send_replace(paused);
         for pool in self.pools.all() {
-            pool.set_paused(paused);
+            pool.set_paused(paused || self.pools.is_database_paused(&pool.key.database));
         }
+    }
+
+    /// PAUSE db (`true`) or RESUME db (`false`): like [`State::set_paused`] for the pools of one database
+    /// entry. False when the database already was in that state.
+    pub fn set_database_paused(&self, database: &str, paused: bool) -> bool {
+        if !self.pools.mark_database_paused(database, paused) {
+            return false;
+        }
+        let global = self.lifecycle.is_paused();
+        for pool in self.pools.all() {
+            if &*pool.key.database == database {
+                pool.set_paused(paused || global);
+            }
+        }
+        true
     }
 
     pub(crate) fn next_generation(&self) -> u64 {
@@ -244,6 +262,12 @@ impl ClientCounts {
             kind,
             name: name.to_owned(),
         })
+    }
+
+    /// Clients counted against `name` now.
+    pub fn count(&self, kind: CountKind, name: &str) -> u32 {
+        let map = self.map(kind).lock().unwrap_or_else(|e| e.into_inner());
+        map.get(name).copied().unwrap_or(0)
     }
 
     fn map(&self, kind: CountKind) -> &Mutex<HashMap<String, u32>> {

@@ -101,6 +101,7 @@ pub async fn log_periodically(state: Arc<State>) {
         let elapsed = since.elapsed();
         since = Instant::now();
         let totals = Totals::of(&state);
+        crate::admin::rotate_window(&state);
         if runtime.config.settings.log_stats {
             tracing::info!("{}", totals_line(last_totals, totals, elapsed));
         }

@@ -1,6 +1,7 @@
 //! pgwarden's integration tests: one binary, a throwaway PostgreSQL per process (see `pgwarden_tests::pg`),
 //! the pooler started in-process on port 0, and real clients.
 
+mod admin;
 mod auth;
 mod cancel;
 mod cli_clients;

@@ -17,12 +17,18 @@ use crate::protocol::backend::{self, TransactionStatus};
 use crate::protocol::startup::{self, StartupMessage, StartupRequest};
 use crate::state::{CountKind, Runtime, State};
 
+/// A logged-in client: of a pool, or of the admin console.
+pub enum LoggedIn {
+    Pool(Box<Session>),
+    Console(crate::admin::Console),
+}
+
 /// Logs the client in. `Ok(None)` for a CancelRequest connection (handled, nothing more to do).
 pub async fn run(
     state: &Arc<State>,
     conn: &mut ClientConn,
     info: &ClientInfo,
-) -> Result<Option<Session>, End> {
+) -> Result<Option<LoggedIn>, End> {
     let total = ClientTotal::new(state);
     let timeout = state.runtime().config.settings.client_login_timeout;
     let login = login(state, conn, info, total);
@@ -40,7 +46,7 @@ async fn login(
     conn: &mut ClientConn,
     info: &ClientInfo,
     total: ClientTotal,
-) -> Result<Option<Session>, End> {
+) -> Result<Option<LoggedIn>, End> {
     let msg = match read_first(conn).await? {
         First::Cancel { pid, secret } => {
             let timeout = state.runtime().config.settings.cancel_wait_timeout;
@@ -66,6 +72,12 @@ async fn login(
             startup.database,
             startup.user
         );
+    }
+    if crate::admin::is_console(&startup.database) {
+        let console =
+            crate::admin::login(state, &runtime, conn, info, &startup.user, Box::new(total))
+                .await?;
+        return Ok(Some(LoggedIn::Console(console)));
     }
     let routing = hooks::route(&runtime, &startup, &msg.params, info.peer)?;
     let db = lookup_database(&runtime, &routing.database);
@@ -108,9 +120,10 @@ async fn login(
         info,
     )
     .await?;
+    session.pool().stats.logins.fetch_add(1, Ordering::Relaxed);
     welcome(conn, &session);
     conn.flush().await?;
-    Ok(Some(session))
+    Ok(Some(LoggedIn::Pool(Box::new(session))))
 }
 
 /// What a connection turns out to be once encryption requests are answered.
@@ -233,7 +246,10 @@ async fn attach(
     pool.check_fast_fail().map_err(|e| checkout_end(&e))?;
     if pool.welcome().is_none() {
         // The first client of a pool waits for a server login, which also proves the pool can log in.
-        let server = pool.checkout().await.map_err(|e| checkout_end(&e))?;
+        let server = pool
+            .checkout_uncounted()
+            .await
+            .map_err(|e| checkout_end(&e))?;
         pool.checkin(server);
     }
     let mut params = ParamValues::new(&state.tracked);

@@ -28,6 +28,8 @@ pub use hooks::check_query;
 pub use relay::{Counts, Denial, QueryPolicy, Relay, RelayError, ServerCtx};
 pub use startup::ClientStartup;
 
+use login::LoggedIn;
+
 use crate::net::{Peer, Stream};
 use crate::protocol::backend::{self, Severity};
 use crate::protocol::{Frame, PROTOCOL_VIOLATION, ProtocolError, frame};
@@ -58,7 +60,7 @@ impl ClientConn {
     }
 
     /// Reads until a whole frame is buffered; `Ok(None)` at EOF.
-    async fn read_frame(&mut self, max: u32) -> Result<Option<Frame>, End> {
+    pub(crate) async fn read_frame(&mut self, max: u32) -> Result<Option<Frame>, End> {
         loop {
             match frame::split(&mut self.rbuf, max) {
                 Ok(Some(f)) => return Ok(Some(f)),
@@ -77,12 +79,12 @@ impl ClientConn {
     }
 
     /// Queues a message built by `write` into `local`.
-    fn send(&mut self, write: impl FnOnce(&mut BytesMut)) {
+    pub(crate) fn send(&mut self, write: impl FnOnce(&mut BytesMut)) {
         write(&mut self.local);
         self.out.push_local(&mut self.local);
     }
 
-    async fn flush(&mut self) -> Result<(), End> {
+    pub(crate) async fn flush(&mut self) -> Result<(), End> {
         self.out
             .flush(&mut self.stream)
             .await
@@ -147,6 +149,23 @@ impl End {
     }
 }
 
+/// Authenticates a client as `user` against the secret `auth_file` holds (the admin console's login: pool
+/// logins also ask the auth plugins), with the exchange and errors every client gets.
+pub async fn authenticate_user(
+    conn: &mut ClientConn,
+    runtime: &crate::state::Runtime,
+    user: &str,
+) -> Result<(), End> {
+    let settings = &runtime.config.settings;
+    let secret = runtime.secrets.get(user);
+    let method = auth::method(settings.auth_type, secret);
+    if method == crate::config::AuthType::Trust && secret.is_none() {
+        return Err(End::fatal("28000", "\"trust\" authentication failed"));
+    }
+    auth::authenticate(conn, method, user, secret, settings.scram_iterations).await?;
+    Ok(())
+}
+
 /// Identity of a client for logs.
 #[derive(Debug, Clone)]
 pub struct ClientInfo {
@@ -170,7 +189,8 @@ pub async fn serve(state: Arc<State>, stream: Stream) {
     };
     let mut conn = ClientConn::new(stream);
     let end = match login::run(&state, &mut conn, &info).await {
-        Ok(Some(session)) => session.run(&mut conn).await,
+        Ok(Some(LoggedIn::Pool(session))) => (*session).run(&mut conn).await,
+        Ok(Some(LoggedIn::Console(console))) => console.run(&mut conn).await,
         Ok(None) => return, // a cancel request: nothing to log
         Err(end) => end,
     };

@@ -39,6 +39,7 @@ pub use reference::reference_markdown;
 pub use settings::{NOT_IMPLEMENTED, Settings, is_reloadable};
 pub use types::{AuthType, LoadBalanceHosts, PoolMode, SessionState, TlsMode};
 pub use userlist::AuthFile;
+pub use validate::{SetError, SetOutcome};
 
 /// Database names taken by the admin console; a `[databases]` entry may not use them.
 pub const RESERVED_DATABASE_NAMES: &[&str] = &["pgbouncer", "pgwarden"];
@@ -82,6 +83,26 @@ impl Config {
         let mut db = self.fallback.clone()?;
         db.name = name.to_owned();
         Some(db)
+    }
+}
+
+impl Config {
+    /// This configuration with one `[pgbouncer]` setting changed, as the console's `SET key = value` does:
+    /// parsed and checked like the file would be.
+    pub fn with_setting(&self, key: &str, value: &str) -> Result<SetOutcome, SetError> {
+        validate::with_setting(self, key, value)
+    }
+
+    /// Every `[pgbouncer]` setting as SHOW CONFIG lists it: name, value, default, whether a reload (or
+    /// `SET`) changes it.
+    pub fn settings_table(&self) -> Vec<(&'static str, String, &'static str, bool)> {
+        settings::SETTINGS
+            .iter()
+            .map(|info| {
+                let value = self.settings.show(info.name).unwrap_or_default();
+                (info.name, value, info.default, info.reloadable)
+            })
+            .collect()
     }
 }
 

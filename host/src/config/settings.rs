@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use super::types::{AuthType, PoolMode, SessionState, TlsMode};
 use super::values::{
-    Parsed, RawValue, boolean, check_query, count, duration, level, list, octal_mode, opt_path,
-    opt_string, port, string, uint, word,
+    Parsed, RawValue, ShowValue, boolean, check_query, count, duration, level, list, octal_mode,
+    opt_path, opt_string, port, string, uint, word,
 };
 
 /// Settings PgBouncer knows but pgwarden does not act on yet. Setting one of them to a
@@ -42,9 +42,6 @@ pub const NOT_IMPLEMENTED: &[&str] = &[
     "server_round_robin",
     "pool_idle_timeout",
     "conffile",
-    // The admin console and its users arrive with the console work.
-    "admin_users",
-    "stats_users",
     "server_fast_close",
     "client_tls_ca_file",
     "client_tls_cert_file",
@@ -109,6 +106,21 @@ macro_rules! settings {
             pub(crate) fn set(&mut self, key: &str, raw: &RawValue) -> Option<Parsed<()>> {
                 match key {
                     $( stringify!($name) => Some(($parse)(raw).map(|v| self.$name = v)), )*
+                    _ => None,
+                }
+            }
+
+            /// The named setting's value as SHOW CONFIG prints it; `None` for an unknown key.
+            pub(crate) fn show(&self, key: &str) -> Option<String> {
+                match key {
+                    // Two values whose written form is not their type's usual one.
+                    "server_check_query" => Some(match &self.server_check_query {
+                        None => String::new(),
+                        Some(q) if q.is_empty() => "<empty>".to_owned(),
+                        Some(q) => q.clone(),
+                    }),
+                    "unix_socket_mode" => Some(format!("0{:o}", self.unix_socket_mode)),
+                    $( stringify!($name) => Some(ShowValue::show(&self.$name)), )*
                     _ => None,
                 }
             }
@@ -461,6 +473,25 @@ mod tests {
         assert!(is_reloadable("pool_mode"));
         assert!(is_reloadable("Default_Pool_Size"));
         assert!(!is_reloadable("no_such_setting"));
+    }
+
+    #[test]
+    fn shown_defaults_are_the_written_defaults() {
+        let s = Settings::default();
+        for info in SETTINGS {
+            let shown = s.show(info.name).expect("known key");
+            // A list or a duration may be written more than one way; the shown form must parse back to
+            // the same value, and for every default it is the default as written.
+            assert_eq!(shown, info.default, "{}", info.name);
+        }
+        assert_eq!(s.show("nope"), None);
+        let mut s = Settings::default();
+        s.set("server_lifetime", &RawValue::Str("0.5".into()));
+        s.set("admin_users", &RawValue::Str("a, b".into()));
+        s.set("server_check_query", &RawValue::Str("".into()));
+        assert_eq!(s.show("server_lifetime").as_deref(), Some("0.5"));
+        assert_eq!(s.show("admin_users").as_deref(), Some("a,b"));
+        assert_eq!(s.show("server_check_query").as_deref(), Some(""));
     }
 
     #[test]

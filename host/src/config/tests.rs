@@ -63,14 +63,8 @@ pub(super) fn about<'a>(diags: &'a [Diagnostic], key: &str) -> &'a Diagnostic {
 }
 
 /// Settings that load with a "not implemented yet" warning because the feature they belong to has an
-/// open issue (the admin console, auth_query). Tests about other warnings ignore these.
-pub(super) const PLANNED: &[&str] = &[
-    "admin_users",
-    "stats_users",
-    "auth_user",
-    "auth_query",
-    "auth_dbname",
-];
+/// open issue (auth_query). Tests about other warnings ignore these.
+pub(super) const PLANNED: &[&str] = &["auth_user", "auth_query", "auth_dbname"];
 
 /// Warnings other than the planned-feature ones.
 pub(super) fn unplanned(warnings: &[Diagnostic]) -> Vec<&Diagnostic> {
@@ -81,15 +75,16 @@ pub(super) fn unplanned(warnings: &[Diagnostic]) -> Vec<&Diagnostic> {
 }
 
 #[test]
-fn planned_features_warn_with_file_and_line() {
+fn admin_users_load_without_warning() {
     let dir = TempDir::new("planned");
     let users = dir.write("userlist.txt", RUNBOOK_USERLIST);
     let ini = dir.write("pgbouncer.ini", &runbook_ini(&users));
     let loaded = ok(&ini);
-    let w = about(&loaded.warnings, "admin_users");
-    assert_eq!(w.line, Some(13));
-    assert!(w.message.contains("not implemented by pgwarden yet"), "{w}");
-    assert_eq!(loaded.warnings.len(), 1, "{:#?}", loaded.warnings);
+    assert_eq!(
+        loaded.config.settings.admin_users,
+        vec!["postgres".to_owned()]
+    );
+    assert!(loaded.warnings.is_empty(), "{:#?}", loaded.warnings);
 }
 
 pub(super) const RUNBOOK_USERLIST: &str = "\"admin\" \"password123\"\n\"user\" \"password\"\n";

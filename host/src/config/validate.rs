@@ -48,6 +48,89 @@ pub(crate) fn build(path: &Path, raw: &RawConfig, diags: &mut Diags) -> Config {
     config
 }
 
+/// What `SET key = value` on the console makes of a running configuration.
+#[derive(Debug)]
+pub enum SetOutcome {
+    /// The new configuration, with the warnings it loads with.
+    Changed {
+        config: Box<Config>,
+        warnings: Vec<super::Diagnostic>,
+    },
+    /// A setting read only at start: nothing changes (PgBouncer ignores such a SET too).
+    Fixed,
+}
+
+/// Why a console `SET` changed nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SetError {
+    #[error("unknown parameter: {0}")]
+    Unknown(String),
+    #[error("invalid value {value:?} for {key}: {expected}")]
+    Invalid {
+        key: String,
+        value: String,
+        expected: String,
+    },
+    #[error(
+        "{0} is derived into the auth-query plugin when the file is loaded: change it in the file and RELOAD"
+    )]
+    ReloadOnly(String),
+    #[error("{0}")]
+    Rejected(super::ConfigError),
+}
+
+/// `config` with one `[pgbouncer]` setting changed as the console's `SET` does: the same parser as the file,
+/// the same cross-checks, `auth_file` read again when it is the setting changed.
+pub(crate) fn with_setting(
+    config: &Config,
+    key: &str,
+    value: &str,
+) -> Result<SetOutcome, SetError> {
+    let key = key.to_ascii_lowercase();
+    let info = super::settings::find(&key).ok_or_else(|| SetError::Unknown(key.clone()))?;
+    if !info.reloadable {
+        return Ok(SetOutcome::Fixed);
+    }
+    if matches!(key.as_str(), "auth_user" | "auth_query" | "auth_dbname") {
+        return Err(SetError::ReloadOnly(key));
+    }
+    let mut new = config.clone();
+    let raw = RawValue::Str(value.to_owned());
+    if let Some(Err(expected)) = new.settings.set(&key, &raw) {
+        return Err(SetError::Invalid {
+            key,
+            value: value.to_owned(),
+            expected,
+        });
+    }
+    let main = Loc::new(&config.path, None);
+    let mut diags = Diags::default();
+    if key == "auth_file" {
+        new.auth_file = new.settings.auth_file.as_ref().and_then(|file| {
+            userlist::load(&resolve_relative(&config.path, file), &main, &mut diags)
+        });
+    }
+    let raw = RawConfig::default();
+    let set_at = SetAt::new();
+    Checks {
+        config: &new,
+        raw: &raw,
+        set_at: &set_at,
+        main: &main,
+    }
+    .run(&mut diags);
+    let (errors, warnings) = diags.into_sorted();
+    if !errors.is_empty() {
+        return Err(SetError::Rejected(super::ConfigError {
+            diagnostics: errors,
+        }));
+    }
+    Ok(SetOutcome::Changed {
+        config: Box::new(new),
+        warnings,
+    })
+}
+
 fn apply_settings(items: &[RawItem], diags: &mut Diags) -> (Settings, SetAt) {
     let mut settings = Settings::default();
     let mut set_at = SetAt::new();

@@ -235,6 +235,59 @@ pub(crate) fn word<T: ConfigEnum>(raw: &RawValue) -> Parsed<T> {
     .ok_or_else(|| format!("expected one of {}", T::expected()))
 }
 
+/// The reverse of the parsers: a typed value written back the way an ini file would hold it (SHOW CONFIG).
+pub(crate) trait ShowValue {
+    fn show(&self) -> String;
+}
+
+impl ShowValue for bool {
+    fn show(&self) -> String {
+        if *self { "1" } else { "0" }.to_owned()
+    }
+}
+
+macro_rules! show_display {
+    ($($t:ty),*) => { $( impl ShowValue for $t {
+        fn show(&self) -> String {
+            self.to_string()
+        }
+    } )* };
+}
+show_display!(u8, u16, u32, String);
+
+impl ShowValue for Duration {
+    /// Seconds, with a fraction only when there is one ("15", "0.5").
+    fn show(&self) -> String {
+        self.as_secs_f64().to_string()
+    }
+}
+
+impl ShowValue for Vec<String> {
+    fn show(&self) -> String {
+        self.join(",")
+    }
+}
+
+impl ShowValue for Option<String> {
+    fn show(&self) -> String {
+        self.clone().unwrap_or_default()
+    }
+}
+
+impl ShowValue for Option<PathBuf> {
+    fn show(&self) -> String {
+        self.as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    }
+}
+
+impl<T: ConfigEnum + std::fmt::Display> ShowValue for T {
+    fn show(&self) -> String {
+        self.to_string()
+    }
+}
+
 /// For per-database and per-user overrides: PgBouncer's "-1 means not set" is honoured, so
 /// configurations that spell the inherit case explicitly keep working.
 pub(crate) fn unset_or<T>(raw: &RawValue, parse: fn(&RawValue) -> Parsed<T>) -> Parsed<Option<T>> {

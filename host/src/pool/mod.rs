@@ -38,6 +38,12 @@ pub struct PoolStats {
     pub binds: AtomicU64,
     /// Clients kept on their server by state that cannot move (session_state = pin), now.
     pub pinned_clients: AtomicU32,
+    /// Times a server was handed to one of the pool's clients.
+    pub assignments: AtomicU64,
+    /// Successful client logins.
+    pub logins: AtomicU64,
+    /// Microseconds clients waited in the queue for a server (a server taken idle adds nothing).
+    pub wait_us: AtomicU64,
 }
 
 impl PoolStats {
@@ -106,6 +112,8 @@ struct Inner {
 
 struct Waiter {
     tx: oneshot::Sender<Grant>,
+    /// When it joined the queue (SHOW POOLS' maxwait).
+    since: Instant,
 }
 
 /// Why a checkout gave up.
@@ -241,22 +249,51 @@ impl Pool {
         self.wait_checkout().await
     }
 
+    /// [`Pool::checkout`] for pgwarden's own use (the login that learns a pool's welcome): not counted as a
+    /// server assigned to a client.
+    pub async fn checkout_uncounted(&self) -> Result<ServerConn, CheckoutError> {
+        if let Some(conn) = self.take_idle().await {
+            return Ok(conn);
+        }
+        let started = Instant::now();
+        let conn = self.wait_checkout_inner().await?;
+        self.stats
+            .wait_us
+            .fetch_add(micros(started), Ordering::Relaxed);
+        Ok(conn)
+    }
+
     /// The fast path: an idle connection if there is one, without queueing, timers or waiting.
     pub async fn checkout_idle(&self) -> Option<ServerConn> {
-        self.take_idle().await
+        let conn = self.take_idle().await?;
+        self.stats.assignments.fetch_add(1, Ordering::Relaxed);
+        Some(conn)
     }
 
     /// The slow path: joins the queue (unless a connection went idle meanwhile) and waits for a
     /// connection to be handed over, up to query_wait_timeout, dipping into the reserve after
     /// reserve_pool_timeout.
     pub async fn wait_checkout(&self) -> Result<ServerConn, CheckoutError> {
+        let started = Instant::now();
+        let conn = self.wait_checkout_inner().await?;
+        self.stats
+            .wait_us
+            .fetch_add(micros(started), Ordering::Relaxed);
+        self.stats.assignments.fetch_add(1, Ordering::Relaxed);
+        Ok(conn)
+    }
+
+    async fn wait_checkout_inner(&self) -> Result<ServerConn, CheckoutError> {
         let settings = self.settings();
         let mut rx = loop {
             let (tx, rx) = oneshot::channel();
             {
                 let mut inner = self.lock();
                 if inner.idle.is_empty() {
-                    inner.waiters.push_back(Waiter { tx });
+                    inner.waiters.push_back(Waiter {
+                        tx,
+                        since: Instant::now(),
+                    });
                     break rx;
                 }
             }
@@ -367,9 +404,14 @@ impl Pool {
         conn.last_used = Instant::now();
         let surplus = {
             let mut inner = self.lock();
+            // A paused pool hands nothing out, not even to a client already waiting: PAUSE waits for
+            // every server to come back.
+            if inner.paused {
+                drop(inner);
+                return conn.close("pause mode");
+            }
             match self.grant(&mut inner, conn) {
                 None => None,
-                Some(conn) if inner.paused => Some((conn, "pause mode")),
                 Some(conn) if inner.open > settings.pool_size && inner.reserve_wanted == 0 => {
                     Some((conn, "too many servers in the pool"))
                 }
@@ -522,7 +564,12 @@ impl Pool {
                     let mut inner = self.lock();
                     inner.connecting -= 1;
                     inner.failure = None;
-                    self.grant(&mut inner, conn)
+                    // Paused meanwhile: checkin closes it.
+                    if inner.paused {
+                        Some(conn)
+                    } else {
+                        self.grant(&mut inner, conn)
+                    }
                 };
                 if let Some(conn) = leftover {
                     self.checkin(conn);
@@ -660,6 +707,47 @@ impl Pool {
     pub fn waiting(&self) -> usize {
         self.lock().waiters.len()
     }
+
+    /// The connection and queue counts at one moment, for the console.
+    pub fn snapshot(&self) -> PoolSnapshot {
+        let inner = self.lock();
+        let idle = inner.idle.len() as u32;
+        PoolSnapshot {
+            open: inner.open,
+            idle,
+            connecting: inner.connecting,
+            in_use: inner.open - inner.connecting - idle,
+            waiting: inner.waiters.len() as u32,
+            max_wait: inner
+                .waiters
+                .iter()
+                .filter(|w| !w.tx.is_closed())
+                .map(|w| w.since.elapsed())
+                .max()
+                .unwrap_or_default(),
+            paused: inner.paused,
+        }
+    }
+}
+
+/// A pool's counts at one moment (SHOW POOLS, SHOW DATABASES, PAUSE's wait).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolSnapshot {
+    /// Idle + in use + opening.
+    pub open: u32,
+    pub idle: u32,
+    pub connecting: u32,
+    /// Linked to a client or being cleaned up after one.
+    pub in_use: u32,
+    /// Clients queued for a server.
+    pub waiting: u32,
+    /// How long the longest-waiting client has waited.
+    pub max_wait: Duration,
+    pub paused: bool,
+}
+
+fn micros(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
 impl std::fmt::Debug for Pool {

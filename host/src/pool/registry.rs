@@ -1,6 +1,6 @@
 //! The set of pools, keyed by (database entry, pool user). Looked up once per client login, never per query.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 
 use super::{Pool, PoolSettings, SharedLimit};
@@ -48,6 +48,9 @@ pub struct Pools {
     map: RwLock<HashMap<PoolKey, Arc<Pool>>>,
     db_limits: Mutex<HashMap<Arc<str>, Arc<SharedLimit>>>,
     user_limits: Mutex<HashMap<Arc<str>, Arc<SharedLimit>>>,
+    /// Databases paused on their own (the console's `PAUSE db`); their pools, present and future, hand
+    /// out no server until `RESUME db`.
+    paused_databases: Mutex<HashSet<String>>,
     tracked: Arc<Tracked>,
 }
 
@@ -57,6 +60,7 @@ impl Pools {
             map: RwLock::default(),
             db_limits: Mutex::default(),
             user_limits: Mutex::default(),
+            paused_databases: Mutex::default(),
             tracked,
         }
     }
@@ -88,7 +92,33 @@ impl Pools {
         let db_limit = shared(&self.db_limits, &key.database);
         let user_limit = shared(&self.user_limits, &key.user);
         let tracked = Arc::clone(&self.tracked);
-        Pool::new(key.clone(), settings(), db_limit, user_limit, tracked)
+        let pool = Pool::new(key.clone(), settings(), db_limit, user_limit, tracked);
+        if self.is_database_paused(&key.database) {
+            pool.set_paused(true);
+        }
+        pool
+    }
+
+    /// Whether `PAUSE db` holds `database`.
+    pub fn is_database_paused(&self, database: &str) -> bool {
+        self.paused_databases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(database)
+    }
+
+    /// Marks `database` paused or not; false if it already was in that state. The caller applies it to
+    /// the pools (a global PAUSE may hold them too).
+    pub(crate) fn mark_database_paused(&self, database: &str, paused: bool) -> bool {
+        let mut set = self
+            .paused_databases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if paused {
+            set.insert(database.to_owned())
+        } else {
+            set.remove(database)
+        }
     }
 
     /// Joins a client to the pool for `key`, creating the pool with `settings()` if it does not

@@ -405,6 +405,47 @@ pub fn write_command_complete(buf: &mut BytesMut, command_tag: &str) {
     finish(buf, at);
 }
 
+/// One column of a RowDescription: name, type OID and type size (-1 for variable length). Text format, no
+/// table, no type modifier: what a pooler's own result sets need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Column<'a> {
+    pub name: &'a str,
+    pub type_oid: u32,
+    pub type_size: i16,
+}
+
+/// Writes a RowDescription for text-format columns.
+pub fn write_row_description(buf: &mut BytesMut, columns: &[Column<'_>]) {
+    let at = begin(buf, tag::ROW_DESCRIPTION);
+    buf.put_u16(columns.len() as u16);
+    for c in columns {
+        put_cstr(buf, c.name);
+        buf.put_u32(0); // table OID
+        buf.put_u16(0); // column number
+        buf.put_u32(c.type_oid);
+        buf.put_i16(c.type_size);
+        buf.put_i32(-1); // type modifier
+        buf.put_u16(0); // text format
+    }
+    finish(buf, at);
+}
+
+/// Writes a DataRow; `None` is SQL NULL.
+pub fn write_data_row(buf: &mut BytesMut, values: &[Option<&str>]) {
+    let at = begin(buf, tag::DATA_ROW);
+    buf.put_u16(values.len() as u16);
+    for v in values {
+        match v {
+            Some(v) => {
+                buf.put_u32(v.len() as u32);
+                buf.put_slice(v.as_bytes());
+            }
+            None => buf.put_i32(-1),
+        }
+    }
+    finish(buf, at);
+}
+
 pub fn write_empty_query_response(buf: &mut BytesMut) {
     let at = begin(buf, tag::EMPTY_QUERY_RESPONSE);
     finish(buf, at);
@@ -413,6 +454,43 @@ pub fn write_empty_query_response(buf: &mut BytesMut) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn row_description_and_data_row_round_trip() {
+        let mut buf = BytesMut::new();
+        let cols = [
+            Column {
+                name: "database",
+                type_oid: 25,
+                type_size: -1,
+            },
+            Column {
+                name: "cl_active",
+                type_oid: 23,
+                type_size: 4,
+            },
+        ];
+        write_row_description(&mut buf, &cols);
+        let f = one(&mut buf);
+        assert_eq!(f.tag, tag::ROW_DESCRIPTION);
+        let mut expected = vec![0u8, 2];
+        for (name, oid, size) in [("database", 25u32, -1i16), ("cl_active", 23, 4)] {
+            expected.extend_from_slice(name.as_bytes());
+            expected.push(0);
+            expected.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+            expected.extend_from_slice(&oid.to_be_bytes());
+            expected.extend_from_slice(&size.to_be_bytes());
+            expected.extend_from_slice(&(-1i32).to_be_bytes());
+            expected.extend_from_slice(&[0, 0]);
+        }
+        assert_eq!(&f.body[..], &expected[..]);
+
+        write_data_row(&mut buf, &[Some("p0"), None, Some("")]);
+        let f = one(&mut buf);
+        assert_eq!(f.tag, tag::DATA_ROW);
+        let row = parse_data_row(&f.body).expect("parses");
+        assert_eq!(row, vec![Some(&b"p0"[..]), None, Some(&b""[..])]);
+    }
     use crate::protocol::frame::split;
 
     fn one(buf: &mut BytesMut) -> crate::protocol::Frame {
