@@ -528,6 +528,21 @@ async fn show_stats_counts_what_clients_did() -> anyhow::Result<()> {
     assert_eq!(t.get(&db.name, "total_query_count"), "7");
     assert_eq!(t.get(&db.name, "total_server_assignment_count"), "4");
     assert_eq!(t.get(&db.name, "total_client_login_count"), "1");
+    // Bytes read from the client: seven Query messages (14 + 14 + 14 + 11 + 14 + 14 + 12 bytes).
+    assert_eq!(t.get(&db.name, "total_received"), "93");
+    let num = |col: &str| t.get(&db.name, col).parse::<u64>().unwrap_or(0);
+    assert!(
+        num("total_sent") > 7 * 6,
+        "at least a CommandComplete and a ReadyForQuery each"
+    );
+    assert!(num("total_query_time") > 0, "query time measured");
+    assert!(
+        // Every query ran inside a transaction that spans it (each figure rounds down to whole us).
+        num("total_xact_time") + 10 >= num("total_query_time"),
+        "transaction time measured ({} us vs {} us of queries)",
+        num("total_xact_time"),
+        num("total_query_time")
+    );
     // This console's login and this command.
     assert_eq!(t.get("pgbouncer", "total_client_login_count"), "1");
     assert_eq!(t.get("pgbouncer", "total_query_count"), "1");

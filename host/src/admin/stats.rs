@@ -2,8 +2,8 @@
 //! own included), and PgBouncer's averages: per second (or per query, transaction, assignment for the
 //! times) since the snapshot taken two `stats_period`s ago.
 //!
-//! Not counted yet, so always 0: bytes received and sent, transaction time and query time (they need the
-//! relay to measure them).
+//! Bytes are those read from clients and sent to them; query time runs from a query (or a pipeline of
+//! them) being sent to its last ReadyForQuery, transaction time from a transaction's first query to its end.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -45,7 +45,10 @@ impl Stat {
             server_parses: get(&s.server_parses),
             binds: get(&s.binds),
             logins: get(&s.logins),
-            ..Self::default()
+            received: get(&s.received),
+            sent: get(&s.sent),
+            xact_us: get(&s.xact_us),
+            query_us: get(&s.query_us),
         }
     }
 

@@ -107,6 +107,13 @@ pub struct Counts {
     pub server_parses: u64,
     /// Bind messages of tracked statements.
     pub binds: u64,
+    /// Bytes read from the client and from the server for it (SHOW STATS' received and sent).
+    pub received: u64,
+    pub sent: u64,
+    /// Microseconds from a query (or pipeline of them) sent until its last ReadyForQuery, and from a
+    /// transaction's first query until its end.
+    pub query_us: u64,
+    pub xact_us: u64,
 }
 
 impl Relay {
@@ -175,6 +182,21 @@ impl Relay {
     /// asking `policy` (when there is one) about every Query and Parse first, and mapping the client's named
     /// statements to the server's when `stmts` tracks them. Replies pgwarden gives itself go to `to_client`.
     pub fn process_client(
+        &mut self,
+        input: &mut BytesMut,
+        out: &mut OutQueue,
+        to_client: &mut OutQueue,
+        max: u32,
+        policy: Option<&mut dyn QueryPolicy>,
+        stmts: Option<&mut Statements<'_>>,
+    ) -> Result<(), RelayError> {
+        let before = input.len();
+        let result = self.relay_client(input, out, to_client, max, policy, stmts);
+        self.counts.received += (before - input.len()) as u64;
+        result
+    }
+
+    fn relay_client(
         &mut self,
         input: &mut BytesMut,
         out: &mut OutQueue,
@@ -640,6 +662,18 @@ impl Relay {
         out: &mut OutQueue,
         ctx: &mut ServerCtx<'_, '_>,
     ) -> Result<(), RelayError> {
+        let before = out.len();
+        let result = self.relay_server(input, out, ctx);
+        self.counts.sent += out.len().saturating_sub(before) as u64;
+        result
+    }
+
+    fn relay_server(
+        &mut self,
+        input: &mut BytesMut,
+        out: &mut OutQueue,
+        ctx: &mut ServerCtx<'_, '_>,
+    ) -> Result<(), RelayError> {
         let mut run = 0;
         loop {
             if self.server_stream_left > 0 {
@@ -934,8 +968,11 @@ impl Relay {
             }
         }
         self.last_ready = Instant::now();
-        if self.outstanding == 0 {
-            self.query_started = None;
+        if self.outstanding == 0
+            && let Some(started) = self.query_started.take()
+            && self.hidden == 0
+        {
+            self.counts.query_us += micros_since(started, self.last_ready);
         }
         // Replies pgwarden owes for messages after this one are due now (also after its own query).
         self.due_synth();
@@ -951,8 +988,11 @@ impl Relay {
                 return Ok(Verdict::Drop);
             }
         }
-        if status == TransactionStatus::Idle && self.tx_started.take().is_some() {
+        if status == TransactionStatus::Idle
+            && let Some(started) = self.tx_started.take()
+        {
             self.counts.transactions += 1;
+            self.counts.xact_us += micros_since(started, self.last_ready);
         }
         self.tx = status;
         Ok(Verdict::Forward)
@@ -973,6 +1013,10 @@ impl Relay {
         let changed_for_client = ctx.client_params.set(i, value);
         Ok(verdict(self.hidden == 0 || changed_for_client))
     }
+}
+
+fn micros_since(start: Instant, end: Instant) -> u64 {
+    u64::try_from(end.saturating_duration_since(start).as_micros()).unwrap_or(u64::MAX)
 }
 
 fn verdict(forward: bool) -> Verdict {

@@ -868,3 +868,33 @@ fn a_stand_in_skipped_after_an_earlier_failure_in_its_batch_hides_nothing() {
     assert_eq!(got, b"12CEZ".to_vec());
     assert!(r.releasable());
 }
+
+#[test]
+fn bytes_and_times_are_counted() {
+    let mut r = Relay::new();
+    let mut fx = Fixture::new();
+    let mut input = BytesMut::new();
+    write_query(&mut input, "select 1");
+    let sent_len = input.len() as u64;
+    let mut out = OutQueue::default();
+    r.process_client(
+        &mut input,
+        &mut out,
+        &mut OutQueue::default(),
+        u32::MAX,
+        None,
+        None,
+    )
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    let mut s = BytesMut::new();
+    s.put_slice(&frame(b'C', b"SELECT 1\0"));
+    write_ready_for_query(&mut s, TransactionStatus::Idle);
+    let answer_len = s.len() as u64;
+    let mut back = OutQueue::default();
+    r.process_server(&mut s, &mut back, &mut fx.ctx()).unwrap();
+    assert_eq!((r.counts.received, r.counts.sent), (sent_len, answer_len));
+    assert!(r.counts.query_us >= 2000, "{}", r.counts.query_us);
+    assert!(r.counts.xact_us >= 2000, "{}", r.counts.xact_us);
+    assert_eq!(r.counts.transactions, 1);
+}

@@ -44,6 +44,12 @@ pub struct PoolStats {
     pub logins: AtomicU64,
     /// Microseconds clients waited in the queue for a server (a server taken idle adds nothing).
     pub wait_us: AtomicU64,
+    /// Bytes read from clients and sent to them.
+    pub received: AtomicU64,
+    pub sent: AtomicU64,
+    /// Microseconds spent in queries and in transactions.
+    pub query_us: AtomicU64,
+    pub xact_us: AtomicU64,
 }
 
 impl PoolStats {
@@ -54,6 +60,10 @@ impl PoolStats {
             (&self.client_parses, c.client_parses),
             (&self.server_parses, c.server_parses),
             (&self.binds, c.binds),
+            (&self.received, c.received),
+            (&self.sent, c.sent),
+            (&self.query_us, c.query_us),
+            (&self.xact_us, c.xact_us),
         ] {
             if n > 0 {
                 total.fetch_add(n, Ordering::Relaxed);
