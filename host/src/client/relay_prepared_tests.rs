@@ -4,30 +4,11 @@
 use bytes::{BufMut, BytesMut};
 
 use super::super::prepared::{ClientStatements, ServerStatements, Statements};
+use super::tests::{drain, frame};
 use super::*;
 use crate::params::{ParamValues, Tracked};
 use crate::protocol::backend::{Severity, TransactionStatus, write_error, write_ready_for_query};
 use crate::protocol::frontend::write_query;
-
-fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut v = vec![tag];
-    v.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
-    v.extend_from_slice(body);
-    v
-}
-
-fn drain(q: &mut OutQueue) -> Vec<u8> {
-    let mut v = Vec::new();
-    let waker = std::task::Waker::noop();
-    let mut cx = std::task::Context::from_waker(waker);
-    while !q.is_empty() {
-        match q.poll_write_some(&mut v, &mut cx) {
-            std::task::Poll::Ready(Ok(_)) => {}
-            other => panic!("{other:?}"),
-        }
-    }
-    v
-}
 
 /// Frames as (tag, body).
 type Frames = Vec<(u8, Vec<u8>)>;
@@ -108,6 +89,13 @@ impl Link {
             client_params: ParamValues::new(&tracked),
             tracked,
         }
+    }
+
+    /// Prepares `name` as `sql` on this server (a whole batch, answered), ready for the next link.
+    fn prepared(&mut self, name: &str, sql: &str) {
+        self.client(&[parse(name, sql), sync()]);
+        self.server(&[frame(b'1', b""), ready()]);
+        self.relay.reset();
     }
 
     /// The same client on another server.
@@ -213,9 +201,7 @@ fn a_statement_the_server_holds_is_answered_without_a_round_trip() {
 #[test]
 fn pgwardens_parse_complete_waits_for_the_replies_before_it() {
     let mut l = Link::new(10);
-    l.client(&[parse("s1", "select 1"), sync()]);
-    l.server(&[frame(b'1', b""), ready()]);
-    l.relay.reset();
+    l.prepared("s1", "select 1");
     // An unnamed query first, then a Parse the server already holds: its ParseComplete must come after the
     // first query's replies.
     let (sent, answered) = l.client(&[
@@ -262,9 +248,7 @@ fn a_server_without_the_statement_gets_it_before_its_use_and_the_client_never_se
 #[test]
 fn an_error_skips_the_rest_of_the_batch_and_takes_back_its_statements() {
     let mut l = Link::new(10);
-    l.client(&[parse("held", "select 1"), sync()]);
-    l.server(&[frame(b'1', b""), ready()]);
-    l.relay.reset();
+    l.prepared("held", "select 1");
     let (sent, answered) = l.client(&[
         parse("bad", "selec 1"),
         bind("bad"),
@@ -380,9 +364,7 @@ fn unknown_and_reused_names_get_postgresqls_errors() {
 #[test]
 fn close_is_answered_by_pgwarden_and_forgets_only_the_clients_name() {
     let mut l = Link::new(10);
-    l.client(&[parse("s1", "select 1"), sync()]);
-    l.server(&[frame(b'1', b""), ready()]);
-    l.relay.reset();
+    l.prepared("s1", "select 1");
     let (sent, answered) = l.client(&[frame(b'C', b"Ss1\0"), frame(b'C', b"Snever\0"), sync()]);
     assert_eq!(tags(&sent), "S");
     assert_eq!(tags(&answered), "33");
@@ -400,9 +382,7 @@ fn close_is_answered_by_pgwarden_and_forgets_only_the_clients_name() {
 fn deallocate_all_and_discard_all_drop_every_statement() {
     for tag in ["DEALLOCATE ALL", "DISCARD ALL"] {
         let mut l = Link::new(10);
-        l.client(&[parse("s1", "select 1"), sync()]);
-        l.server(&[frame(b'1', b""), ready()]);
-        l.relay.reset();
+        l.prepared("s1", "select 1");
         let mut q = BytesMut::new();
         write_query(&mut q, tag);
         l.client(&[q.to_vec()]);
@@ -419,9 +399,7 @@ fn deallocate_all_and_discard_all_drop_every_statement() {
 #[test]
 fn a_big_bind_is_rewritten_and_streamed() {
     let mut l = Link::new(10);
-    l.client(&[parse("s1", "select $1::text"), sync()]);
-    l.server(&[frame(b'1', b""), ready()]);
-    l.relay.reset();
+    l.prepared("s1", "select $1::text");
     let value = vec![b'x'; STREAM_MIN * 3];
     let mut body = b"\0s1\0\0\0\0\x01".to_vec();
     body.extend_from_slice(&(value.len() as u32).to_be_bytes());
@@ -474,9 +452,7 @@ fn a_big_bind_is_rewritten_and_streamed() {
 #[test]
 fn pgwardens_parse_complete_follows_its_own_hidden_query() {
     let mut l = Link::new(10);
-    l.client(&[parse("s1", "select 1"), sync()]);
-    l.server(&[frame(b'1', b""), ready()]);
-    l.relay.reset();
+    l.prepared("s1", "select 1");
     l.relay.add_hidden_query();
     let (sent, answered) = l.client(&[parse("s2", "select 1"), frame(b'D', b"Ss2\0"), sync()]);
     assert_eq!(tags(&sent), "DS");
@@ -508,9 +484,7 @@ fn asyncpgs_prepare_shape_goes_through() {
 #[test]
 fn a_plan_made_stale_by_a_schema_change_is_prepared_again_at_its_next_use() {
     let mut l = Link::new(10);
-    l.client(&[parse("s1", "select * from t"), sync()]);
-    l.server(&[frame(b'1', b""), ready()]);
-    l.relay.reset();
+    l.prepared("s1", "select * from t");
     let (sent, _) = l.client(&[bind("s1"), execute(), sync()]);
     assert_eq!(tags(&sent), "BES");
     let seen = l.server(&[error("0A000"), ready()]);
@@ -535,9 +509,7 @@ fn a_plan_made_stale_by_a_schema_change_is_prepared_again_at_its_next_use() {
 
     // Inside a transaction block the statement is left alone (the transaction has failed anyway).
     let mut l = Link::new(10);
-    l.client(&[parse("s1", "select * from t"), sync()]);
-    l.server(&[frame(b'1', b""), ready()]);
-    l.relay.reset();
+    l.prepared("s1", "select * from t");
     l.relay.tx = TransactionStatus::InTransaction;
     l.client(&[bind("s1"), execute(), sync()]);
     l.server(&[error("0A000"), ready()]);

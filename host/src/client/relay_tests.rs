@@ -6,14 +6,14 @@ use crate::protocol::backend::{
 };
 use crate::protocol::frontend::{write_query, write_sync, write_terminate};
 
-fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+pub(super) fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
     let mut v = vec![tag];
     v.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
     v.extend_from_slice(body);
     v
 }
 
-fn drain(q: &mut OutQueue) -> Vec<u8> {
+pub(super) fn drain(q: &mut OutQueue) -> Vec<u8> {
     let mut v = Vec::new();
     let waker = std::task::Waker::noop();
     let mut cx = std::task::Context::from_waker(waker);
