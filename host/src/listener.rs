@@ -149,29 +149,32 @@ fn bind_unix(dir: &Path, port: u16, mode: u32) -> Result<(UnixListener, SocketFi
 /// min_pool_size, retries) runs alongside.
 pub async fn run(listeners: Listeners, state: Arc<State>) {
     let lifecycle = &state.lifecycle;
-    let mut accepts = Vec::new();
+    let mut tcp_accepts = Vec::new();
     for l in listeners.tcp {
-        accepts.push(tokio::spawn(accept_tcp(l, Arc::clone(&state))));
+        tcp_accepts.push(tokio::spawn(accept_tcp(l, Arc::clone(&state))));
     }
-    let mut socket_file = None;
+    // The Unix socket stays open through a draining shutdown, for the admin console only (as in PgBouncer):
+    // logins to other databases are refused with "pooler is shutting down".
+    let mut unix_accept = None;
     if let Some((listener, file)) = listeners.unix {
-        accepts.push(tokio::spawn(accept_unix(listener, Arc::clone(&state))));
-        socket_file = Some(file);
+        unix_accept = Some((
+            tokio::spawn(accept_unix(listener, Arc::clone(&state))),
+            file,
+        ));
     }
     let janitor = tokio::spawn(janitor(Arc::clone(&state)));
     let stats = tokio::spawn(crate::stats::log_periodically(Arc::clone(&state)));
 
     lifecycle.stop_accepting.cancelled().await;
-    for a in accepts {
+    for a in tcp_accepts {
         let _ = a.await;
     }
-    drop(socket_file);
     match lifecycle.shutdown_mode() {
         Some(ShutdownMode::WaitForClients) => {
             lifecycle.tracker.close();
             tokio::select! {
                 // Every client left.
-                () = lifecycle.tracker.wait() => {}
+                () = lifecycle.tracker.wait() => tracing::info!("client connections dropped, exiting"),
                 // Escalated to an immediate shutdown.
                 () = lifecycle.terminate.cancelled() => {}
             }
@@ -183,8 +186,16 @@ pub async fn run(listeners: Listeners, state: Arc<State>) {
             {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
+            if !lifecycle.terminate.is_cancelled() {
+                tracing::info!("server connections dropped, exiting");
+            }
         }
         _ => {}
+    }
+    if let Some((accept, file)) = unix_accept {
+        accept.abort();
+        let _ = accept.await;
+        drop(file);
     }
     lifecycle.shutdown(ShutdownMode::Immediate);
     lifecycle.tracker.close();
@@ -232,8 +243,8 @@ async fn accept_unix(listener: UnixListener, state: Arc<State>) {
                 }
                 Err(e) => accept_error(&e).await,
             },
-            // Shutdown: stop accepting.
-            () = state.lifecycle.stop_accepting.cancelled() => return,
+            // Immediate shutdown: stop accepting (a draining one keeps the socket for the console).
+            () = state.lifecycle.terminate.cancelled() => return,
         }
     }
 }
@@ -257,9 +268,28 @@ async fn janitor(state: Arc<State>) {
         let runtime = state.runtime();
         create_forced_user_pools(&state, &runtime);
         let autodb_idle = runtime.config.settings.autodb_idle_timeout;
+        let pool_idle = runtime.config.settings.pool_idle_timeout;
         for pool in state.pools.all() {
             pool.maintain();
             let name = &*pool.key.database;
+            // pool_idle_timeout: a pool with neither clients nor servers for that long is freed, except a
+            // forced-user pool that keeps min_pool_size open (it would only be made again at once).
+            if !pool_idle.is_zero() {
+                let settings = pool.settings();
+                let keeps_minimum = settings.forced_user && settings.min_pool_size > 0;
+                if let Some(age) = pool
+                    .empty_for()
+                    .filter(|age| *age >= pool_idle && !keeps_minimum)
+                    && state.pools.remove_if_empty(&pool.key)
+                {
+                    tracing::info!(
+                        "cleaning up idle pool for user {} on db {name} because: pool idle timeout (age={}s)",
+                        pool.key.user,
+                        age.as_secs()
+                    );
+                    continue;
+                }
+            }
             let gone = runtime.config.database(name).is_none();
             // Pools made from the `*` entry are freed once unused for autodb_idle_timeout.
             let auto_expired = !gone

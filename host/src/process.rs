@@ -132,23 +132,47 @@ pub fn spawn_signal_handlers(state: &Arc<State>) -> std::io::Result<()> {
 
 async fn on_signal(state: &Arc<State>, kind: SignalKind) {
     let lifecycle = &state.lifecycle;
+    // PgBouncer's log lines for each signal, which operators' tooling greps for.
     if kind == SignalKind::hangup() {
         tracing::info!("got SIGHUP, re-reading config");
         let _ = crate::reload::reload(state).await;
-    } else if kind == SignalKind::terminate() {
-        let mode = lifecycle.shutdown(ShutdownMode::WaitForClients);
-        tracing::info!("got SIGTERM, shutting down ({mode:?})");
-    } else if kind == SignalKind::interrupt() {
-        let mode = lifecycle.shutdown(ShutdownMode::WaitForServers);
-        tracing::info!("got SIGINT, shutting down ({mode:?})");
+    } else if kind == SignalKind::terminate() || kind == SignalKind::interrupt() {
+        let (name, wanted, waiting) = if kind == SignalKind::terminate() {
+            (
+                "SIGTERM",
+                ShutdownMode::WaitForClients,
+                "waiting for all clients disconnect",
+            )
+        } else {
+            (
+                "SIGINT",
+                ShutdownMode::WaitForServers,
+                "waiting for all servers connections to be released",
+            )
+        };
+        if lifecycle.shutdown(wanted) == ShutdownMode::Immediate {
+            tracing::info!("got {name} while shutting down, fast exit");
+        } else {
+            tracing::info!("got {name}, shutting down, {waiting}");
+        }
     } else if kind == SignalKind::quit() {
-        tracing::info!("got SIGQUIT, shutting down immediately");
+        tracing::info!("got SIGQUIT, fast exit");
         lifecycle.shutdown(ShutdownMode::Immediate);
     } else if kind == SignalKind::user_defined1() {
-        tracing::info!("got SIGUSR1, pausing");
-        state.set_paused(true);
+        if lifecycle.is_paused() {
+            tracing::info!("got SIGUSR1, but already paused/suspended");
+        } else {
+            tracing::info!("got SIGUSR1, pausing all activity");
+            state.set_paused(true);
+        }
     } else if kind == SignalKind::user_defined2() {
-        tracing::info!("got SIGUSR2, resuming");
-        state.set_paused(false);
+        if lifecycle.shutdown_mode().is_some() {
+            tracing::info!("got SIGUSR2 while shutting down, ignoring");
+        } else if lifecycle.is_paused() {
+            tracing::info!("got SIGUSR2, continuing from PAUSE");
+            state.set_paused(false);
+        } else {
+            tracing::info!("got SIGUSR2, but not paused/suspended");
+        }
     }
 }

@@ -572,6 +572,49 @@ async fn pgwarden_recovers_from_postgres_stopped_and_started_under_pgbench() -> 
     Ok(())
 }
 
+/// pool_idle_timeout (PgBouncer 1.25): a pool with neither clients nor servers for that long is freed; one
+/// with a connected client is kept however idle; a freed pool is made again by the next client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_idle_timeout_frees_empty_pools_only() -> anyhow::Result<()> {
+    let pool_idle = Duration::from_millis(800);
+    let pg = PgCluster::shared();
+    let db = TestDb::create(pg, "poolidle", PasswordEncryption::Md5)?;
+    let pooler = pooler_for(
+        pg,
+        &db,
+        "",
+        "server_idle_timeout = 0.3\npool_idle_timeout = 0.8",
+    )
+    .await?;
+
+    // A connected client keeps its pool, long after its server went idle and was closed.
+    let (kept, _k) = connect_db(&pooler, &db).await?;
+    assert_eq!(scalar(&kept, "SELECT 1").await?, "1");
+    wait_backends(pg, &db.name, None, 0, WAIT).await?;
+    tokio::time::sleep(pool_idle * 2).await;
+    pool_of(&pooler, &db.name, &db.user).context("a pool with a client was freed")?;
+
+    // Once the client has left and the server is closed, the pool goes.
+    drop(kept);
+    let left = Instant::now();
+    wait_until("the idle pool to be freed", WAIT, || async {
+        Ok(pool_of(&pooler, &db.name, &db.user).is_err())
+    })
+    .await?;
+    assert!(
+        left.elapsed() >= pool_idle.mul_f64(0.8),
+        "freed {:?} after the last client left",
+        left.elapsed()
+    );
+    assert_eq!(backends(pg, &db.name, None).await?, 0);
+
+    // The next client gets a new pool and is served.
+    let (again, _a) = connect_db(&pooler, &db).await?;
+    assert_eq!(scalar(&again, "SELECT 2").await?, "2");
+    pool_of(&pooler, &db.name, &db.user)?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_idle_timeout_keeps_min_pool_size_open() -> anyhow::Result<()> {
     // Like PgBouncer: idle servers beyond min_pool_size are closed, the minimum stays.

@@ -14,6 +14,8 @@ use pgwarden_tests::clients::connect;
 use pgwarden_tests::pg::{PasswordEncryption, PgCluster};
 use pgwarden_tests::pooler::{TestDb, free_port, write_config};
 
+use crate::pool_support::assert_login_refused;
+
 /// Enough for any exit that should be prompt (an immediate shutdown waits at most 2 s for goodbyes).
 const EXIT: Duration = Duration::from_secs(10);
 /// Enough for a signal to be handled and its effect to show.
@@ -120,12 +122,36 @@ impl Running {
         connect("127.0.0.1", self.port, user, Some(password), dbname).await
     }
 
-    /// Waits until the process no longer accepts connections: TCP refused and the socket file gone.
+    /// Waits until the process no longer accepts connections to its databases: TCP refused, and over the
+    /// Unix socket (which a draining shutdown keeps for the admin console, as PgBouncer does) a login is
+    /// refused with "pooler is shutting down" — or the socket is gone.
     async fn wait_not_accepting(&self) -> anyhow::Result<()> {
-        let (addr, socket) = (self.addr(), self.socket());
-        wait_until("pgwarden stops accepting", SIGNAL_EFFECT, || {
-            !tcp_accepts(addr) && !socket.exists()
+        let addr = self.addr();
+        wait_until("pgwarden stops accepting TCP", SIGNAL_EFFECT, || {
+            !tcp_accepts(addr)
         })
+        .await?;
+        if self.socket().exists() {
+            match self.unix_client(&self.db.name).await {
+                Ok(_) => {
+                    anyhow::bail!("a login over the Unix socket was accepted while shutting down")
+                }
+                Err(e) => assert_login_refused(&e, "08P01", "pooler is shutting down"),
+            }
+        }
+        Ok(())
+    }
+
+    /// A client over the Unix socket, as the test database's user.
+    async fn unix_client(&self, dbname: &str) -> anyhow::Result<tokio_postgres::Client> {
+        let dir = self.dir.path.display().to_string();
+        connect(
+            &dir,
+            self.port,
+            &self.db.user,
+            Some(&self.db.password),
+            dbname,
+        )
         .await
     }
 
@@ -350,6 +376,68 @@ async fn sigint_lets_an_open_transaction_commit_then_exits() -> anyhow::Result<(
     assert_eq!(
         committed, "2",
         "the transaction finished under SIGINT committed"
+    );
+    Ok(())
+}
+
+/// SIGINT in session pooling: a connected client keeps its server and goes on working (its server is only
+/// released when it leaves), the Unix socket still serves the admin console while other logins are refused,
+/// SIGUSR2 does not undo the shutdown, and the process exits once the client has left — PgBouncer's
+/// WAIT_FOR_SERVERS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_in_session_mode_waits_for_the_session_and_keeps_the_console() -> anyhow::Result<()>
+{
+    let mut r = Running::start("sig_int_session", "pool_mode = session").await?;
+    r.rewrite(
+        "",
+        &format!("pool_mode = session\nadmin_users = {}", r.db.user),
+        &r.db.userlist_line(),
+    )?;
+    r.p.signal(Signal::SIGHUP)?;
+    let console_user = r.db.user.clone();
+    wait_until("admin_users reloaded", SIGNAL_EFFECT, || {
+        r.log().contains("configuration reloaded (generation 2)")
+    })
+    .await?;
+    let session = r.client().await?;
+    session
+        .batch_execute("SET application_name = 'kept'")
+        .await?;
+
+    r.p.signal(Signal::SIGINT)?;
+    r.wait_not_accepting().await?;
+    for _ in 0..3 {
+        let name: String = session
+            .query_one("SHOW application_name", &[])
+            .await?
+            .get(0);
+        assert_eq!(name, "kept", "the session keeps its own server");
+    }
+    let console = r.unix_client("pgbouncer").await?;
+    let version = console.simple_query("SHOW VERSION").await?;
+    assert!(
+        version
+            .iter()
+            .any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_))),
+        "the console answers during the drain (as {console_user})"
+    );
+    drop(console);
+    r.p.signal(Signal::SIGUSR2)?;
+    wait_until("SIGUSR2 ignored", SIGNAL_EFFECT, || {
+        r.log()
+            .contains("got SIGUSR2 while shutting down, ignoring")
+    })
+    .await?;
+    r.assert_running()?;
+
+    drop(session);
+    r.expect_clean_exit(EXIT).await?;
+    let log = r.log();
+    assert!(
+        log.contains(
+            "got SIGINT, shutting down, waiting for all servers connections to be released"
+        ) && log.contains("server connections dropped, exiting"),
+        "{log}"
     );
     Ok(())
 }

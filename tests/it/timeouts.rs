@@ -229,6 +229,33 @@ async fn query_wait_timeout_ends_clients_waiting_too_long_for_a_server() -> anyh
     Ok(())
 }
 
+/// PgBouncer counts the wait for a server against query_timeout too: a client queued behind a held server
+/// is ended with "query_timeout" when that comes before query_wait_timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_timeout_also_bounds_the_wait_for_a_server() -> anyhow::Result<()> {
+    let timeout = Duration::from_millis(700);
+    let (db, pooler) = setup(
+        "querytimeoutwait",
+        "default_pool_size = 1\nquery_timeout = 0.7\nquery_wait_timeout = 30",
+    )
+    .await?;
+    let (holder, _h) = connect_db(&pooler, &db).await?;
+    holder.batch_execute("BEGIN; SELECT 1").await?;
+
+    let (waiter, _w) = connect_db(&pooler, &db).await?;
+    let started = Instant::now();
+    let err = waiter
+        .simple_query("SELECT 1")
+        .await
+        .expect_err("got a server the holder never released");
+    assert_fired_after(started.elapsed(), timeout);
+    assert_fatal(&err, "08P01", "query_timeout");
+    // The holder's transaction is untouched.
+    holder.batch_execute("COMMIT").await?;
+    assert_eq!(scalar(&holder, "SELECT 3").await?, "3");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transaction_timeout_ends_long_transactions_only() -> anyhow::Result<()> {
     let timeout = Duration::from_millis(600);

@@ -150,7 +150,7 @@ impl Console {
             let frame = tokio::select! {
                 biased;
                 // Immediate shutdown (SIGQUIT, SHUTDOWN).
-                () = terminate.cancelled() => return End::pooler("server shutting down"),
+                () = terminate.cancelled() => return End::Closed("server shutting down".into()),
                 // The next message.
                 f = conn.read_frame(max) => f,
             };

@@ -2,7 +2,7 @@
 //! login), and checking its queries.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::End;
 use super::relay::Denial;
@@ -186,7 +186,10 @@ impl DatabaseAccess for PoolQuery {
         });
         let max = pool.settings().max_packet;
         self.handle.block_on(async move {
-            let mut server = pool.checkout().await.map_err(|e| e.to_string())?;
+            let mut server = pool
+                .checkout(Duration::ZERO)
+                .await
+                .map_err(|e| e.to_string())?;
             match server.query_params(sql, params, max).await {
                 Ok(rows) => {
                     pool.checkin(server);

@@ -79,6 +79,10 @@ async fn login(
                 .await?;
         return Ok(Some(LoggedIn::Console(console)));
     }
+    // A draining shutdown keeps the Unix socket open for the console only.
+    if state.lifecycle.shutdown_mode().is_some() {
+        return Err(End::pooler("pooler is shutting down"));
+    }
     let routing = hooks::route(&runtime, &startup, &msg.params, info.peer)?;
     let db = lookup_database(&runtime, &routing.database);
     // A secret the auth plugin found also serves the pool's server logins as this user.
@@ -244,10 +248,11 @@ async fn attach(
         pool.offer_secret(secret);
     }
     pool.check_fast_fail().map_err(|e| checkout_end(&e))?;
+    let timeouts = ClientTimeouts::resolve(runtime, &startup.user);
     if pool.welcome().is_none() {
         // The first client of a pool waits for a server login, which also proves the pool can log in.
         let server = pool
-            .checkout_uncounted()
+            .checkout_uncounted(timeouts.query_timeout)
             .await
             .map_err(|e| checkout_end(&e))?;
         pool.checkin(server);
@@ -279,7 +284,6 @@ async fn attach(
         let name = format!("{given} - {}", info.peer);
         params.set(app, &name);
     }
-    let timeouts = ClientTimeouts::resolve(runtime, &startup.user);
     let app = state
         .tracked
         .index("application_name")

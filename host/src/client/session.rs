@@ -370,8 +370,8 @@ impl Session {
                 self.stop_seen = true;
                 Ok(Wake::Client)
             }
-            // Immediate shutdown.
-            () = &mut self.terminate => Err(End::pooler("server shutting down")),
+            // Immediate shutdown: the connection just closes, as when PgBouncer exits.
+            () = &mut self.terminate => Err(End::Closed("server shutting down".into())),
         }
     }
 
@@ -456,7 +456,7 @@ impl Session {
         let notify = self.state.runtime().config.settings.query_wait_notify;
         let notify_at = (!notify.is_zero()).then(|| tokio::time::Instant::now() + notify);
         let pool = Arc::clone(&self.pool.0);
-        let checkout = pool.checkout();
+        let checkout = pool.checkout(self.timeouts.query_timeout);
         tokio::pin!(checkout);
         let mut notified = false;
         loop {
@@ -650,7 +650,10 @@ impl Session {
                         } else {
                             Disposal::Close("shutdown", true)
                         };
-                        return LinkEnd::Finish(End::pooler("server shutting down"), disposal);
+                        return LinkEnd::Finish(
+                            End::Closed("server shutting down".into()),
+                            disposal,
+                        );
                     }
                 }
                 Io::ClientGone(reason) => {
@@ -695,7 +698,6 @@ impl Session {
         if relay.hidden > 0 {
             return None;
         }
-        let draining = self.stop_seen && self.state.lifecycle.draining.is_cancelled();
         if relay.client_terminated && relay.quiet() {
             let disposal = if relay.releasable() {
                 Disposal::Reset
@@ -717,11 +719,6 @@ impl Session {
                     Disposal::Rollback,
                 )
             }),
-            // A session-mode client keeps its server; a draining shutdown takes it at the first clean moment.
-            PoolMode::Session if draining && relay.releasable() => Some(LinkEnd::Finish(
-                End::pooler("server shutting down"),
-                Disposal::Reset,
-            )),
             _ => None,
         }
     }

@@ -40,7 +40,6 @@ pub const NOT_IMPLEMENTED: &[&str] = &[
     "job_name",
     "unix_socket_group",
     "server_round_robin",
-    "pool_idle_timeout",
     "conffile",
     "server_fast_close",
     "client_tls_ca_file",

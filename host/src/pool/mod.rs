@@ -99,6 +99,8 @@ pub struct Pool {
     pub stats: PoolStats,
     /// When the last client left (None while clients are connected); touched only at login and logout.
     idle_since: Mutex<Option<Instant>>,
+    /// Since when the janitor has seen the pool without clients and without servers (pool_idle_timeout).
+    empty_since: Mutex<Option<Instant>>,
     me: Weak<Pool>,
 }
 
@@ -131,6 +133,9 @@ struct Waiter {
 pub enum CheckoutError {
     #[error("query_wait_timeout")]
     WaitTimeout,
+    /// query_timeout passed while the client was still waiting for a server (PgBouncer counts the wait).
+    #[error("query_timeout")]
+    QueryTimeout,
     #[error("{0}")]
     Server(Arc<ServerError>),
     #[error(
@@ -162,6 +167,7 @@ impl Pool {
             clients: AtomicU32::new(0),
             stats: PoolStats::default(),
             idle_since: Mutex::new(Some(Instant::now())),
+            empty_since: Mutex::new(None),
             me: me.clone(),
         });
         pool.db_limit.add_member(Arc::downgrade(&pool));
@@ -251,22 +257,26 @@ impl Pool {
         }
     }
 
-    /// Returns a server connection for this pool, waiting in line if none is free.
-    pub async fn checkout(&self) -> Result<ServerConn, CheckoutError> {
+    /// Returns a server connection for this pool, waiting in line if none is free. `query_timeout` (0 = none)
+    /// also bounds the wait, as in PgBouncer.
+    pub async fn checkout(&self, query_timeout: Duration) -> Result<ServerConn, CheckoutError> {
         if let Some(conn) = self.checkout_idle().await {
             return Ok(conn);
         }
-        self.wait_checkout().await
+        self.wait_checkout(query_timeout).await
     }
 
     /// [`Pool::checkout`] for pgwarden's own use (the login that learns a pool's welcome): not counted as a
     /// server assigned to a client.
-    pub async fn checkout_uncounted(&self) -> Result<ServerConn, CheckoutError> {
+    pub async fn checkout_uncounted(
+        &self,
+        query_timeout: Duration,
+    ) -> Result<ServerConn, CheckoutError> {
         if let Some(conn) = self.take_idle().await {
             return Ok(conn);
         }
         let started = Instant::now();
-        let conn = self.wait_checkout_inner().await?;
+        let conn = self.wait_checkout_inner(query_timeout).await?;
         self.stats
             .wait_us
             .fetch_add(micros(started), Ordering::Relaxed);
@@ -283,9 +293,12 @@ impl Pool {
     /// The slow path: joins the queue (unless a connection went idle meanwhile) and waits for a
     /// connection to be handed over, up to query_wait_timeout, dipping into the reserve after
     /// reserve_pool_timeout.
-    pub async fn wait_checkout(&self) -> Result<ServerConn, CheckoutError> {
+    pub async fn wait_checkout(
+        &self,
+        query_timeout: Duration,
+    ) -> Result<ServerConn, CheckoutError> {
         let started = Instant::now();
-        let conn = self.wait_checkout_inner().await?;
+        let conn = self.wait_checkout_inner(query_timeout).await?;
         self.stats
             .wait_us
             .fetch_add(micros(started), Ordering::Relaxed);
@@ -293,7 +306,10 @@ impl Pool {
         Ok(conn)
     }
 
-    async fn wait_checkout_inner(&self) -> Result<ServerConn, CheckoutError> {
+    async fn wait_checkout_inner(
+        &self,
+        query_timeout: Duration,
+    ) -> Result<ServerConn, CheckoutError> {
         let settings = self.settings();
         let mut rx = loop {
             let (tx, rx) = oneshot::channel();
@@ -312,8 +328,19 @@ impl Pool {
             }
         };
         self.launch_if_needed();
-        let wait = settings.query_wait_timeout;
-        let wait_deadline = (!wait.is_zero()).then(|| tokio::time::Instant::now() + wait);
+        // The nearer of query_wait_timeout and query_timeout, and the error it gives.
+        let wait_deadline = [
+            (settings.query_wait_timeout, CheckoutError::WaitTimeout),
+            (query_timeout, CheckoutError::QueryTimeout),
+        ]
+        .into_iter()
+        .filter(|(d, _)| !d.is_zero())
+        .min_by_key(|(d, _)| *d)
+        .map(|(d, e)| (tokio::time::Instant::now() + d, e));
+        let (wait_at, wait_error) = match wait_deadline {
+            Some((at, e)) => (Some(at), e),
+            None => (None, CheckoutError::WaitTimeout),
+        };
         let reserve_at = (settings.reserve_pool_size > 0
             && !settings.reserve_pool_timeout.is_zero())
         .then(|| tokio::time::Instant::now() + settings.reserve_pool_timeout);
@@ -332,13 +359,14 @@ impl Pool {
                     reserve = Some(ReserveClaim::new(self));
                     self.launch_if_needed();
                 }
-                // query_wait_timeout: give up, but never lose a connection granted at the same moment.
-                () = sleep_until_opt(wait_deadline) => {
+                // query_wait_timeout or query_timeout: give up, but never lose a connection granted at the
+                // same moment.
+                () = sleep_until_opt(wait_at) => {
                     rx.close();
                     if let Ok(Ok(conn)) = rx.try_recv() {
                         return Ok(conn);
                     }
-                    return Err(CheckoutError::WaitTimeout);
+                    return Err(wait_error);
                 }
             }
         }
@@ -700,6 +728,18 @@ impl Pool {
             return None;
         }
         (*self.idle_since.lock().unwrap_or_else(|e| e.into_inner())).map(|t| t.elapsed())
+    }
+
+    /// For the janitor, once per round: how long the pool has had neither clients nor server connections
+    /// (`None` while it has either). PgBouncer's pool_idle_timeout frees a pool after this long.
+    pub fn empty_for(&self) -> Option<Duration> {
+        let empty = self.clients.load(Ordering::Acquire) == 0 && self.counts().0 == 0;
+        let mut since = self.empty_since.lock().unwrap_or_else(|e| e.into_inner());
+        if !empty {
+            *since = None;
+            return None;
+        }
+        Some(since.get_or_insert_with(Instant::now).elapsed())
     }
 
     /// Connections open (idle + in use + opening) and idle, for tests and the console.
