@@ -73,14 +73,39 @@ pub async fn reload(state: &Arc<State>) -> Result<(), ReloadError> {
     Ok(())
 }
 
-/// Swaps in `config` under the running plugins (the console's `SET`, which changes one setting and nothing a
-/// plugin is built from), then brings every pool in line, as a reload does.
-pub fn install_config(state: &State, config: config::Config) {
-    let plugins = Arc::clone(&state.runtime().plugins);
+/// Swaps in `config` (the console's `SET`, which changes one setting), then brings every pool in line, as a
+/// reload does. The running plugins are kept unless the setting changed what they are built from (auth_user
+/// and friends configure the automatic auth-query plugin): then the new set is loaded first, and an error
+/// changes nothing.
+pub async fn install_config(state: &State, config: config::Config) -> Result<(), ReloadError> {
+    let old = state.runtime();
+    let plugins = if config.plugins == old.config.plugins {
+        Arc::clone(&old.plugins)
+    } else {
+        let engine = Arc::clone(&state.plugin_engine);
+        let previous = Arc::clone(&old.plugins);
+        let specs = config.plugins.clone();
+        let loaded =
+            tokio::task::spawn_blocking(move || PluginSet::load(&engine, &specs, Some(&previous)))
+                .await
+                .map_err(|join| {
+                    ReloadError::Config(ConfigError {
+                        diagnostics: vec![config::Diagnostic {
+                            file: old.config.path.clone(),
+                            line: None,
+                            key: None,
+                            message: format!("plugin load task failed: {join}"),
+                        }],
+                    })
+                })?
+                .map_err(ReloadError::Plugin)?;
+        Arc::new(loaded)
+    };
     let runtime = Arc::new(Runtime::new(config, plugins, state.next_generation()));
     state.runtime.store(Arc::clone(&runtime));
     apply(state, &runtime);
     tracing::info!("configuration changed (generation {})", runtime.generation);
+    Ok(())
 }
 
 /// Brings every pool in line with `runtime`. Pools whose database entry disappeared keep their last

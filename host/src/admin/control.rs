@@ -19,7 +19,7 @@ const ADMIN_NEEDED: &str = "admin access needed";
 /// `SET key = value`: the parameters drivers set are accepted and ignored; any other key is a
 /// `[pgbouncer]` setting, changed in the running configuration as a reload would (until the next
 /// reload re-reads the file).
-pub fn set(state: &State, access: Access, key: &str, value: &str, out: &mut BytesMut) {
+pub async fn set(state: &State, access: Access, key: &str, value: &str, out: &mut BytesMut) {
     if show::is_fake_parameter(key) {
         backend::write_notice(out, Severity::Notice, "00000", "SET ignored");
         return complete(out, "SET");
@@ -33,8 +33,11 @@ pub fn set(state: &State, access: Access, key: &str, value: &str, out: &mut Byte
             for w in &warnings {
                 tracing::warn!("SET {key}: {}", w.message);
             }
+            if let Err(e) = crate::reload::install_config(state, *config).await {
+                tracing::error!("SET {key} = {value} failed: {e}");
+                return error(out, "SET failed", Some(e.to_string()));
+            }
             tracing::info!("SET {key} = {value}");
-            crate::reload::install_config(state, *config);
             complete(out, &format!("SET {key}={value}"));
         }
         Ok(SetOutcome::Fixed) => {

@@ -216,7 +216,7 @@ impl Console {
         let runtime = self.state.runtime();
         match command {
             Command::Set { key, value } => {
-                control::set(&self.state, self.access, &key, &value, out);
+                control::set(&self.state, self.access, &key, &value, out).await;
             }
             Command::Plain { name, arg } => match name.as_str() {
                 "show" | "select" => show::show(&self.state, &runtime, &arg, query, out),

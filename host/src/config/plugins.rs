@@ -374,6 +374,30 @@ fn config_value(v: &RawValue) -> Option<String> {
     }
 }
 
+/// The console's `SET auth_user` / `auth_query` / `auth_dbname`: rebuilds the automatic `auth_query` plugin
+/// from the changed settings (added, reconfigured or dropped). A plugin the file defines under that name is
+/// the operator's own and is left alone.
+pub(crate) fn refresh_auth_query(
+    specs: &mut Vec<PluginSpec>,
+    settings: &Settings,
+    databases: &BTreeMap<String, Database>,
+    main: &Loc,
+) {
+    let is_auto = |s: &PluginSpec| {
+        s.name == AUTO_AUTH
+            && s.line.is_none()
+            && matches!(&s.source, PluginSource::Builtin(b) if b == "auth-query")
+    };
+    if specs.iter().any(|s| s.name == AUTO_AUTH && !is_auto(s)) {
+        return;
+    }
+    specs.retain(|s| !is_auto(s));
+    if let Some(auto) = auth_query_plugin(settings, databases, main) {
+        specs.push(auto);
+    }
+    specs.sort_by(|a, b| a.order.cmp(&b.order).then_with(|| a.name.cmp(&b.name)));
+}
+
 /// The name of the plugin pgwarden adds for `auth_user` (define one of that name to replace it).
 pub const AUTO_AUTH: &str = "auth_query";
 

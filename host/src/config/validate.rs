@@ -71,10 +71,6 @@ pub enum SetError {
         value: String,
         expected: String,
     },
-    #[error(
-        "{0} is derived into the auth-query plugin when the file is loaded: change it in the file and RELOAD"
-    )]
-    ReloadOnly(String),
     #[error("{0}")]
     Rejected(super::ConfigError),
 }
@@ -91,9 +87,6 @@ pub(crate) fn with_setting(
     if !info.reloadable {
         return Ok(SetOutcome::Fixed);
     }
-    if matches!(key.as_str(), "auth_user" | "auth_query" | "auth_dbname") {
-        return Err(SetError::ReloadOnly(key));
-    }
     let mut new = config.clone();
     let raw = RawValue::Str(value.to_owned());
     if let Some(Err(expected)) = new.settings.set(&key, &raw) {
@@ -109,6 +102,10 @@ pub(crate) fn with_setting(
         new.auth_file = new.settings.auth_file.as_ref().and_then(|file| {
             userlist::load(&resolve_relative(&config.path, file), &main, &mut diags)
         });
+    }
+    // PgBouncer's auth_user lookup is pgwarden's automatic auth-query plugin: rebuild it.
+    if matches!(key.as_str(), "auth_user" | "auth_query" | "auth_dbname") {
+        super::plugins::refresh_auth_query(&mut new.plugins, &new.settings, &new.databases, &main);
     }
     let raw = RawConfig::default();
     let set_at = SetAt::new();

@@ -449,3 +449,55 @@ async fn auth_query_with_auth_user_on_one_database_only() -> anyhow::Result<()> 
     }
     Ok(())
 }
+
+/// The console's `SET auth_user` / `SET auth_query` (PgBouncer's suite does this) rebuild the automatic
+/// auth-query plugin at once: a user missing from the userlist is refused before, logs in after, and is
+/// refused again once `auth_user` is cleared. Clients connected meanwhile are not disturbed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_set_auth_user_switches_the_lookup_on_and_off() -> anyhow::Result<()> {
+    let pg = PgCluster::shared();
+    let db = TestDb::create(pg, "plug_aq_set", PasswordEncryption::Md5)?;
+    let auth = auth_setup(pg, &db.name, PasswordEncryption::Md5)?;
+    let u = users(pg)?;
+    let pooler = Pooler::start(
+        &entry(pg, &db, ""),
+        &format!(
+            "auth_type = md5\npool_mode = transaction\nadmin_users = {}",
+            auth.name
+        ),
+        &userlist_line(&auth.name, &auth.password),
+    )
+    .await?;
+    assert!(plugin(&pooler, "auth_query").is_err(), "no lookup yet");
+    assert_wrong_password(&pooler, &u.md5.name, &u.md5.password, &db.name).await;
+
+    let console = pooler
+        .connect(&auth.name, &auth.password, "pgbouncer")
+        .await?;
+    let bystander = login_as(&pooler, &auth, &db.name).await?;
+    console
+        .simple_query(&format!("SET auth_query = '{LOOKUP}'"))
+        .await?;
+    console
+        .simple_query(&format!("SET auth_user = '{}'", auth.name))
+        .await?;
+    let client = login_as(&pooler, &u.md5, &db.name).await?;
+    assert_eq!(
+        whoami(&client).await?,
+        format!("{} {}", u.md5.name, db.name)
+    );
+    assert_wrong_password(&pooler, &u.md5.name, "not the password", &db.name).await;
+
+    console.simple_query("SET auth_user = ''").await?;
+    assert_wrong_password(&pooler, &u.md5.name, &u.md5.password, &db.name).await;
+    // Sessions that logged in meanwhile go on.
+    assert_eq!(
+        whoami(&client).await?,
+        format!("{} {}", u.md5.name, db.name)
+    );
+    assert_eq!(
+        whoami(&bystander).await?,
+        format!("{} {}", auth.name, db.name)
+    );
+    Ok(())
+}
