@@ -8,7 +8,9 @@
 //! `SCRAM-SHA-256$…` verifier):
 //!
 //! - no row: no such user; the client fails authentication like any unknown user;
-//! - one row with a NULL (or empty) secret: the user exists but has no usable secret; same outcome;
+//! - one row with a NULL (or empty) secret: the user exists but has no usable secret: the answer is an
+//!   empty secret, which no password matches (only `auth_type = trust` lets such a user in, as in
+//!   PgBouncer);
 //! - one row with a secret: that secret is used (pgwarden may cache it, see `cache_ttl`);
 //! - anything else refuses the login and is logged: the query failed, returned other than 2
 //!   columns (`expected 2 columns from auth_query, not N`, PgBouncer's words), a NULL name, or

@@ -48,8 +48,9 @@ pub fn lookup(
         // tell who exists), where PgBouncer drops the server connection.
         [None, None] => Ok(None),
         [None, Some(_)] => Err("auth_query response contained null user name".to_string()),
-        [Some(_), Some(secret)] if !secret.is_empty() => Ok(Some(secret.clone())),
-        [Some(_), _] => Ok(None),
+        [Some(_), Some(secret)] => Ok(Some(secret.clone())),
+        // The user exists without a usable secret: an empty one, which no password matches (trust only).
+        [Some(_), None] => Ok(Some(String::new())),
         other => Err(format!(
             "expected 2 columns from auth_query, not {}",
             other.len()
@@ -141,12 +142,18 @@ mod tests {
     }
 
     #[test]
-    fn unknown_user_and_null_or_empty_secret_are_none() {
+    fn unknown_user_is_none_and_null_or_empty_secret_is_empty() {
         assert_eq!(lookup(&FakeDb::rows(&[]), &basic(), "bob", "app"), Ok(None));
         let null = FakeDb::rows(&[&[Some("bob"), None]]);
-        assert_eq!(lookup(&null, &basic(), "bob", "app"), Ok(None));
+        assert_eq!(
+            lookup(&null, &basic(), "bob", "app"),
+            Ok(Some(String::new()))
+        );
         let empty = FakeDb::rows(&[&[Some("bob"), Some("")]]);
-        assert_eq!(lookup(&empty, &basic(), "bob", "app"), Ok(None));
+        assert_eq!(
+            lookup(&empty, &basic(), "bob", "app"),
+            Ok(Some(String::new()))
+        );
     }
 
     #[test]

@@ -501,3 +501,43 @@ async fn console_set_auth_user_switches_the_lookup_on_and_off() -> anyhow::Resul
     );
     Ok(())
 }
+
+/// auth_type = trust with auth_user (PgBouncer's suite does this for a superuser without a password): a role
+/// the lookup finds without a password logs in, as in PgBouncer, while a role it does not find is refused
+/// with `"trust" authentication failed`. Under md5 the same password-less role never logs in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trust_admits_a_role_the_lookup_finds_without_a_password() -> anyhow::Result<()> {
+    let pg = PgCluster::shared();
+    let db = TestDb::create(pg, "plug_aq_trust", PasswordEncryption::Md5)?;
+    let auth = auth_setup(pg, &db.name, PasswordEncryption::Md5)?;
+    let nopw = PgCluster::unique_name("plug_aq_trust_nopw");
+    pg.exec("postgres", &format!("CREATE ROLE {nopw} LOGIN"))?;
+    // Over the Unix socket, where the cluster trusts every role (the role has no password to give).
+    let databases = format!(
+        "{} = host={} port={} dbname={}",
+        db.name,
+        pg.socket_dir().display(),
+        pg.port(),
+        db.name
+    );
+    let settings = |auth_type: &str| {
+        format!(
+            "auth_type = {auth_type}\nauth_user = {}\nauth_query = {LOOKUP}",
+            auth.name
+        )
+    };
+    let userlist = userlist_line(&auth.name, &auth.password);
+    let trusting = Pooler::start(&databases, &settings("trust"), &userlist).await?;
+    let client = trusting.connect(&nopw, "", &db.name).await?;
+    assert_eq!(whoami(&client).await?, format!("{nopw} {}", db.name));
+    let nobody = PgCluster::unique_name("plug_aq_trust_nobody");
+    let err = trusting
+        .connect(&nobody, "", &db.name)
+        .await
+        .expect_err("an unknown role got in under trust");
+    assert_login_refused(&err, "28000", "\"trust\" authentication failed");
+
+    let md5 = Pooler::start(&databases, &settings("md5"), &userlist).await?;
+    assert_wrong_password(&md5, &nopw, "anything", &db.name).await;
+    Ok(())
+}
