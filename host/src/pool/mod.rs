@@ -22,6 +22,7 @@ pub use registry::{PoolKey, Pools};
 pub use settings::PoolSettings;
 
 use crate::auth::secret::{ScramKeys, Secret};
+use crate::logging::conn_log;
 use crate::params::Tracked;
 use crate::server::{self, ServerConn, ServerError, Welcome};
 
@@ -560,11 +561,14 @@ impl Pool {
             }),
             _ => std::borrow::Cow::Borrowed(&settings.login),
         };
+        tracing::debug!(pool = %self.key, "launching new connection to server");
         let result = server::connect(&login, keys.as_deref(), &self.tracked).await;
         slot.connecting = false;
         match result {
             Ok((mut conn, welcome)) => {
-                tracing::debug!(pool = %self.key, server = conn.id, "new connection to server");
+                if settings.log_connections {
+                    log_new_server(&conn, &self.key);
+                }
                 if self.welcome.load().is_none() && epoch == self.epoch.load(Ordering::Acquire) {
                     self.welcome.store(Some(Arc::new(welcome)));
                 }
@@ -586,7 +590,16 @@ impl Pool {
                 }
             }
             Err(e) => {
-                tracing::warn!(pool = %self.key, "server login failed: {e}");
+                match &e {
+                    // PgBouncer's words: `server login failed: FATAL password authentication failed ...`.
+                    ServerError::Login(fields) => tracing::warn!(
+                        pool = %self.key,
+                        "server login failed: {} {}",
+                        fields.severity,
+                        fields.message
+                    ),
+                    other => tracing::warn!(pool = %self.key, "server login failed: {other}"),
+                }
                 let e = Arc::new(e);
                 let failed_waiters = {
                     let mut inner = self.lock();
@@ -786,6 +799,15 @@ impl Drop for ReserveClaim<'_> {
     }
 }
 
+/// PgBouncer's `new connection to server (from <local address>)` (no `from` over a Unix socket).
+fn log_new_server(conn: &ServerConn, key: &PoolKey) {
+    let label = conn.label_in(key);
+    match conn.stream.local_addr() {
+        Some(local) => conn_log!(info, label, "new connection to server (from {local})"),
+        None => conn_log!(info, label, "new connection to server"),
+    }
+}
+
 /// One unit of pool capacity, held by an open or opening connection. Dropping it frees the capacity.
 pub struct Slot {
     pool: Arc<Pool>,
@@ -810,6 +832,13 @@ impl Drop for Slot {
         if self.relaunch {
             self.pool.launch_if_needed();
         }
+    }
+}
+
+impl Slot {
+    /// The pool this connection counts against.
+    pub(crate) fn pool(&self) -> &Arc<Pool> {
+        &self.pool
     }
 }
 
@@ -868,6 +897,8 @@ mod tests {
             query_wait_timeout: long,
             max_packet: u32::MAX,
             session_state: crate::config::SessionState::Pin,
+            log_connections: true,
+            log_disconnections: true,
             session_alias: None,
         }
     }
