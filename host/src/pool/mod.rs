@@ -510,8 +510,13 @@ impl Pool {
         if inner.open >= settings.pool_size.saturating_add(reserve) {
             return false;
         }
+        let from_reserve = inner.open >= settings.pool_size;
         inner.open += 1;
         inner.connecting += 1;
+        drop(inner);
+        if from_reserve {
+            tracing::warn!(pool = %self.key, "taking connection from reserve_pool");
+        }
         true
     }
 
@@ -562,6 +567,7 @@ impl Pool {
             _ => std::borrow::Cow::Borrowed(&settings.login),
         };
         tracing::debug!(pool = %self.key, "launching new connection to server");
+        let started = Instant::now();
         let result = server::connect(&login, keys.as_deref(), &self.tracked).await;
         slot.connecting = false;
         match result {
@@ -599,6 +605,9 @@ impl Pool {
                         fields.message
                     ),
                     other => tracing::warn!(pool = %self.key, "server login failed: {other}"),
+                }
+                if settings.log_disconnections {
+                    log_failed_server(&login, &self.key, &e, started);
                 }
                 let e = Arc::new(e);
                 let failed_waiters = {
@@ -806,6 +815,32 @@ fn log_new_server(conn: &ServerConn, key: &PoolKey) {
         Some(local) => conn_log!(info, label, "new connection to server (from {local})"),
         None => conn_log!(info, label, "new connection to server"),
     }
+}
+
+/// PgBouncer's `closing because: connect failed | connect timeout | login failed (age=…s)` for a server
+/// connection that never came up (under an id of its own, as PgBouncer's socket had one).
+fn log_failed_server(login: &server::LoginSpec, key: &PoolKey, e: &ServerError, started: Instant) {
+    let reason = match e {
+        ServerError::Connect { .. } => "connect failed",
+        ServerError::ConnectTimeout => "connect timeout",
+        _ => "login failed",
+    };
+    let label = crate::logging::ConnLabel {
+        kind: 'S',
+        id: server::next_id(),
+        db: &key.database,
+        user: &key.user,
+        addr: crate::logging::ConnAddr::Server {
+            host: &login.host,
+            port: login.port,
+        },
+    };
+    conn_log!(
+        info,
+        label,
+        "closing because: {reason} (age={}s)",
+        started.elapsed().as_secs()
+    );
 }
 
 /// One unit of pool capacity, held by an open or opening connection. Dropping it frees the capacity.

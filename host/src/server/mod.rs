@@ -21,6 +21,11 @@ use crate::protocol::{Frame, frame, frontend};
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
+/// A fresh server connection id (`S-0x<id>` in logs), also for an attempt that never became a connection.
+pub(crate) fn next_id() -> u64 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
 /// An open, logged-in server connection.
 ///
 /// Pool accounting is attached by the pool (`slot`) and released on drop, so losing a connection anywhere
@@ -64,7 +69,7 @@ impl ServerConn {
         Self {
             stream,
             rbuf: BytesMut::with_capacity(8 * 1024),
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            id: next_id(),
             backend_key: None,
             host,
             port,
