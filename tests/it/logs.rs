@@ -24,15 +24,27 @@ struct Logged {
     db: TestDb,
     port: u16,
     dir: Scratch,
+    /// `[databases]` lines besides the test database's.
+    more_databases: String,
 }
 
 impl Logged {
     async fn start(prefix: &str, settings: &str) -> anyhow::Result<Self> {
+        Self::start_with(prefix, |_, _| String::new(), settings).await
+    }
+
+    /// [`Logged::start`] with more `[databases]` lines, written by `more_databases(cluster, test db)`.
+    async fn start_with(
+        prefix: &str,
+        more_databases: impl FnOnce(&PgCluster, &TestDb) -> String,
+        settings: &str,
+    ) -> anyhow::Result<Self> {
         let pg = PgCluster::shared();
         let db = TestDb::create(pg, prefix, PasswordEncryption::Md5)?;
+        let more_databases = more_databases(pg, &db);
         let dir = Scratch::new(prefix)?;
         let port = free_port()?;
-        let ini = write_ini(&dir, port, pg, &db, settings)?;
+        let ini = write_ini(&dir, port, pg, &db, &more_databases, settings)?;
         let mut p = PgwardenProcess::spawn(&dir.path, &[&ini])?;
         p.wait_tcp(port).await?;
         Ok(Self {
@@ -41,12 +53,20 @@ impl Logged {
             db,
             port,
             dir,
+            more_databases,
         })
     }
 
     /// Rewrites the config with `settings` (after the logfile line: a later `logfile` wins).
     fn write(&self, settings: &str) -> anyhow::Result<PathBuf> {
-        write_ini(&self.dir, self.port, self.pg, &self.db, settings)
+        write_ini(
+            &self.dir,
+            self.port,
+            self.pg,
+            &self.db,
+            &self.more_databases,
+            settings,
+        )
     }
 
     fn logfile(&self) -> PathBuf {
@@ -110,19 +130,20 @@ impl Logged {
     }
 }
 
-/// The config: the test database, md5 logins, `pgwarden.log` in `dir`, then `settings`.
+/// The config: the test database and `more_databases`, md5 logins, `pgwarden.log` in `dir`, then `settings`.
 fn write_ini(
     dir: &Scratch,
     port: u16,
     pg: &PgCluster,
     db: &TestDb,
+    more_databases: &str,
     settings: &str,
 ) -> anyhow::Result<PathBuf> {
     write_config(
         &dir.path,
         port,
         &format!(
-            "{} = host=127.0.0.1 port={} dbname={}",
+            "{} = host=127.0.0.1 port={} dbname={}\n{more_databases}",
             db.name,
             pg.port(),
             db.name
@@ -542,5 +563,71 @@ async fn verbose_follows_a_reload() -> anyhow::Result<()> {
     .await
     .map_err(|e| anyhow::anyhow!("{e}; log:\n{}", l.log()))?;
     drop(first);
+    Ok(())
+}
+
+/// Server logins that fail are logged in PgBouncer's words: `server login failed: FATAL <PostgreSQL's
+/// message>`, the server connection's `closing because: login failed` or `connect failed`, and the client's
+/// `closing because:` with PostgreSQL's message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_server_logins_are_logged() -> anyhow::Result<()> {
+    let dead_port = free_port()?;
+    let l = Logged::start_with(
+        "logs_srvfail",
+        |pg, db| {
+            format!(
+                "{0}_missing = host=127.0.0.1 port={1} dbname={0}_missing\n\
+                 {0}_dead = host=127.0.0.1 port={dead_port} dbname={0}\n",
+                db.name,
+                pg.port()
+            )
+        },
+        "",
+    )
+    .await?;
+    let (db, user) = (l.db.name.clone(), l.db.user.clone());
+    let missing = format!("{db}_missing");
+    let refused = connect("127.0.0.1", l.port, &user, Some(&l.db.password), &missing).await;
+    let err = match refused {
+        Ok(_) => anyhow::bail!("logged in to a database that does not exist"),
+        Err(e) => format!("{e:#}"),
+    };
+    let does_not_exist = format!("database \"{missing}\" does not exist");
+    assert!(err.contains(&does_not_exist), "{err}");
+    let server_failed = format!("server login failed: FATAL {does_not_exist}");
+    let server_line = |reason: &str, port: u16| {
+        let addr = format!("127.0.0.1:{port}");
+        let (reason, user) = (reason.to_owned(), user.clone());
+        move |c: &ConnLine| {
+            c.kind == 'S' && c.addr == addr && c.user == user && is_closing(&c.message, &reason)
+        }
+    };
+    let login_failed = server_line("login failed", l.pg.port());
+    wait_until("the failed server login is logged", SHOWS, || {
+        let log = l.log();
+        let lines = conn_lines(&log);
+        log.contains(&server_failed)
+            && lines.iter().any(|c| login_failed(c) && c.db == missing)
+            && lines.iter().any(|c| {
+                c.kind == 'C' && c.db == missing && is_closing(&c.message, &does_not_exist)
+            })
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}; log:\n{}", l.log()))?;
+
+    // Nothing listens on the dead port: the client waits (a connect failure is retried), the log says why.
+    let dead = format!("{db}_dead");
+    let (port, password) = (l.port, l.db.password.clone());
+    let user = l.db.user.clone();
+    let waiting = tokio::spawn(async move {
+        let _ = connect("127.0.0.1", port, &user, Some(&password), &dead).await;
+    });
+    let connect_failed = server_line("connect failed", dead_port);
+    let res = wait_until("the failed connect is logged", SHOWS, || {
+        conn_lines(&l.log()).iter().any(&connect_failed)
+    })
+    .await;
+    waiting.abort();
+    res.map_err(|e| anyhow::anyhow!("{e}; log:\n{}", l.log()))?;
     Ok(())
 }
