@@ -61,7 +61,7 @@ fn start(cli: &Cli, loaded: config::Loaded) -> Result<(), Box<dyn std::error::Er
         process::daemonize()?;
     }
     let sink = logging::LogSink::new(!cli.quiet && !cli.daemon, settings.logfile.as_deref())?;
-    logging::init(sink, cli.verbose.max(settings.verbose));
+    let logs = logging::init(sink, cli.verbose, settings);
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
@@ -72,6 +72,7 @@ fn start(cli: &Cli, loaded: config::Loaded) -> Result<(), Box<dyn std::error::Er
         // Signals first: a SIGTERM that arrives while binding must still mean a clean shutdown
         // (pidfile and socket removed), not the default action.
         let state = State::new(loaded.config)?;
+        let _ = state.logs.set(logs);
         process::spawn_signal_handlers(&state)?;
         let settings = &state.runtime().config.settings;
         let listeners = Listeners::bind(settings)?;

@@ -70,6 +70,14 @@ impl Stream {
         }
     }
 
+    /// This end's TCP address (`None` for a Unix socket), for PgBouncer's `new connection to server (from …)`.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Self::Tcp(s) => s.local_addr().ok(),
+            Self::Unix(_) => None,
+        }
+    }
+
     pub fn peer(&self) -> Peer {
         match self {
             Self::Tcp(s) => s.peer_addr().map_or(Peer::Unknown, Peer::Tcp),

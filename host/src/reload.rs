@@ -21,6 +21,10 @@ pub enum ReloadError {
 /// compiled and initialised) before anything is swapped; on error the running generation stays and the
 /// error is logged and returned.
 pub async fn reload(state: &Arc<State>) -> Result<(), ReloadError> {
+    // Log rotation: whatever the new file says, the logfile is reopened (a renamed one stops growing).
+    if let Some(logs) = state.logs.get() {
+        logs.reopen();
+    }
     let old = state.runtime();
     let path = old.config.path.clone();
     let engine = Arc::clone(&state.plugin_engine);
@@ -69,6 +73,9 @@ pub async fn reload(state: &Arc<State>) -> Result<(), ReloadError> {
     ));
     state.runtime.store(Arc::clone(&runtime));
     apply(state, &runtime);
+    if let Some(logs) = state.logs.get() {
+        logs.apply(&runtime.config.settings);
+    }
     tracing::info!("configuration reloaded (generation {})", runtime.generation);
     Ok(())
 }
@@ -104,6 +111,9 @@ pub async fn install_config(state: &State, config: config::Config) -> Result<(),
     let runtime = Arc::new(Runtime::new(config, plugins, state.next_generation()));
     state.runtime.store(Arc::clone(&runtime));
     apply(state, &runtime);
+    if let Some(logs) = state.logs.get() {
+        logs.apply(&runtime.config.settings);
+    }
     tracing::info!("configuration changed (generation {})", runtime.generation);
     Ok(())
 }

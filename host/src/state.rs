@@ -68,6 +68,9 @@ pub struct State {
     pub lifecycle: Lifecycle,
     /// What the admin console's own clients did (its row in SHOW POOLS and SHOW STATS).
     pub console: crate::admin::ConsoleStats,
+    /// The process's logger, set by the binary once installed (in-process tests run without one): a reload
+    /// reopens its logfile and applies `log_format`, `verbose` and `logfile`.
+    pub logs: std::sync::OnceLock<crate::logging::LogControl>,
     next_generation: AtomicU64,
 }
 
@@ -101,6 +104,7 @@ impl State {
             clients: Arc::default(),
             lifecycle: Lifecycle::default(),
             console: crate::admin::ConsoleStats::default(),
+            logs: std::sync::OnceLock::new(),
             next_generation: AtomicU64::new(2),
         }))
     }

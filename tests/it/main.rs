@@ -10,6 +10,7 @@ mod config_cli;
 mod drivers;
 mod harness;
 mod lifecycle;
+mod logs;
 mod params;
 mod plugins;
 mod polyglot;

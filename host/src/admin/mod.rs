@@ -165,7 +165,7 @@ impl Console {
                         Ok(q) => q.to_owned(),
                         Err(e) => return End::pooler(e.to_string()),
                     };
-                    tracing::debug!("{}: console query: {query}", self.info);
+                    crate::logging::conn_log!(debug, self.info.label(), "console query: {query}");
                     self.state.console.commands.fetch_add(1, Ordering::Relaxed);
                     let mut out = BytesMut::new();
                     if let Some(end) = self.execute(&query, &mut out).await {
@@ -288,7 +288,7 @@ pub async fn login(
     let guards = vec![total, count_client(state, runtime, user, access)?];
     if trusted {
         if settings.log_connections {
-            tracing::info!("{info}: pgbouncer access from unix socket");
+            crate::logging::conn_log!(info, info.label(), "pgbouncer access from unix socket");
         }
     } else if settings.auth_type != AuthType::Any {
         crate::client::authenticate_user(conn, runtime, user).await?;

@@ -11,6 +11,7 @@ use super::session::{ClientTimeouts, PoolClient, Session};
 use super::startup::{self as client_startup, ClientStartup};
 use super::{ClientConn, ClientInfo, End, auth};
 use crate::config::{AuthType, Database};
+use crate::logging::conn_log;
 use crate::params::ParamValues;
 use crate::pool::{CheckoutError, Pool, PoolKey, PoolSettings};
 use crate::protocol::backend::{self, TransactionStatus};
@@ -32,13 +33,34 @@ pub async fn run(
     let total = ClientTotal::new(state);
     let timeout = state.runtime().config.settings.client_login_timeout;
     let login = login(state, conn, info, total);
-    if timeout.is_zero() {
-        return login.await;
+    let res = if timeout.is_zero() {
+        login.await
+    } else {
+        match tokio::time::timeout(timeout, login).await {
+            Ok(res) => res,
+            Err(_) => Err(End::pooler("client_login_timeout")),
+        }
+    };
+    if let Err(end) = &res
+        && info.has_names()
+        && state.runtime().config.settings.log_connections
+    {
+        log_login_failed(info, end);
     }
-    match tokio::time::timeout(timeout, login).await {
-        Ok(res) => res,
-        Err(_) => Err(End::pooler("client_login_timeout")),
-    }
+    res
+}
+
+/// PgBouncer's `login failed: db=… user=…`, with the reason (also in the `closing because:` line).
+fn log_login_failed(info: &ClientInfo, end: &End) {
+    let label = info.label();
+    conn_log!(
+        info,
+        label,
+        "login failed: db={} user={}: {}",
+        label.db,
+        label.user,
+        end.reason()
+    );
 }
 
 async fn login(
@@ -66,9 +88,12 @@ async fn login(
     let startup =
         client_startup::process(&msg, &settings.ignore_startup_parameters, &state.tracked)
             .map_err(End::pooler)?;
+    info.set_names(&startup.database, &startup.user);
     if settings.log_connections {
-        tracing::info!(
-            "{info}: login attempt: db={} user={} tls=no",
+        conn_log!(
+            info,
+            info.label(),
+            "login attempt: db={} user={} tls=no replication=no",
             startup.database,
             startup.user
         );

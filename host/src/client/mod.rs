@@ -15,6 +15,7 @@ mod startup;
 
 use std::borrow::Cow;
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -30,6 +31,7 @@ pub use startup::ClientStartup;
 
 use login::LoggedIn;
 
+use crate::logging::{ConnAddr, ConnLabel, conn_log};
 use crate::net::{Peer, Stream};
 use crate::protocol::backend::{self, Severity};
 use crate::protocol::{Frame, PROTOCOL_VIOLATION, ProtocolError, frame};
@@ -172,21 +174,55 @@ pub struct ClientInfo {
     pub id: u64,
     pub peer: Peer,
     pub connected: Instant,
+    /// Database and user, once the startup packet named them (PgBouncer's `(nodb)/(nouser)` until then).
+    names: OnceLock<(Box<str>, Box<str>)>,
+}
+
+impl ClientInfo {
+    pub fn new(id: u64, peer: Peer) -> Self {
+        Self {
+            id,
+            peer,
+            connected: Instant::now(),
+            names: OnceLock::new(),
+        }
+    }
+
+    /// Records the database and user the client asked for (the first call wins).
+    pub fn set_names(&self, database: &str, user: &str) {
+        let _ = self.names.set((database.into(), user.into()));
+    }
+
+    /// Whether the startup packet named a database and user yet.
+    pub fn has_names(&self) -> bool {
+        self.names.get().is_some()
+    }
+
+    /// The `C-0x…: db/user@addr:port` prefix of this client's log lines.
+    pub fn label(&self) -> ConnLabel<'_> {
+        let (db, user) = self
+            .names
+            .get()
+            .map_or(("(nodb)", "(nouser)"), |(d, u)| (&**d, &**u));
+        ConnLabel {
+            kind: 'C',
+            id: self.id,
+            db,
+            user,
+            addr: ConnAddr::Peer(self.peer),
+        }
+    }
 }
 
 impl std::fmt::Display for ClientInfo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "C-{:x} {}", self.id, self.peer)
+        self.label().fmt(f)
     }
 }
 
 /// Serves one client connection from accept to close.
 pub async fn serve(state: Arc<State>, stream: Stream) {
-    let info = ClientInfo {
-        id: NEXT_CLIENT.fetch_add(1, Ordering::Relaxed),
-        peer: stream.peer(),
-        connected: Instant::now(),
-    };
+    let info = ClientInfo::new(NEXT_CLIENT.fetch_add(1, Ordering::Relaxed), stream.peer());
     let mut conn = ClientConn::new(stream);
     let end = match login::run(&state, &mut conn, &info).await {
         Ok(Some(LoggedIn::Pool(session))) => (*session).run(&mut conn).await,
@@ -207,7 +243,7 @@ async fn finish(state: &State, conn: &mut ClientConn, info: &ClientInfo, end: En
     } = &end
     {
         if settings.log_pooler_errors {
-            tracing::warn!("{info}: pooler error: {message}");
+            conn_log!(warn, info.label(), "pooler error: {message}");
         }
         let fields = backend::ErrorFields {
             severity: Severity::Fatal.as_str().to_owned(),
@@ -221,8 +257,10 @@ async fn finish(state: &State, conn: &mut ClientConn, info: &ClientInfo, end: En
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), conn.flush()).await;
     }
     if settings.log_disconnections {
-        tracing::info!(
-            "{info}: closing because: {} (age={}s)",
+        conn_log!(
+            info,
+            info.label(),
+            "closing because: {} (age={}s)",
             end.reason(),
             info.connected.elapsed().as_secs()
         );

@@ -37,7 +37,7 @@ pub use example::commented_toml;
 pub use plugins::{AUTO_AUTH, Hook, OnError, PluginSource, PluginSpec};
 pub use reference::reference_markdown;
 pub use settings::{NOT_IMPLEMENTED, Settings, is_reloadable};
-pub use types::{AuthType, LoadBalanceHosts, PoolMode, SessionState, TlsMode};
+pub use types::{AuthType, LoadBalanceHosts, LogFormat, PoolMode, SessionState, TlsMode};
 pub use userlist::AuthFile;
 pub use validate::{SetError, SetOutcome};
 

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use super::entries::{DATABASE_KEYS, KeyInfo, USER_KEYS};
 use super::settings::{SETTINGS, is_not_implemented};
-use super::types::{AuthType, ConfigEnum, LoadBalanceHosts, PoolMode, TlsMode};
+use super::types::{AuthType, ConfigEnum, LoadBalanceHosts, LogFormat, PoolMode, TlsMode};
 
 /// The configuration reference as Markdown: one table per section (key, type, default,
 /// description), plus a legend for the value types.
@@ -116,6 +116,7 @@ fn type_text(label: &str) -> String {
         "PoolMode" => words::<PoolMode>(),
         "TlsMode" => words::<TlsMode>(),
         "LoadBalanceHosts" => words::<LoadBalanceHosts>(),
+        "LogFormat" => words::<LogFormat>(),
         other => other.to_owned(),
     }
 }

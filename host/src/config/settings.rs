@@ -10,7 +10,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::types::{AuthType, PoolMode, SessionState, TlsMode};
+use super::types::{AuthType, LogFormat, PoolMode, SessionState, TlsMode};
 use super::values::{
     Parsed, RawValue, ShowValue, boolean, check_query, count, duration, level, list, octal_mode,
     opt_path, opt_string, port, string, uint, word,
@@ -211,15 +211,17 @@ settings! {
     listen_port: u16 = "6432", port, "port", fixed,
         "Port for the TCP listeners and the Unix socket name.";
     log_connections: bool = "1", boolean, "bool", reload,
-        "Log successful client logins.";
+        "Log client login attempts and failures, and new server connections.";
     log_disconnections: bool = "1", boolean, "bool", reload,
-        "Log disconnections and their reasons.";
+        "Log disconnections of clients and servers, with their reasons.";
+    log_format: LogFormat = "text", word::<LogFormat>, "LogFormat", reload,
+        "pgwarden: text (PgBouncer's lines) or json (one object per line: timestamp, level, message, and conn, db, user, addr for connection lines).";
     log_pooler_errors: bool = "1", boolean, "bool", reload,
         "Log the error messages sent to clients.";
     log_stats: bool = "1", boolean, "bool", reload,
         "Log aggregated statistics every stats_period: the totals line (xacts, queries, parses, binds per second) and one line per plugin called.";
     logfile: Option<PathBuf> = "", opt_path, "path", reload,
-        "File to log to, in addition to stderr.";
+        "File to log to, in addition to stderr; reopened on SIGHUP and RELOAD (log rotation).";
     login_notify_message: Option<String> = "", opt_string, "string", reload,
         "Notice sent to clients after a successful login.";
     max_client_conn: u32 = "100", uint, "integer", reload,
@@ -343,7 +345,7 @@ settings! {
     user: Option<String> = "", opt_string, "string", fixed,
         "Unix user to switch to after startup.";
     verbose: u8 = "0", level, "integer", reload,
-        "Extra logging verbosity (0-3).";
+        "Extra logging verbosity: 0 info, 1 debug, 2 and up trace; the larger of this and -v applies.";
 }
 
 /// Looks up a setting's metadata by canonical (lower-case) name.

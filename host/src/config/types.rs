@@ -94,6 +94,17 @@ config_enum! {
 }
 
 config_enum! {
+    /// How log lines are written (pgwarden's own setting).
+    pub enum LogFormat {
+        /// Plain text lines, connection lines in PgBouncer's shape (`C-0x1: db/user@addr:port ...`).
+        #[default]
+        Text = "text",
+        /// One JSON object per line: timestamp, level, message and the connection as keys.
+        Json = "json",
+    }
+}
+
+config_enum! {
     /// How clients authenticate to the pooler.
     pub enum AuthType {
         /// No authentication; the client's user name is ignored.

@@ -22,6 +22,7 @@ pub use registry::{PoolKey, Pools};
 pub use settings::PoolSettings;
 
 use crate::auth::secret::{ScramKeys, Secret};
+use crate::logging::conn_log;
 use crate::params::Tracked;
 use crate::server::{self, ServerConn, ServerError, Welcome};
 
@@ -537,8 +538,13 @@ impl Pool {
         if inner.open >= settings.pool_size.saturating_add(reserve) {
             return false;
         }
+        let from_reserve = inner.open >= settings.pool_size;
         inner.open += 1;
         inner.connecting += 1;
+        drop(inner);
+        if from_reserve {
+            tracing::warn!(pool = %self.key, "taking connection from reserve_pool");
+        }
         true
     }
 
@@ -588,11 +594,15 @@ impl Pool {
             }),
             _ => std::borrow::Cow::Borrowed(&settings.login),
         };
+        tracing::debug!(pool = %self.key, "launching new connection to server");
+        let started = Instant::now();
         let result = server::connect(&login, keys.as_deref(), &self.tracked).await;
         slot.connecting = false;
         match result {
             Ok((mut conn, welcome)) => {
-                tracing::debug!(pool = %self.key, server = conn.id, "new connection to server");
+                if settings.log_connections {
+                    log_new_server(&conn, &self.key);
+                }
                 if self.welcome.load().is_none() && epoch == self.epoch.load(Ordering::Acquire) {
                     self.welcome.store(Some(Arc::new(welcome)));
                 }
@@ -614,7 +624,19 @@ impl Pool {
                 }
             }
             Err(e) => {
-                tracing::warn!(pool = %self.key, "server login failed: {e}");
+                match &e {
+                    // PgBouncer's words: `server login failed: FATAL password authentication failed ...`.
+                    ServerError::Login(fields) => tracing::warn!(
+                        pool = %self.key,
+                        "server login failed: {} {}",
+                        fields.severity,
+                        fields.message
+                    ),
+                    other => tracing::warn!(pool = %self.key, "server login failed: {other}"),
+                }
+                if settings.log_disconnections {
+                    log_failed_server(&login, &self.key, &e, started);
+                }
                 let e = Arc::new(e);
                 let failed_waiters = {
                     let mut inner = self.lock();
@@ -826,6 +848,41 @@ impl Drop for ReserveClaim<'_> {
     }
 }
 
+/// PgBouncer's `new connection to server (from <local address>)` (no `from` over a Unix socket).
+fn log_new_server(conn: &ServerConn, key: &PoolKey) {
+    let label = conn.label_in(key);
+    match conn.stream.local_addr() {
+        Some(local) => conn_log!(info, label, "new connection to server (from {local})"),
+        None => conn_log!(info, label, "new connection to server"),
+    }
+}
+
+/// PgBouncer's `closing because: connect failed | connect timeout | login failed (age=…s)` for a server
+/// connection that never came up (under an id of its own, as PgBouncer's socket had one).
+fn log_failed_server(login: &server::LoginSpec, key: &PoolKey, e: &ServerError, started: Instant) {
+    let reason = match e {
+        ServerError::Connect { .. } => "connect failed",
+        ServerError::ConnectTimeout => "connect timeout",
+        _ => "login failed",
+    };
+    let label = crate::logging::ConnLabel {
+        kind: 'S',
+        id: server::next_id(),
+        db: &key.database,
+        user: &key.user,
+        addr: crate::logging::ConnAddr::Server {
+            host: &login.host,
+            port: login.port,
+        },
+    };
+    conn_log!(
+        info,
+        label,
+        "closing because: {reason} (age={}s)",
+        started.elapsed().as_secs()
+    );
+}
+
 /// One unit of pool capacity, held by an open or opening connection. Dropping it frees the capacity.
 pub struct Slot {
     pool: Arc<Pool>,
@@ -850,6 +907,13 @@ impl Drop for Slot {
         if self.relaunch {
             self.pool.launch_if_needed();
         }
+    }
+}
+
+impl Slot {
+    /// The pool this connection counts against.
+    pub(crate) fn pool(&self) -> &Arc<Pool> {
+        &self.pool
     }
 }
 
@@ -908,6 +972,8 @@ mod tests {
             query_wait_timeout: long,
             max_packet: u32::MAX,
             session_state: crate::config::SessionState::Pin,
+            log_connections: true,
+            log_disconnections: true,
             session_alias: None,
         }
     }

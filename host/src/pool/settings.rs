@@ -36,6 +36,10 @@ pub struct PoolSettings {
     pub session_state: SessionState,
     /// A session-mode entry for the same server database, named when session_state=reject refuses.
     pub session_alias: Option<String>,
+    /// Log new server connections (`log_connections`) and their closing (`log_disconnections`); kept here
+    /// so a server connection can tell without the shared state, and a reload changes them.
+    pub log_connections: bool,
+    pub log_disconnections: bool,
 }
 
 impl PoolSettings {
@@ -138,6 +142,8 @@ impl PoolSettings {
             max_packet: s.max_packet_size,
             session_state: db.session_state.unwrap_or(s.session_state),
             session_alias: session_alias(runtime, db, db_name),
+            log_connections: s.log_connections,
+            log_disconnections: s.log_disconnections,
         }
     }
 

@@ -13,12 +13,18 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 pub use error::ServerError;
 pub use login::{LoginSpec, Welcome, connect};
 
+use crate::logging::{ConnAddr, ConnLabel, conn_log};
 use crate::net::Stream;
 use crate::params::{ParamValues, Tracked};
 use crate::protocol::backend::{self, ErrorFields, tag};
 use crate::protocol::{Frame, frame, frontend};
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A fresh server connection id (`S-0x<id>` in logs), also for an attempt that never became a connection.
+pub(crate) fn next_id() -> u64 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
 
 /// An open, logged-in server connection.
 ///
@@ -63,7 +69,7 @@ impl ServerConn {
         Self {
             stream,
             rbuf: BytesMut::with_capacity(8 * 1024),
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            id: next_id(),
             backend_key: None,
             host,
             port,
@@ -215,10 +221,33 @@ impl ServerConn {
         Ok(index)
     }
 
+    /// The `S-0x…: db/user@host:port` prefix of this connection's log lines, as a connection of `pool`.
+    pub fn label_in<'a>(&'a self, pool: &'a crate::pool::PoolKey) -> ConnLabel<'a> {
+        ConnLabel {
+            kind: 'S',
+            id: self.id,
+            db: &pool.database,
+            user: &pool.user,
+            addr: ConnAddr::Server {
+                host: &self.host,
+                port: self.port,
+            },
+        }
+    }
+
     /// Closes the connection politely: a best-effort Terminate that never waits, then the socket closes on
-    /// drop.
+    /// drop. Logged as PgBouncer does (`closing because: <reason> (age=…s)`) when `log_disconnections`.
     pub fn close(self, reason: &str) {
-        tracing::debug!(server = self.id, "closing server connection: {reason}");
+        if let Some(pool) = self.slot.as_ref().map(crate::pool::Slot::pool)
+            && pool.settings().log_disconnections
+        {
+            conn_log!(
+                info,
+                self.label_in(&pool.key),
+                "closing because: {reason} (age={}s)",
+                self.created.elapsed().as_secs()
+            );
+        }
         let mut out = BytesMut::with_capacity(5);
         frontend::write_terminate(&mut out);
         let _ = self.stream.try_write(&out);
