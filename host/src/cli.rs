@@ -79,6 +79,18 @@ pub fn describe(loaded: &Loaded, plugins: &PluginSet) -> String {
             listen.join(", ")
         }
     );
+    if !s.metrics_listen_addr.is_empty() {
+        let addrs: Vec<String> = s
+            .metrics_listen_addr
+            .iter()
+            .map(|a| format!("{a}:{}", s.metrics_listen_port))
+            .collect();
+        let _ = writeln!(
+            out,
+            "metrics: {} (GET /metrics, /healthz, /readyz)",
+            addrs.join(", ")
+        );
+    }
     let users: Vec<&str> = c
         .auth_file
         .iter()

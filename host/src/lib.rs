@@ -18,6 +18,7 @@
 //! - [`admin`]: the admin console (the `pgbouncer` database): SHOW, SET, RELOAD, PAUSE, RESUME, SHUTDOWN.
 //! - [`reload`]: SIGHUP: re-read config, auth_file and plugins, swap atomically, re-resolve pools.
 //! - [`stats`]: `log_stats` lines every `stats_period`.
+//! - [`metrics`]: the HTTP listener for operators: Prometheus `/metrics`, `/healthz`, `/readyz`.
 //! - [`net`], [`cli`], [`logging`], [`process`]: sockets, command line, logs, daemon/pidfile/user/signals.
 
 pub mod admin;
@@ -28,6 +29,7 @@ pub mod client;
 pub mod config;
 pub mod listener;
 pub mod logging;
+pub mod metrics;
 pub mod net;
 pub mod params;
 pub mod plugin;

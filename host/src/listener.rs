@@ -18,11 +18,13 @@ use crate::state::{Runtime, ShutdownMode, State};
 /// How long an immediate shutdown waits for sessions to write their goodbyes.
 const GOODBYE: Duration = Duration::from_secs(2);
 
-/// The sockets pgwarden accepts clients on.
+/// The sockets pgwarden accepts clients on, and the HTTP listener for operators.
 #[derive(Debug)]
 pub struct Listeners {
     pub tcp: Vec<TcpListener>,
     pub unix: Option<(UnixListener, SocketFile)>,
+    /// `metrics_listen_addr` × `metrics_listen_port` (none unless configured): [`crate::metrics`].
+    pub metrics: Vec<TcpListener>,
 }
 
 /// A Unix socket's file, removed when dropped (after the listener stops).
@@ -46,25 +48,16 @@ pub struct BindError {
 }
 
 impl Listeners {
-    /// Binds `listen_addr` × `listen_port` and the Unix socket in `unix_socket_dir`, as PgBouncer does.
+    /// Binds `listen_addr` × `listen_port` and the Unix socket in `unix_socket_dir`, as PgBouncer does, and
+    /// `metrics_listen_addr` × `metrics_listen_port`.
     pub fn bind(settings: &Settings) -> Result<Self, BindError> {
         let port = settings.listen_port;
-        let mut tcp = Vec::new();
-        for addr in tcp_addresses(&settings.listen_addr, port)? {
-            match bind_tcp(addr, settings.listen_backlog) {
-                Ok(l) => tcp.push(l),
-                // `*` also tries IPv6; a host without IPv6 is fine.
-                Err(e) if addr.is_ipv6() && settings.listen_addr.iter().any(|a| a == "*") => {
-                    tracing::debug!("not listening on {addr}: {e}");
-                }
-                Err(source) => {
-                    return Err(BindError {
-                        addr: addr.to_string(),
-                        source,
-                    });
-                }
-            }
-        }
+        let tcp = bind_all(&settings.listen_addr, port, settings.listen_backlog)?;
+        let metrics = bind_all(
+            &settings.metrics_listen_addr,
+            settings.metrics_listen_port,
+            settings.listen_backlog,
+        )?;
         let unix = match &settings.unix_socket_dir {
             Some(dir) if !dir.as_os_str().is_empty() => {
                 Some(bind_unix(dir, port, settings.unix_socket_mode)?)
@@ -80,7 +73,7 @@ impl Listeners {
                 ),
             });
         }
-        Ok(Self { tcp, unix })
+        Ok(Self { tcp, unix, metrics })
     }
 
     /// TCP addresses actually bound (with the real port when 0 was asked for).
@@ -90,6 +83,35 @@ impl Listeners {
             .filter_map(|l| l.local_addr().ok())
             .collect()
     }
+
+    /// Addresses of the metrics listener actually bound.
+    pub fn metrics_addrs(&self) -> Vec<SocketAddr> {
+        self.metrics
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+}
+
+/// Binds every address of `listen` (`*`: all IPv4 and, where the host has it, IPv6) on `port`.
+fn bind_all(listen: &[String], port: u16, backlog: u32) -> Result<Vec<TcpListener>, BindError> {
+    let mut bound = Vec::new();
+    for addr in tcp_addresses(listen, port)? {
+        match bind_tcp(addr, backlog) {
+            Ok(l) => bound.push(l),
+            // `*` also tries IPv6; a host without IPv6 is fine.
+            Err(e) if addr.is_ipv6() && listen.iter().any(|a| a == "*") => {
+                tracing::debug!("not listening on {addr}: {e}");
+            }
+            Err(source) => {
+                return Err(BindError {
+                    addr: addr.to_string(),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(bound)
 }
 
 fn tcp_addresses(listen: &[String], port: u16) -> Result<Vec<SocketAddr>, BindError> {
@@ -164,6 +186,8 @@ pub async fn run(listeners: Listeners, state: Arc<State>) {
     }
     let janitor = tokio::spawn(janitor(Arc::clone(&state)));
     let stats = tokio::spawn(crate::stats::log_periodically(Arc::clone(&state)));
+    // Serves until the end, through a drain: /healthz stays 200 while clients are served, /readyz says 503.
+    let metrics = tokio::spawn(crate::metrics::serve(listeners.metrics, Arc::clone(&state)));
 
     lifecycle.stop_accepting.cancelled().await;
     for a in tcp_accepts {
@@ -202,6 +226,7 @@ pub async fn run(listeners: Listeners, state: Arc<State>) {
     let _ = tokio::time::timeout(GOODBYE, lifecycle.tracker.wait()).await;
     janitor.abort();
     stats.abort();
+    metrics.abort();
     for pool in state.pools.all() {
         pool.close_idle("shutting down");
     }

@@ -86,6 +86,9 @@ fn start(cli: &Cli, loaded: config::Loaded) -> Result<(), Box<dyn std::error::Er
         for addr in listeners.local_addrs() {
             tracing::info!("listening on {addr}");
         }
+        for addr in listeners.metrics_addrs() {
+            tracing::info!("metrics and health checks on http://{addr}/");
+        }
         if let Some((_, file)) = &listeners.unix {
             tracing::info!("listening on unix:{}", file.path.display());
         }

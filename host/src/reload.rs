@@ -146,6 +146,14 @@ fn warn_fixed_settings(old: &config::Settings, new: &config::Settings) {
             old.unix_socket_mode != new.unix_socket_mode,
         ),
         ("listen_backlog", old.listen_backlog != new.listen_backlog),
+        (
+            "metrics_listen_addr",
+            old.metrics_listen_addr != new.metrics_listen_addr,
+        ),
+        (
+            "metrics_listen_port",
+            old.metrics_listen_port != new.metrics_listen_port,
+        ),
         ("pidfile", old.pidfile != new.pidfile),
         ("user", old.user != new.user),
         (

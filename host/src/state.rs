@@ -71,6 +71,9 @@ pub struct State {
     /// The process's logger, set by the binary once installed (in-process tests run without one): a reload
     /// reopens its logfile and applies `log_format`, `verbose` and `logfile`.
     pub logs: std::sync::OnceLock<crate::logging::LogControl>,
+    /// Errors reported, by kind (`pgwarden_errors_total`); the same counters every plugin generation counts
+    /// its refusals in.
+    pub errors: Arc<crate::metrics::ErrorCounts>,
     next_generation: AtomicU64,
 }
 
@@ -95,6 +98,7 @@ impl State {
         let plugins = Arc::new(PluginSet::load(&engine, &config.plugins, None)?);
         let tracked = Arc::new(Tracked::new(&config.settings.track_extra_parameters));
         Ok(Arc::new(Self {
+            errors: Arc::clone(plugins.errors()),
             runtime: ArcSwap::from_pointee(Runtime::new(config, plugins, 1)),
             plugin_engine: engine,
             auth_cache: Mutex::default(),

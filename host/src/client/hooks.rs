@@ -9,6 +9,7 @@ use super::relay::Denial;
 use super::startup::ClientStartup;
 use crate::auth::Secret;
 use crate::config::{Hook, OnError, PoolMode};
+use crate::metrics::ErrorKind;
 use crate::net::Peer;
 use crate::plugin::bindings::exports::pgwarden::plugin::policy::{Query, Verdict};
 use crate::plugin::convert::SessionInfo;
@@ -77,6 +78,7 @@ pub fn route(
                 break;
             }
             Ok(Err(denial)) => {
+                runtime.plugins.errors().count(ErrorKind::RouterDenial);
                 return Err(End::fatal_with(
                     convert::sqlstate(&denial.sqlstate, "28000"),
                     denial.message,
@@ -89,6 +91,7 @@ pub fn route(
             }
             Err(e) => {
                 tracing::error!("{e}; connection refused");
+                runtime.plugins.errors().count(ErrorKind::RouterFailure);
                 return Err(End::fatal("08004", format!("connection refused: {e}")));
             }
         }
@@ -220,6 +223,7 @@ pub fn check_query(
         match plugin.check(info, query) {
             Ok(Verdict::Allow) => {}
             Ok(Verdict::Deny(d)) => {
+                plugins.errors().count(ErrorKind::PolicyDenial);
                 return Some(Denial {
                     sqlstate: convert::sqlstate(&d.sqlstate, "42501"),
                     message: d.message,
@@ -232,6 +236,7 @@ pub fn check_query(
             }
             Err(e) => {
                 tracing::error!("{e}; query refused");
+                plugins.errors().count(ErrorKind::PolicyFailure);
                 return Some(Denial {
                     sqlstate: "XX000".into(),
                     message: format!("query refused: {e}"),

@@ -12,6 +12,7 @@ use super::startup::{self as client_startup, ClientStartup};
 use super::{ClientConn, ClientInfo, End, auth};
 use crate::config::{AuthType, Database};
 use crate::logging::conn_log;
+use crate::metrics::ErrorKind;
 use crate::params::ParamValues;
 use crate::pool::{CheckoutError, Pool, PoolKey, PoolSettings};
 use crate::protocol::backend::{self, TransactionStatus};
@@ -120,6 +121,7 @@ async fn login(
     };
     let method = auth::method(settings.auth_type, secret.as_ref());
     if method == AuthType::Trust && secret.is_none() {
+        state.errors.count(ErrorKind::AuthFailed);
         return Err(End::fatal("28000", "\"trust\" authentication failed"));
     }
     let keys = auth::authenticate(
@@ -129,7 +131,13 @@ async fn login(
         secret.as_ref(),
         settings.scram_iterations,
     )
-    .await?;
+    .await
+    .inspect_err(|end| {
+        // A refusal, not a client that hung up halfway.
+        if matches!(end, End::Fatal { .. }) {
+            state.errors.count(ErrorKind::AuthFailed);
+        }
+    })?;
     let Some(db) = db else {
         return Err(End::pooler(format!(
             "no such database: {}",

@@ -242,6 +242,9 @@ async fn finish(state: &State, conn: &mut ClientConn, info: &ClientInfo, end: En
         hint,
     } = &end
     {
+        if let Some(kind) = crate::metrics::ErrorKind::of_pooler_message(message) {
+            state.errors.count(kind);
+        }
         if settings.log_pooler_errors {
             conn_log!(warn, info.label(), "pooler error: {message}");
         }

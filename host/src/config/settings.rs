@@ -238,6 +238,10 @@ settings! {
         "Maximum client connections per user; 0 is unlimited.";
     max_user_connections: u32 = "0", uint, "integer", reload,
         "Maximum server connections per user; 0 is unlimited.";
+    metrics_listen_addr: Vec<String> = "", list, "list", fixed,
+        "pgwarden: addresses of the HTTP listener for operators (GET /metrics in Prometheus' text format, /healthz, /readyz; see docs/METRICS.md); * for all; empty disables it.";
+    metrics_listen_port: u16 = "9127", port, "port", fixed,
+        "pgwarden: port of the metrics_listen_addr listener (9127 is pgbouncer_exporter's, which pgwarden makes unnecessary).";
     min_pool_size: u32 = "0", uint, "integer", reload,
         "Keep at least this many server connections open per pool (capped at the pool size).";
     peer_id: u32 = "0", count::<0, 16383>, "integer", reload,
@@ -446,6 +450,11 @@ mod tests {
         assert!(d.tcp_keepalive);
         assert_eq!(d.verbose, 0);
         assert_eq!(d.job_name, "pgbouncer");
+        assert!(
+            d.metrics_listen_addr.is_empty(),
+            "the HTTP listener is off by default"
+        );
+        assert_eq!(d.metrics_listen_port, 9127);
     }
 
     #[test]
@@ -466,11 +475,13 @@ mod tests {
             "job_name",
             "service_name",
             "resolv_conf",
+            "metrics_listen_addr",
+            "metrics_listen_port",
         ] {
             assert!(!is_reloadable(key), "{key}");
         }
         let fixed = SETTINGS.iter().filter(|s| !s.reloadable).count();
-        assert_eq!(fixed, 15);
+        assert_eq!(fixed, 17);
         assert!(is_reloadable("pool_mode"));
         assert!(is_reloadable("Default_Pool_Size"));
         assert!(!is_reloadable("no_such_setting"));

@@ -7,11 +7,15 @@ use super::builtin;
 use super::engine::PluginEngine;
 use super::instance::Plugin;
 use crate::config::{Hook, PluginSource, PluginSpec};
+use crate::metrics::ErrorCounts;
 
 /// The plugins of one configuration generation.
 #[derive(Debug, Default)]
 pub struct PluginSet {
     plugins: Vec<Arc<Plugin>>,
+    /// Where the hooks count their refusals (policy denials, router refusals): handed from each generation
+    /// to the next, and shared with the [`crate::State`], so a reload never resets them.
+    errors: Arc<ErrorCounts>,
 }
 
 /// A plugin that could not be loaded: which one, where it was configured, and why.
@@ -63,7 +67,8 @@ impl PluginSet {
             };
             plugins.push(plugin);
         }
-        Ok(Self { plugins })
+        let errors = previous.map(|p| Arc::clone(&p.errors)).unwrap_or_default();
+        Ok(Self { plugins, errors })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -72,6 +77,11 @@ impl PluginSet {
 
     pub fn all(&self) -> &[Arc<Plugin>] {
         &self.plugins
+    }
+
+    /// The error counters this generation's hooks count refusals in.
+    pub fn errors(&self) -> &Arc<ErrorCounts> {
+        &self.errors
     }
 
     /// The plugins serving `hook` for clients of database alias `database`, in order.

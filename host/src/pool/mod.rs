@@ -23,6 +23,7 @@ pub use settings::PoolSettings;
 
 use crate::auth::secret::{ScramKeys, Secret};
 use crate::logging::conn_log;
+use crate::metrics::Histogram;
 use crate::params::Tracked;
 use crate::server::{self, ServerConn, ServerError, Welcome};
 
@@ -51,6 +52,14 @@ pub struct PoolStats {
     /// Microseconds spent in queries and in transactions.
     pub query_us: AtomicU64,
     pub xact_us: AtomicU64,
+    /// Query, transaction and queue-wait times by bucket (`/metrics`; their sums are the totals above).
+    pub query_time: Histogram,
+    pub xact_time: Histogram,
+    pub wait_time: Histogram,
+    /// Server logins that failed.
+    pub server_login_failures: AtomicU64,
+    /// Clients that waited query_wait_timeout for a server and gave up.
+    pub wait_timeouts: AtomicU64,
 }
 
 impl PoolStats {
@@ -70,6 +79,14 @@ impl PoolStats {
                 total.fetch_add(n, Ordering::Relaxed);
             }
         }
+        self.query_time.observe_mean(c.query_us, c.queries);
+        self.xact_time.observe_mean(c.xact_us, c.transactions);
+    }
+
+    /// A checkout that waited `us` in the queue.
+    fn waited(&self, us: u64) {
+        self.wait_us.fetch_add(us, Ordering::Relaxed);
+        self.wait_time.observe(us);
     }
 }
 
@@ -278,9 +295,7 @@ impl Pool {
         }
         let started = Instant::now();
         let conn = self.wait_checkout_inner(query_timeout).await?;
-        self.stats
-            .wait_us
-            .fetch_add(micros(started), Ordering::Relaxed);
+        self.stats.waited(micros(started));
         Ok(conn)
     }
 
@@ -288,6 +303,7 @@ impl Pool {
     pub async fn checkout_idle(&self) -> Option<ServerConn> {
         let conn = self.take_idle().await?;
         self.stats.assignments.fetch_add(1, Ordering::Relaxed);
+        self.stats.wait_time.observe(0);
         Some(conn)
     }
 
@@ -300,9 +316,7 @@ impl Pool {
     ) -> Result<ServerConn, CheckoutError> {
         let started = Instant::now();
         let conn = self.wait_checkout_inner(query_timeout).await?;
-        self.stats
-            .wait_us
-            .fetch_add(micros(started), Ordering::Relaxed);
+        self.stats.waited(micros(started));
         self.stats.assignments.fetch_add(1, Ordering::Relaxed);
         Ok(conn)
     }
@@ -366,6 +380,9 @@ impl Pool {
                     rx.close();
                     if let Ok(Ok(conn)) = rx.try_recv() {
                         return Ok(conn);
+                    }
+                    if matches!(wait_error, CheckoutError::WaitTimeout) {
+                        self.stats.wait_timeouts.fetch_add(1, Ordering::Relaxed);
                     }
                     return Err(wait_error);
                 }
@@ -637,6 +654,9 @@ impl Pool {
                 if settings.log_disconnections {
                     log_failed_server(&login, &self.key, &e, started);
                 }
+                self.stats
+                    .server_login_failures
+                    .fetch_add(1, Ordering::Relaxed);
                 let e = Arc::new(e);
                 let failed_waiters = {
                     let mut inner = self.lock();
