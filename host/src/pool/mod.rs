@@ -796,24 +796,29 @@ impl Pool {
         inner.open - inner.connecting - inner.idle.len() as u32
     }
 
+    /// Clients waiting in the queue now (not those that gave up and wait to be swept out of it).
     pub fn waiting(&self) -> usize {
-        self.lock().waiters.len()
+        self.lock()
+            .waiters
+            .iter()
+            .filter(|w| !w.tx.is_closed())
+            .count()
     }
 
     /// The connection and queue counts at one moment, for the console.
     pub fn snapshot(&self) -> PoolSnapshot {
         let inner = self.lock();
         let idle = inner.idle.len() as u32;
+        // A waiter that gave up (query_wait_timeout, disconnect) stays queued until a grant or a launch
+        // sweeps it out; it is not waiting any more.
+        let waiting = || inner.waiters.iter().filter(|w| !w.tx.is_closed());
         PoolSnapshot {
             open: inner.open,
             idle,
             connecting: inner.connecting,
             in_use: inner.open - inner.connecting - idle,
-            waiting: inner.waiters.len() as u32,
-            max_wait: inner
-                .waiters
-                .iter()
-                .filter(|w| !w.tx.is_closed())
+            waiting: waiting().count() as u32,
+            max_wait: waiting()
                 .map(|w| w.since.elapsed())
                 .max()
                 .unwrap_or_default(),
