@@ -14,6 +14,7 @@ use pgwarden_tests::clients::connect;
 use pgwarden_tests::pg::{PasswordEncryption, PgCluster};
 use pgwarden_tests::pooler::{TestDb, free_port, write_config};
 
+use crate::metrics::{http_get, wait_status};
 use crate::pool_support::assert_login_refused;
 
 /// Enough for any exit that should be prompt (an immediate shutdown waits at most 2 s for goodbyes).
@@ -292,16 +293,47 @@ async fn sighup_with_invalid_config_keeps_the_running_one() -> anyhow::Result<()
     Ok(())
 }
 
-/// SIGTERM: new connections are refused at once, a connected client keeps being served, and the process
-/// exits (status 0, pidfile and socket removed) once that client disconnects.
+/// SIGTERM (`docker stop`, a pod's deletion): new connections are refused at once; a client caught inside
+/// a transaction finishes it (more statements, then COMMIT, which persists) and keeps being served; the
+/// metrics listener keeps answering, /healthz 200 and /readyz 503 "shutting down", so an orchestrator stops
+/// sending clients without killing the pooler; the process exits (status 0, pidfile and socket removed)
+/// once that client disconnects, and the metrics port closes with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_serves_connected_clients_then_exits_when_they_leave() -> anyhow::Result<()> {
-    let mut r = Running::start("sig_term", "pool_mode = transaction").await?;
+    let metrics = free_port()?;
+    let mut r = Running::start(
+        "sig_term",
+        &format!(
+            "pool_mode = transaction\nmetrics_listen_addr = 127.0.0.1\nmetrics_listen_port = {metrics}"
+        ),
+    )
+    .await?;
     let client = r.client().await?;
     assert!(r.pidfile().exists() && r.socket().exists());
+    client.batch_execute("create table t (x int)").await?;
+    client
+        .batch_execute("begin; insert into t values (1)")
+        .await?;
+    assert_eq!(wait_status(metrics, "/readyz", 200).await?, "ready\n");
 
     r.p.signal(Signal::SIGTERM)?;
     r.wait_not_accepting().await?;
+    assert_eq!(
+        http_get(metrics, "/readyz").await?,
+        (503, "not ready: shutting down\n".to_owned())
+    );
+    assert_eq!(http_get(metrics, "/healthz").await?.0, 200);
+    client
+        .batch_execute("insert into t values (2); commit")
+        .await?;
+    assert_eq!(
+        r.pg.query_scalar_async(
+            &r.db.name,
+            "select string_agg(x::text, ',' order by x) from t"
+        )
+        .await?,
+        "1,2"
+    );
     for i in 0..3_i32 {
         let row = client.query_one("select $1::int4 * 2", &[&i]).await?;
         assert_eq!(row.get::<_, i32>(0), i * 2);
@@ -315,7 +347,12 @@ async fn sigterm_serves_connected_clients_then_exits_when_they_leave() -> anyhow
     assert!(r.pidfile().exists(), "still running: pidfile kept");
 
     drop(client);
-    r.expect_clean_exit(EXIT).await
+    r.expect_clean_exit(EXIT).await?;
+    assert!(
+        !tcp_accepts(SocketAddr::from(([127, 0, 0, 1], metrics))),
+        "the metrics port outlived the process"
+    );
+    Ok(())
 }
 
 /// A second SIGTERM while draining means "now": the process exits although a client is still connected,

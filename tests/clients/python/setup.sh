@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs the Python drivers of requirements.txt (psycopg 3, psycopg2, asyncpg, SQLAlchemy) into a virtualenv
-# outside the clone, for the `drivers` integration tests, and prints its path:
+# Installs the Python drivers of requirements.txt (psycopg 3, psycopg2, asyncpg, SQLAlchemy) and the parsers the
+# `metrics` and `sidecar` tests use (prometheus_client, PyYAML) into a virtualenv outside the clone, for the
+# integration tests, and prints its path:
 #   ${PGWARDEN_PYCLIENTS_VENV:-$HOME/.cache/pgwarden-pyclients/<first 16 hex digits of sha256(requirements.txt)>}
 # The tests compute the same path (or read PGWARDEN_PYCLIENTS_VENV). Idempotent and quick when installed: a
 # changed requirements.txt gets a new directory; a half-built one (no stamp) is rebuilt.
@@ -17,7 +18,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$digest" ]; then
     mkdir -p "$(dirname "$venv")"
     python3 -m venv "$venv" || fail "python3 -m venv failed (Debian: apt-get install python3-venv)"
     "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps -r "$here/requirements.txt"
-    "$venv/bin/python" -c 'import psycopg, psycopg2, asyncpg, sqlalchemy, greenlet' ||
+    "$venv/bin/python" -c 'import psycopg, psycopg2, asyncpg, sqlalchemy, greenlet, prometheus_client, yaml' ||
         fail "the drivers do not import from $venv"
     echo "$digest" >"$stamp"
 else
