@@ -243,6 +243,16 @@ async fn attach(
     let db = &db;
     let pool_user = db.user.clone().unwrap_or_else(|| startup.user.clone());
     let key = PoolKey::routed(&db.name, &pool_user, routing.mode);
+    // A database made from the `*` entry, seen for the first time (PgBouncer's log line).
+    if !runtime.config.databases.contains_key(&db.name)
+        && !state
+            .pools
+            .all()
+            .iter()
+            .any(|p| *p.key.database == *db.name)
+    {
+        tracing::info!("registered new auto-database: {}", db.name);
+    }
     let pool = state.pools.join(&key, || {
         let mut settings = PoolSettings::resolve(runtime, db, &db.name, &pool_user);
         if let Some(mode) = routing.mode {
