@@ -1,10 +1,11 @@
 //! The plugin hooks a client meets: routing it and looking up secrets of users pgwarden does not know (at
 //! login), and checking its queries.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::End;
+use super::login::checkout_end;
 use super::relay::Denial;
 use super::startup::ClientStartup;
 use crate::auth::Secret;
@@ -14,7 +15,7 @@ use crate::net::Peer;
 use crate::plugin::bindings::exports::pgwarden::plugin::policy::{Query, Verdict};
 use crate::plugin::convert::SessionInfo;
 use crate::plugin::{DatabaseAccess, PluginSet, convert};
-use crate::pool::{PoolKey, PoolSettings};
+use crate::pool::{CheckoutError, PoolKey, PoolSettings};
 use crate::server::ServerError;
 use crate::state::{Runtime, State};
 
@@ -129,18 +130,30 @@ pub async fn lookup(
             return Ok(secret.as_deref().map(Secret::parse));
         }
     }
-    let access: Arc<dyn DatabaseAccess> = Arc::new(PoolQuery {
+    let pool_query = Arc::new(PoolQuery {
         state: Arc::clone(state),
         runtime: Arc::clone(runtime),
         handle: tokio::runtime::Handle::current(),
+        login_refused: Mutex::new(None),
     });
+    let access: Arc<dyn DatabaseAccess> = Arc::clone(&pool_query) as _;
     let (u, d) = (user.to_owned(), database.to_owned());
     let lookup = Arc::clone(&plugin);
     // The plugin may run queries through the pools, which blocks: keep it off the async workers.
     let answer = tokio::task::spawn_blocking(move || lookup.lookup(&u, &d, access)).await;
     let refused = |why: String| {
         tracing::error!("auth lookup of \"{user}\" failed: {why}");
-        End::fatal("28000", format!("could not look up user \"{user}\": {why}"))
+        // The lookup could not log in to PostgreSQL (the database does not exist, say): the client gets
+        // the server's refusal, as PgBouncer passes it on.
+        let server_refusal = pool_query
+            .login_refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        match server_refusal {
+            Some(e) => checkout_end(&e),
+            None => End::fatal("28000", format!("could not look up user \"{user}\": {why}")),
+        }
     };
     match answer {
         Ok(Ok(Ok(secret))) => {
@@ -166,6 +179,8 @@ struct PoolQuery {
     state: Arc<State>,
     runtime: Arc<Runtime>,
     handle: tokio::runtime::Handle,
+    /// The server's refusal of the lookup's own login, if that is why a query failed.
+    login_refused: Mutex<Option<CheckoutError>>,
 }
 
 impl DatabaseAccess for PoolQuery {
@@ -189,10 +204,16 @@ impl DatabaseAccess for PoolQuery {
         });
         let max = pool.settings().max_packet;
         self.handle.block_on(async move {
-            let mut server = pool
-                .checkout(Duration::ZERO)
-                .await
-                .map_err(|e| e.to_string())?;
+            let mut server = pool.checkout(Duration::ZERO).await.map_err(|e| {
+                let message = e.to_string();
+                // Only PostgreSQL's own refusal is passed on; pgwarden's reasons keep the lookup's context.
+                if let CheckoutError::Server(se) | CheckoutError::FastFail(se) = &e
+                    && matches!(**se, ServerError::Login(_))
+                {
+                    *self.login_refused.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+                }
+                message
+            })?;
             match server.query_params(sql, params, max).await {
                 Ok(rows) => {
                     pool.checkin(server);

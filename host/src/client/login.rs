@@ -111,9 +111,12 @@ async fn login(
     }
     let routing = hooks::route(&runtime, &startup, &msg.params, info.peer)?;
     let db = lookup_database(&runtime, &routing.database);
-    // A secret the auth plugin found also serves the pool's server logins as this user.
+    // A secret the auth plugin found also serves the pool's server logins as this user. No lookup for a
+    // database that does not exist: the client then fails authentication like any unknown user (and
+    // learns of the missing database only with the right password), as in PgBouncer.
     let (secret, looked_up) = match runtime.secrets.get(&startup.user) {
         Some(s) => (Some(s.clone()), false),
+        None if db.is_none() => (None, false),
         None => (
             hooks::lookup(state, &runtime, &startup.user, &routing.database).await?,
             true,

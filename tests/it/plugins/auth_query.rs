@@ -541,3 +541,42 @@ async fn trust_admits_a_role_the_lookup_finds_without_a_password() -> anyhow::Re
     assert_wrong_password(&md5, &nopw, "anything", &db.name).await;
     Ok(())
 }
+
+/// The lookup meets a database that cannot serve it. For a database pgwarden does not know, no lookup runs
+/// and a user missing from the userlist fails authentication like any unknown user (nothing tells a
+/// stranger which databases exist). For a `*` database PostgreSQL does not have, the lookup's own server
+/// login is refused, and the client gets PostgreSQL's refusal (3D000), as in PgBouncer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_query_on_a_missing_database_refuses_as_postgresql_does() -> anyhow::Result<()> {
+    let pg = PgCluster::shared();
+    let db = TestDb::create(pg, "plug_aq_nodb", PasswordEncryption::Md5)?;
+    let auth = auth_setup(pg, &db.name, PasswordEncryption::Md5)?;
+    let u = users(pg)?;
+    let settings = format!(
+        "auth_type = md5\nauth_user = {}\nauth_query = {LOOKUP}",
+        auth.name
+    );
+    let userlist = userlist_line(&auth.name, &auth.password);
+    let known_only = Pooler::start(&entry(pg, &db, ""), &settings, &userlist).await?;
+    let missing = PgCluster::unique_name("plug_aq_nosuchdb");
+    assert_wrong_password(&known_only, &u.md5.name, &u.md5.password, &missing).await;
+
+    let fallback = format!("* = host=127.0.0.1 port={}", pg.port());
+    let with_fallback = Pooler::start(&fallback, &settings, &userlist).await?;
+    let err = with_fallback
+        .connect(&u.md5.name, &u.md5.password, &missing)
+        .await
+        .expect_err("logged in to a database PostgreSQL does not have");
+    assert_login_refused(
+        &err,
+        "3D000",
+        &format!("database \"{missing}\" does not exist"),
+    );
+    // The lookup still works where the database exists.
+    let client = login_as(&with_fallback, &u.md5, &db.name).await?;
+    assert_eq!(
+        whoami(&client).await?,
+        format!("{} {}", u.md5.name, db.name)
+    );
+    Ok(())
+}
