@@ -408,6 +408,52 @@ async fn max_client_conn_refuses_clients_beyond_it() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Clients connecting all at once: exactly max_client_conn of them get in (none too many, none refused while
+/// there is room), whatever order their logins finish in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_client_conn_admits_exactly_the_limit_from_a_burst() -> anyhow::Result<()> {
+    const MAX: usize = 5;
+    let pg = PgCluster::shared();
+    let db = TestDb::create(pg, "maxclientburst", PasswordEncryption::Md5)?;
+    let pooler = Arc::new(
+        Pooler::start(
+            &entry(pg, &db, ""),
+            &format!("pool_mode = transaction\nmax_client_conn = {MAX}"),
+            &db.userlist_line(),
+        )
+        .await?,
+    );
+    let db = Arc::new(db);
+    let attempts: Vec<_> = (0..2 * MAX)
+        .map(|_| {
+            let (pooler, db) = (Arc::clone(&pooler), Arc::clone(&db));
+            tokio::spawn(async move { pooler.connect_as(&db).await })
+        })
+        .collect();
+    let mut admitted = Vec::new();
+    for a in attempts {
+        match a.await? {
+            Ok(c) => admitted.push(c),
+            Err(e) => {
+                assert_login_refused(&e, "08P01", "no more connections allowed (max_client_conn)")
+            }
+        }
+    }
+    assert_eq!(
+        admitted.len(),
+        MAX,
+        "clients let in from a burst of {}",
+        2 * MAX
+    );
+    // Room again once one leaves.
+    drop(admitted.pop());
+    wait_until("room for a client again", WAIT, || async {
+        Ok(pooler.connect_as(&db).await.is_ok())
+    })
+    .await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_db_connections_caps_every_pool_of_the_database() -> anyhow::Result<()> {
     let pg = PgCluster::shared();

@@ -83,7 +83,7 @@ async fn login(
     if msg.minor > 0 || !msg.protocol_options.is_empty() {
         conn.send(|b| backend::write_negotiate_protocol_version(b, 0, &msg.protocol_options));
     }
-    if total.count > settings.max_client_conn {
+    if total.position() > settings.max_client_conn {
         return Err(End::pooler("no more connections allowed (max_client_conn)"));
     }
     let startup =
@@ -408,16 +408,26 @@ fn welcome(conn: &mut ClientConn, session: &Session) {
 #[derive(Debug)]
 pub struct ClientTotal {
     state: Arc<State>,
-    count: u32,
+    /// Clients connected when this one was accepted, itself included.
+    at_accept: u32,
 }
 
 impl ClientTotal {
     fn new(state: &Arc<State>) -> Self {
-        let count = state.clients.total.fetch_add(1, Ordering::AcqRel) + 1;
+        let at_accept = state.clients.total.fetch_add(1, Ordering::AcqRel) + 1;
         Self {
             state: Arc::clone(state),
-            count,
+            at_accept,
         }
+    }
+
+    /// This client's place against max_client_conn: its count at accept, or the live count if that is lower
+    /// now. A client that disconnects and at once reconnects (psycopg closing and opening) is often accepted
+    /// again before its old session has been counted out; by the time the startup packet is read it has.
+    /// Either count within the limit means the client fits.
+    fn position(&self) -> u32 {
+        self.at_accept
+            .min(self.state.clients.total.load(Ordering::Acquire))
     }
 }
 
