@@ -235,6 +235,24 @@ pub async fn serve(state: Arc<State>, stream: Stream) {
 
 async fn finish(state: &State, conn: &mut ClientConn, info: &ClientInfo, end: End) {
     let settings = &state.runtime().config.settings;
+    if let End::Fatal { message, .. } = &end {
+        if let Some(kind) = crate::metrics::ErrorKind::of_pooler_message(message) {
+            state.errors.count(kind);
+        }
+        if settings.log_pooler_errors {
+            conn_log!(warn, info.label(), "pooler error: {message}");
+        }
+    }
+    // Logged before the client hears of it: whoever reacts to the error finds the line already written.
+    if settings.log_disconnections {
+        conn_log!(
+            info,
+            info.label(),
+            "closing because: {} (age={}s)",
+            end.reason(),
+            info.connected.elapsed().as_secs()
+        );
+    }
     if let End::Fatal {
         code,
         message,
@@ -242,12 +260,6 @@ async fn finish(state: &State, conn: &mut ClientConn, info: &ClientInfo, end: En
         hint,
     } = &end
     {
-        if let Some(kind) = crate::metrics::ErrorKind::of_pooler_message(message) {
-            state.errors.count(kind);
-        }
-        if settings.log_pooler_errors {
-            conn_log!(warn, info.label(), "pooler error: {message}");
-        }
         let fields = backend::ErrorFields {
             severity: Severity::Fatal.as_str().to_owned(),
             code: code.to_string(),
@@ -258,14 +270,5 @@ async fn finish(state: &State, conn: &mut ClientConn, info: &ClientInfo, end: En
         conn.send(|b| backend::write_error_fields(b, backend::tag::ERROR_RESPONSE, &fields));
         // Best effort, bounded: a client that does not read must not keep the task alive.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), conn.flush()).await;
-    }
-    if settings.log_disconnections {
-        conn_log!(
-            info,
-            info.label(),
-            "closing because: {} (age={}s)",
-            end.reason(),
-            info.connected.elapsed().as_secs()
-        );
     }
 }
