@@ -572,6 +572,46 @@ async fn pgwarden_recovers_from_postgres_stopped_and_started_under_pgbench() -> 
     Ok(())
 }
 
+/// A host list with `load_balance_hosts = disable`: connections go to the first host until it fails, then
+/// to the next, and stay there. The first host here refuses connections (nothing listens on 127.0.0.2), so
+/// the first login fails, the next one (after server_login_retry) reaches PostgreSQL on 127.0.0.1, the
+/// waiting client is served, and later connections go straight there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_list_fails_over_to_the_next_host() -> anyhow::Result<()> {
+    let pg = PgCluster::shared();
+    let db = TestDb::create(pg, "hostlist", PasswordEncryption::Md5)?;
+    let databases = format!(
+        "{} = host=127.0.0.2,127.0.0.1 port={} dbname={} load_balance_hosts=disable",
+        db.name,
+        pg.port(),
+        db.name
+    );
+    let pooler = Pooler::start(
+        &databases,
+        "pool_mode = transaction\nserver_login_retry = 0.2\ndefault_pool_size = 3",
+        &db.userlist_line(),
+    )
+    .await?;
+    let (first, _f) = connect_db(&pooler, &db).await?;
+    assert_eq!(
+        scalar(&first, "SELECT inet_server_addr()::text").await?,
+        "127.0.0.1/32"
+    );
+    // More connections at once: all to the host that works, none back to the failed one.
+    first.batch_execute("BEGIN").await?;
+    let (second, _s) = connect_db(&pooler, &db).await?;
+    second.batch_execute("BEGIN").await?;
+    let (third, _t) = connect_db(&pooler, &db).await?;
+    for c in [&first, &second, &third] {
+        assert_eq!(
+            scalar(c, "SELECT inet_server_addr()::text").await?,
+            "127.0.0.1/32"
+        );
+    }
+    assert_eq!(backends(pg, &db.name, None).await?, 3);
+    Ok(())
+}
+
 /// pool_idle_timeout (PgBouncer 1.25): a pool with neither clients nor servers for that long is freed; one
 /// with a connected client is kept however idle; a freed pool is made again by the next client.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

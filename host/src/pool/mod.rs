@@ -10,7 +10,7 @@ mod registry;
 mod settings;
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,7 @@ pub use registry::{PoolKey, Pools};
 pub use settings::PoolSettings;
 
 use crate::auth::secret::{ScramKeys, Secret};
+use crate::config::LoadBalanceHosts;
 use crate::logging::conn_log;
 use crate::metrics::Histogram;
 use crate::params::Tracked;
@@ -119,6 +120,8 @@ pub struct Pool {
     idle_since: Mutex<Option<Instant>>,
     /// Since when the janitor has seen the pool without clients and without servers (pool_idle_timeout).
     empty_since: Mutex<Option<Instant>>,
+    /// Which of the entry's hosts the next connection goes to (counts up; taken modulo the host count).
+    next_host: AtomicUsize,
     me: Weak<Pool>,
 }
 
@@ -186,6 +189,7 @@ impl Pool {
             stats: PoolStats::default(),
             idle_since: Mutex::new(Some(Instant::now())),
             empty_since: Mutex::new(None),
+            next_host: AtomicUsize::new(0),
             me: me.clone(),
         });
         pool.db_limit.add_member(Arc::downgrade(&pool));
@@ -603,7 +607,7 @@ impl Pool {
         let epoch = self.epoch.load(Ordering::Acquire);
         let keys = self.scram_keys.load_full();
         let found = self.looked_up.load_full();
-        let login = match (&settings.login.secret, found) {
+        let mut login = match (&settings.login.secret, found) {
             (None, Some(secret)) => std::borrow::Cow::Owned(server::LoginSpec {
                 secret: Some((*secret).clone()),
                 secret_source: "found by the auth plugin",
@@ -611,9 +615,18 @@ impl Pool {
             }),
             _ => std::borrow::Cow::Borrowed(&settings.login),
         };
+        let host = self.pick_host(&settings);
+        if host != 0 {
+            login.to_mut().host = settings.hosts[host].clone();
+        }
         tracing::debug!(pool = %self.key, "launching new connection to server");
         let started = Instant::now();
         let result = server::connect(&login, keys.as_deref(), &self.tracked).await;
+        if let Err(e) = &result
+            && e.unreachable()
+        {
+            self.host_failed(&settings, host);
+        }
         slot.connecting = false;
         match result {
             Ok((mut conn, welcome)) => {
@@ -672,6 +685,36 @@ impl Pool {
                     let _ = w.tx.send(Err(Arc::clone(&e)));
                 }
                 drop(slot);
+            }
+        }
+    }
+
+    /// The index of the host the next connection goes to: the next one in turn (round-robin), or the one
+    /// all connections use until it fails (`load_balance_hosts = disable`).
+    fn pick_host(&self, settings: &PoolSettings) -> usize {
+        let n = settings.hosts.len();
+        if n <= 1 {
+            return 0;
+        }
+        match settings.load_balance_hosts {
+            LoadBalanceHosts::RoundRobin => self.next_host.fetch_add(1, Ordering::Relaxed) % n,
+            LoadBalanceHosts::Disable => self.next_host.load(Ordering::Relaxed) % n,
+        }
+    }
+
+    /// A connection to host `host` could not be made: with `load_balance_hosts = disable` the following
+    /// ones go to the next host (once, however many attempts failed on this one at the same time).
+    fn host_failed(&self, settings: &PoolSettings, host: usize) {
+        let n = settings.hosts.len();
+        if n > 1 && settings.load_balance_hosts == LoadBalanceHosts::Disable {
+            let current = self.next_host.load(Ordering::Relaxed);
+            if current % n == host {
+                let _ = self.next_host.compare_exchange(
+                    current,
+                    current.wrapping_add(1),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
             }
         }
     }
@@ -973,6 +1016,7 @@ mod tests {
             max_db_connections: 0,
             max_user_connections: 0,
             hosts: vec!["127.0.0.1".into()],
+            load_balance_hosts: crate::config::LoadBalanceHosts::RoundRobin,
             login: LoginSpec {
                 host: "127.0.0.1".into(),
                 port,

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::config::{Database, PoolMode, SessionState};
+use crate::config::{Database, LoadBalanceHosts, PoolMode, SessionState};
 use crate::net::Keepalive;
 use crate::server::LoginSpec;
 use crate::state::Runtime;
@@ -18,8 +18,10 @@ pub struct PoolSettings {
     pub reserve_pool_timeout: Duration,
     pub max_db_connections: u32,
     pub max_user_connections: u32,
-    /// Hosts to connect to, tried round-robin.
+    /// Hosts to connect to: each new connection takes the next (round-robin), or all stay on one until a
+    /// connection to it fails (`load_balance_hosts = disable`).
     pub hosts: Vec<String>,
+    pub load_balance_hosts: LoadBalanceHosts,
     pub login: LoginSpec,
     /// The database entry forces a user: one pool for all clients.
     pub forced_user: bool,
@@ -123,6 +125,7 @@ impl PoolSettings {
                 .and_then(|u| u.max_user_connections)
                 .unwrap_or(s.max_user_connections),
             hosts,
+            load_balance_hosts: db.load_balance_hosts,
             login,
             forced_user,
             server_lifetime: db

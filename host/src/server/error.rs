@@ -43,6 +43,15 @@ impl ServerError {
         }
     }
 
+    /// The host could not be reached or answered nothing (connect refused, DNS, timeout, the connection
+    /// dropped before the server spoke): another host of the entry may do better.
+    pub fn unreachable(&self) -> bool {
+        matches!(
+            self,
+            Self::Connect { .. } | Self::ConnectTimeout | Self::Eof | Self::Io(_)
+        )
+    }
+
     /// The failure as PgBouncer quotes it in "server login has been failing, cached error: ...": the server's
     /// own message when it refused the login, else what went wrong ("connect timeout", ...).
     pub fn cached_message(&self) -> String {
