@@ -1016,7 +1016,7 @@ mod tests {
             max_db_connections: 0,
             max_user_connections: 0,
             hosts: vec!["127.0.0.1".into()],
-            load_balance_hosts: crate::config::LoadBalanceHosts::RoundRobin,
+            load_balance_hosts: LoadBalanceHosts::RoundRobin,
             login: LoginSpec {
                 host: "127.0.0.1".into(),
                 port,
