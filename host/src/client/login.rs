@@ -73,7 +73,10 @@ async fn login(
     let msg = match read_first(conn).await? {
         First::Cancel { pid, secret } => {
             let timeout = state.runtime().config.settings.cancel_wait_timeout;
-            state.cancels.forward(pid, secret, timeout).await;
+            if !state.cancels.forward(pid, secret, timeout).await {
+                // Perhaps a console client interrupting a command that waits (PAUSE, WAIT_CLOSE).
+                crate::admin::cancel_request(state, pid, secret);
+            }
             return Ok(None);
         }
         First::Startup(msg) => msg,
@@ -147,6 +150,9 @@ async fn login(
             routing.database
         )));
     };
+    if crate::admin::is_disabled(state, &db.name) {
+        return Err(End::pooler(format!("database \"{}\" is disabled", db.name)));
+    }
     let session = attach(
         state,
         &runtime,
