@@ -748,3 +748,55 @@ async fn extended_protocol_with_psycopg3() -> anyhow::Result<()> {
     assert_eq!(check("simple")["rows"], "1");
     Ok(())
 }
+
+/// pgjdbc (extended protocol only, a named statement with binary results past its prepareThreshold) reads
+/// the console; an error and a command without rows too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extended_protocol_with_pgjdbc() -> anyhow::Result<()> {
+    let (db, pooler) = start("adm_jdbc", "ignore_startup_parameters = extra_float_digits").await?;
+    let app = pooler.connect_as(&db).await?;
+    app.simple_query("select 1").await?;
+    let source =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/java/ConsoleCheck.java");
+    let mut cmd = tokio::process::Command::new("java");
+    cmd.arg("-cp")
+        .arg(pgwarden_tests::clients::PGJDBC_JAR)
+        .arg(&source)
+        .env_remove("JAVA_TOOL_OPTIONS")
+        .env_remove("CLASSPATH")
+        .env("PGW_HOST", "127.0.0.1")
+        .env("PGW_PORT", pooler.port.to_string())
+        .env("PGW_USER", ADMIN)
+        .env("PGW_PASSWORD", ADMIN_PW)
+        .env("PGW_DB", "pgbouncer")
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output()).await??;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(
+        out.status.success(),
+        "pgjdbc failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results = pgwarden_tests::clients::result_lines(&stdout);
+    let check = |name: &str| {
+        results
+            .iter()
+            .find(|r| r.get("check").map(String::as_str) == Some(name))
+            .unwrap_or_else(|| panic!("no {name} in {stdout}"))
+            .clone()
+    };
+    let statement = check("statement");
+    assert!(
+        statement["columns"].starts_with("database,user,cl_active"),
+        "{statement:?}"
+    );
+    assert_eq!(statement["rows"], "2");
+    for i in 0..7 {
+        let p = check(&format!("prepared{i}"));
+        assert!(p["columns"].contains("total_xact_count"), "{p:?}");
+        assert_eq!(p["rows"], "2");
+    }
+    assert_eq!(check("error")["sqlstate"], "08P01");
+    assert_eq!(check("command")["updates"], "0");
+    Ok(())
+}
