@@ -22,7 +22,7 @@ use crate::state::{CountKind, Runtime, State};
 /// A logged-in client: of a pool, or of the admin console.
 pub enum LoggedIn {
     Pool(Box<Session>),
-    Console(crate::admin::Console),
+    Console(Box<crate::admin::Console>),
 }
 
 /// Logs the client in. `Ok(None)` for a CancelRequest connection (handled, nothing more to do).
@@ -106,7 +106,7 @@ async fn login(
         let console =
             crate::admin::login(state, &runtime, conn, info, &startup.user, Box::new(total))
                 .await?;
-        return Ok(Some(LoggedIn::Console(console)));
+        return Ok(Some(LoggedIn::Console(Box::new(console))));
     }
     // A draining shutdown keeps the Unix socket open for the console only.
     if state.lifecycle.shutdown_mode().is_some() {

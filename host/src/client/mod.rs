@@ -230,7 +230,7 @@ pub async fn serve(state: Arc<State>, stream: Stream) {
     let mut conn = ClientConn::new(stream);
     let end = match login::run(&state, &mut conn, &info).await {
         Ok(Some(LoggedIn::Pool(session))) => (*session).run(&mut conn).await,
-        Ok(Some(LoggedIn::Console(console))) => console.run(&mut conn).await,
+        Ok(Some(LoggedIn::Console(console))) => (*console).run(&mut conn).await,
         Ok(None) => return, // a cancel request: nothing to log
         Err(end) => end,
     };
