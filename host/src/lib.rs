@@ -15,6 +15,7 @@
 //! - [`listener`]: listening sockets, the accept loop, [`run`], maintenance.
 //! - [`sql`]: the lexical summary of SQL that query policies get (statements, kinds, read-only or not).
 //! - [`plugin`]: the wasmtime runtime for plugins: engine, instances, limits, failure policy, generations.
+//! - [`conns`]: the live client and server connections (SHOW CLIENTS/SERVERS, KILL), cheap on the hot path.
 //! - [`admin`]: the admin console (the `pgbouncer` database): SHOW, SET, RELOAD, PAUSE, RESUME, SHUTDOWN.
 //! - [`reload`]: SIGHUP: re-read config, auth_file and plugins, swap atomically, re-resolve pools.
 //! - [`stats`]: `log_stats` lines every `stats_period`.
@@ -27,6 +28,7 @@ pub mod cancel;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod conns;
 pub mod listener;
 pub mod logging;
 pub mod metrics;

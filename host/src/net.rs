@@ -85,6 +85,26 @@ impl Stream {
         }
     }
 
+    /// The local end of a TCP connection (`None` for a Unix socket).
+    pub fn local(&self) -> Option<SocketAddr> {
+        match self {
+            Self::Tcp(s) => s.local_addr().ok(),
+            Self::Unix(_) => None,
+        }
+    }
+
+    /// The process id at the other end of a Unix socket, when the kernel says.
+    pub fn peer_pid(&self) -> Option<u32> {
+        match self {
+            Self::Unix(s) => s
+                .peer_cred()
+                .ok()
+                .and_then(|c| c.pid())
+                .and_then(|p| u32::try_from(p).ok()),
+            Self::Tcp(_) => None,
+        }
+    }
+
     /// The user id of the process at the other end of a Unix socket (`None` for TCP, or when the kernel
     /// does not say).
     pub fn peer_uid(&self) -> Option<u32> {

@@ -127,6 +127,13 @@ impl State {
         }
     }
 
+    /// SUSPEND (`true`) or its end (`false`): like PAUSE no server is handed out while it holds, but no pool
+    /// closes its servers.
+    pub fn hold_clients(&self, hold: bool) {
+        self.lifecycle.paused_flag.store(hold, Ordering::Release);
+        self.lifecycle.paused.send_replace(hold);
+    }
+
     /// PAUSE db (`true`) or RESUME db (`false`): like [`State::set_paused`] for the pools of one database
     /// entry. False when the database already was in that state.
     pub fn set_database_paused(&self, database: &str, paused: bool) -> bool {

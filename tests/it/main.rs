@@ -2,6 +2,7 @@
 //! the pooler started in-process on port 0, and real clients.
 
 mod admin;
+mod admin_conns;
 mod auth;
 mod cancel;
 mod cli_clients;

@@ -1,7 +1,10 @@
 //! The console's grammar, PgBouncer's: one command a query, `;` optional, keywords in any case.
 //!
 //! - `WORD [WORD]` — a command and its optional argument (`SHOW POOLS`, `PAUSE mydb`, `RELOAD`);
-//! - `SET key = value` / `SET key TO value`, the value a word or a `'quoted string'`.
+//! - `SET key = value` / `SET key TO value`, the value a word or a `'quoted string'`;
+//! - pgwarden's own `WORD [WORD] TIMEOUT n` for the commands that wait (`PAUSE`, `WAIT_CLOSE`): three or
+//!   four words, which PgBouncer's grammar never accepts, so nothing written for PgBouncer changes meaning.
+//!   `n` is seconds, or milliseconds with `ms` (`500ms`), or seconds with `s`.
 //!
 //! A word is letters, digits and `_`, or a `"double-quoted"` name (`""` inside for a quote). Nothing else
 //! parses: several commands in one query, other punctuation, an empty query.
@@ -13,6 +16,12 @@ pub enum Command {
     Plain { name: String, arg: String },
     /// `SET key = value`: the key as written (unquoted), the value unquoted.
     Set { key: String, value: String },
+    /// `NAME [ARG] TIMEOUT n`: a waiting command that gives up after `timeout`.
+    Timed {
+        name: String,
+        arg: String,
+        timeout: std::time::Duration,
+    },
 }
 
 /// Why a query is not a console command.
@@ -87,22 +96,93 @@ pub fn parse(query: &str) -> Result<Command, ParseError> {
             (assign, _),
             (value, _),
         ] if set.eq_ignore_ascii_case("set") && is_assign(assign) => {
-            let (value, value_len) = match value {
-                Token::Word { text, written, .. } | Token::Str { text, written } => {
-                    (text, *written)
-                }
-                _ => return Err(ParseError::Syntax),
+            set_command(key, *key_len, value)
+        }
+        [(Token::Word { text, written, .. }, _), rest @ ..] if is_timeout(rest) => {
+            let (arg, arg_len) = match rest {
+                [
+                    (
+                        Token::Word {
+                            text: arg,
+                            written: arg_len,
+                            ..
+                        },
+                        true,
+                    ),
+                    _,
+                    _,
+                ] => (arg.as_str(), *arg_len),
+                _ => ("", 0),
             };
-            if key.is_empty() || *key_len > MAX_ARG || value_len > MAX_VALUE {
-                return Err(ParseError::BadArguments);
+            let Some((Token::Word { text: n, .. }, _)) = rest.last() else {
+                return Err(ParseError::Syntax);
+            };
+            let timeout = duration(n).ok_or(ParseError::BadArguments)?;
+            match plain(text, *written, arg, arg_len)? {
+                Command::Plain { name, arg } => Ok(Command::Timed { name, arg, timeout }),
+                _ => Err(ParseError::Syntax),
             }
-            Ok(Command::Set {
-                key: key.clone(),
-                value: value.clone(),
-            })
         }
         _ => Err(ParseError::Syntax),
     }
+}
+
+/// The `TIMEOUT n` tail (after an optional argument): `[arg] TIMEOUT n`, each part apart from the last.
+fn is_timeout(rest: &[Spaced]) -> bool {
+    let tail = match rest {
+        [_, a, b] => [a, b],
+        [a, b] => [a, b],
+        _ => return false,
+    };
+    if rest.len() == 3 && !matches!(rest[0], (Token::Word { .. }, true)) {
+        return false;
+    }
+    matches!(
+        tail,
+        [
+            (
+                Token::Word {
+                    text: kw,
+                    quoted: false,
+                    ..
+                },
+                true
+            ),
+            (Token::Word { quoted: false, .. }, true)
+        ] if kw.eq_ignore_ascii_case("timeout")
+    )
+}
+
+/// `5`, `5s` or `500ms`: a timeout of more than zero.
+fn duration(text: &str) -> Option<std::time::Duration> {
+    let lower = text.to_ascii_lowercase();
+    let (digits, millis) = if let Some(d) = lower.strip_suffix("ms") {
+        (d, true)
+    } else if let Some(d) = lower.strip_suffix('s') {
+        (d, false)
+    } else {
+        (lower.as_str(), false)
+    };
+    let n: u64 = digits.parse().ok().filter(|n| *n > 0)?;
+    Some(if millis {
+        std::time::Duration::from_millis(n)
+    } else {
+        std::time::Duration::from_secs(n)
+    })
+}
+
+fn set_command(key: &str, key_len: usize, value: &Token) -> Result<Command, ParseError> {
+    let (value, value_len) = match value {
+        Token::Word { text, written, .. } | Token::Str { text, written } => (text, *written),
+        _ => return Err(ParseError::Syntax),
+    };
+    if key.is_empty() || key_len > MAX_ARG || value_len > MAX_VALUE {
+        return Err(ParseError::BadArguments);
+    }
+    Ok(Command::Set {
+        key: key.to_owned(),
+        value: value.clone(),
+    })
 }
 
 fn plain(name: &str, name_len: usize, arg: &str, arg_len: usize) -> Result<Command, ParseError> {
@@ -290,6 +370,39 @@ mod tests {
         }
         // A lone SET with a word parses as a command; its dispatch rejects it.
         assert_eq!(parse("SET x"), plain("set", "x"));
+    }
+
+    #[test]
+    fn pgwardens_timeout_tail() {
+        use std::time::Duration;
+        let timed = |name: &str, arg: &str, ms: u64| {
+            Ok(Command::Timed {
+                name: name.into(),
+                arg: arg.into(),
+                timeout: Duration::from_millis(ms),
+            })
+        };
+        assert_eq!(parse("PAUSE TIMEOUT 5"), timed("pause", "", 5000));
+        assert_eq!(
+            parse("pause mydb timeout 300ms;"),
+            timed("pause", "mydb", 300)
+        );
+        assert_eq!(
+            parse("WAIT_CLOSE \"my db\" TIMEOUT 2s"),
+            timed("wait_close", "my db", 2000)
+        );
+        // A database called timeout is still PgBouncer's two-word form.
+        assert_eq!(parse("PAUSE timeout"), plain("pause", "timeout"));
+        assert_eq!(parse("PAUSE TIMEOUT 0"), Err(ParseError::BadArguments));
+        assert_eq!(parse("PAUSE TIMEOUT soon"), Err(ParseError::BadArguments));
+        for q in [
+            "PAUSE db TIMEOUT",
+            "PAUSE db LATER 5",
+            "PAUSE \"TIMEOUT\" 5",
+            "PAUSE a b TIMEOUT 5",
+        ] {
+            assert_eq!(parse(q), Err(ParseError::Syntax), "{q:?}");
+        }
     }
 
     #[test]

@@ -1,11 +1,20 @@
-//! The commands that change things (admin users only): SET, RELOAD, PAUSE, RESUME, SHUTDOWN.
+//! The commands that change things (admin users only): SET, RELOAD, PAUSE, RESUME, SUSPEND, SHUTDOWN.
+//!
+//! PAUSE waits as long as PgBouncer's does (for ever, if a transaction never ends) unless given pgwarden's
+//! `TIMEOUT`; a PAUSE that does not complete (timed out, cancelled with a cancel request, or its client
+//! gone) resumes what it paused, so the pooler is never left paused by a command nobody saw succeed.
+//!
+//! SUSPEND without online restart: no server is handed out any more (clients between transactions and new
+//! clients wait, as under PAUSE), but no server is closed and transactions in flight go on; it answers at
+//! once. RESUME ends it, and so does its client leaving (PgBouncer's rule).
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::BytesMut;
 
-use super::{Access, complete, error, error_with_code, show, syntax_error};
+use super::{Access, Console, complete, error, error_with_code, lock, show, syntax_error};
 use crate::client::End;
 use crate::config::{SetError, SetOutcome};
 use crate::protocol::backend::{self, Severity};
@@ -62,19 +71,24 @@ pub async fn set(state: &State, access: Access, key: &str, value: &str, out: &mu
     }
 }
 
-/// RELOAD, PAUSE, RESUME, SHUTDOWN. `Some` ends the session (SHUTDOWN with no mode).
-pub async fn run(
-    state: &Arc<State>,
-    access: Access,
-    name: &str,
-    arg: &str,
-    query: &str,
-    out: &mut BytesMut,
-) -> Option<End> {
-    match name {
+/// A command of this module as parsed.
+#[derive(Debug)]
+pub struct Cmd<'a> {
+    pub name: &'a str,
+    pub arg: &'a str,
+    pub query: &'a str,
+    /// pgwarden's `TIMEOUT n` (PAUSE only).
+    pub timeout: Option<Duration>,
+}
+
+/// RELOAD, PAUSE, RESUME, SUSPEND, SHUTDOWN. `Some` ends the session (SHUTDOWN with no mode).
+pub async fn run(console: &Console, cmd: &Cmd<'_>, out: &mut BytesMut) -> Option<End> {
+    let (state, access, arg, query) = (&console.state, console.access, cmd.arg, cmd.query);
+    match cmd.name {
         "reload" => reload(state, access, arg, query, out).await,
-        "pause" => pause(state, access, arg, out).await,
+        "pause" => pause(state, access, arg, cmd.timeout, out).await,
         "resume" => resume(state, access, arg, out),
+        "suspend" => suspend(console, arg, query, out),
         "shutdown" => return shutdown(state, access, arg, query, out),
         _ => syntax_error(out, query),
     }
@@ -101,18 +115,27 @@ async fn reload(state: &Arc<State>, access: Access, arg: &str, query: &str, out:
     }
 }
 
-/// PAUSE [db]: no server is handed out any more; answers once every server in use has come back (and
-/// been closed).
-async fn pause(state: &State, access: Access, db: &str, out: &mut BytesMut) {
+/// PAUSE [db] [TIMEOUT n]: no server is handed out any more; answers once every server in use has come
+/// back (and been closed). With a timeout, gives up after it, resumes, and says how many servers were
+/// still in use.
+async fn pause(
+    state: &State,
+    access: Access,
+    db: &str,
+    timeout: Option<Duration>,
+    out: &mut BytesMut,
+) {
     if access != Access::Admin {
         return error(out, ADMIN_NEEDED, None);
     }
     if state.lifecycle.is_paused() {
         return error(out, "already suspended/paused", None);
     }
-    if db.is_empty() {
+    // Whether this command paused something (a database may already be paused on its own).
+    let paused_here = if db.is_empty() {
         tracing::info!("PAUSE command issued");
         state.set_paused(true);
+        true
     } else {
         tracing::info!("PAUSE '{db}' command issued");
         if super::is_console(db) {
@@ -121,19 +144,29 @@ async fn pause(state: &State, access: Access, db: &str, out: &mut BytesMut) {
         if !database_exists(state, db) {
             return error(out, &format!("no such database: {db}"), None);
         }
-        state.set_database_paused(db, true);
-    }
+        state.set_database_paused(db, true)
+    };
+    // Until the PAUSE completes, dropping this (a cancel request, the client gone) resumes.
+    let mut undo = UndoPause {
+        state,
+        db: (!db.is_empty()).then_some(db),
+        armed: paused_here,
+    };
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     let terminate = state.lifecycle.terminate.clone();
     loop {
-        let busy: u32 = state
-            .pools
-            .all()
-            .iter()
-            .filter(|p| db.is_empty() || *p.key.database == *db)
-            .map(|p| p.snapshot().in_use)
-            .sum();
+        let busy = busy_servers(state, db);
         if busy == 0 {
             break;
+        }
+        if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+            drop(undo);
+            let millis = timeout.unwrap_or_default().as_millis();
+            let message = format!(
+                "PAUSE timed out after {millis} ms with {busy} server connection(s) still in use; resumed"
+            );
+            tracing::warn!("{message}");
+            return error_with_code(out, "57014", &message, None);
         }
         tokio::select! {
             // The process is going away: no answer to give.
@@ -142,7 +175,77 @@ async fn pause(state: &State, access: Access, db: &str, out: &mut BytesMut) {
             () = tokio::time::sleep(PAUSE_POLL) => {}
         }
     }
+    undo.armed = false;
     complete(out, "PAUSE");
+}
+
+/// Servers handed out (linked to clients or being cleaned up) in the pools of `db`, or of all.
+fn busy_servers(state: &State, db: &str) -> u32 {
+    state
+        .pools
+        .all()
+        .iter()
+        .filter(|p| db.is_empty() || *p.key.database == *db)
+        .map(|p| p.snapshot().in_use)
+        .sum()
+}
+
+/// Resumes what a PAUSE paused unless the PAUSE completed.
+struct UndoPause<'a> {
+    state: &'a State,
+    db: Option<&'a str>,
+    armed: bool,
+}
+
+impl Drop for UndoPause<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        match self.db {
+            None => {
+                tracing::info!("PAUSE did not complete: resuming");
+                self.state.set_paused(false);
+            }
+            Some(db) => {
+                tracing::info!("PAUSE '{db}' did not complete: resuming it");
+                self.state.set_database_paused(db, false);
+            }
+        }
+    }
+}
+
+/// SUSPEND: hold clients between transactions and new ones, keep every server (see the module's doc).
+fn suspend(console: &Console, arg: &str, query: &str, out: &mut BytesMut) {
+    let state = &console.state;
+    if !arg.is_empty() {
+        return syntax_error(out, query);
+    }
+    if console.access != Access::Admin {
+        return error(out, ADMIN_NEEDED, None);
+    }
+    if state.lifecycle.is_paused() {
+        return error(out, "already suspended/paused", None);
+    }
+    if state
+        .pools
+        .all()
+        .iter()
+        .any(|p| state.pools.is_database_paused(&p.key.database))
+    {
+        return error(out, "cannot suspend with paused databases", None);
+    }
+    tracing::info!("SUSPEND command issued");
+    state.console.suspended.store(true, Ordering::Release);
+    state.hold_clients(true);
+    console.suspended_here.store(true, Ordering::Release);
+    complete(out, "SUSPEND");
+}
+
+/// Ends a SUSPEND.
+pub fn end_suspend(state: &State) {
+    state.console.suspended.store(false, Ordering::Release);
+    state.hold_clients(false);
 }
 
 fn resume(state: &State, access: Access, db: &str, out: &mut BytesMut) {
@@ -154,10 +257,17 @@ fn resume(state: &State, access: Access, db: &str, out: &mut BytesMut) {
         if state.lifecycle.shutdown_mode().is_some() {
             return error(out, "pooler is shutting down", None);
         }
-        if !state.lifecycle.is_paused() {
+        let killed: Vec<String> = lock(&state.console.killed).drain().collect();
+        for db in &killed {
+            state.set_database_paused(db, false);
+        }
+        if state.console.suspended.load(Ordering::Acquire) {
+            end_suspend(state);
+        } else if state.lifecycle.is_paused() {
+            state.set_paused(false);
+        } else if killed.is_empty() {
             return error(out, "pooler is not paused/suspended", None);
         }
-        state.set_paused(false);
     } else {
         tracing::info!("RESUME '{db}' command issued");
         if !database_exists(state, db) && !super::is_console(db) {
@@ -166,6 +276,7 @@ fn resume(state: &State, access: Access, db: &str, out: &mut BytesMut) {
         if !state.set_database_paused(db, false) {
             return error(out, &format!("database {db} is not paused"), None);
         }
+        lock(&state.console.killed).remove(db);
     }
     complete(out, "RESUME");
 }
@@ -204,6 +315,6 @@ fn shutdown(
 }
 
 /// A `[databases]` entry, or a name the `*` entry would serve.
-fn database_exists(state: &State, db: &str) -> bool {
+pub fn database_exists(state: &State, db: &str) -> bool {
     state.runtime().config.database(db).is_some()
 }

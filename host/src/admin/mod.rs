@@ -6,25 +6,35 @@
 //! logs in with the same authentication as any other client.
 //!
 //! Layout: `command` (the grammar), `result` (result sets on the wire), `show` (the SHOW commands),
-//! `stats` (SHOW STATS and friends, the averaging window), `control` (SET, RELOAD, PAUSE, RESUME, SHUTDOWN).
+//! `stats` (SHOW STATS and friends, the averaging window), `sockets` (SHOW CLIENTS, SERVERS, SOCKETS),
+//! `inventory` (SHOW MEM, SHOW PLUGINS), `control` (SET, RELOAD, PAUSE, RESUME, SUSPEND, SHUTDOWN),
+//! `manage` (KILL, KILL_CLIENT, RECONNECT, DISABLE, ENABLE, WAIT_CLOSE), `extended` (the extended query
+//! protocol, for drivers that use nothing else).
 
 mod command;
 mod control;
+mod extended;
+mod inventory;
+mod manage;
 pub(crate) mod result;
 mod show;
+mod sockets;
 mod stats;
 
+use std::collections::HashSet;
 use std::fmt::Debug;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
 
 pub use command::{Command, ParseError, parse};
 pub use stats::{StatsWindow, rotate_window};
 
+use crate::cancel::CancelHandle;
 use crate::client::{ClientConn, ClientInfo, End};
 use crate::config::{AuthType, RESERVED_DATABASE_NAMES, Settings};
+use crate::conns::{ClientRecord, ClientSpec, Registered, Registry, RegistryRef};
 use crate::net::Stream;
 use crate::protocol::PROTOCOL_VIOLATION;
 use crate::protocol::backend::{self, ErrorFields, Severity, TransactionStatus};
@@ -47,6 +57,33 @@ pub struct ConsoleStats {
     pub commands: AtomicU64,
     /// SHOW STATS' averaging window (rotated every stats_period).
     pub window: StatsWindow,
+    /// The console's own clients, for SHOW CLIENTS and KILL_CLIENT.
+    pub live: Arc<Registry<ClientRecord>>,
+    /// DISABLE db: databases that refuse new clients until ENABLE db.
+    pub disabled: Mutex<HashSet<String>>,
+    /// Databases paused by KILL (a RESUME without a database resumes them too).
+    pub killed: Mutex<HashSet<String>>,
+    /// SUSPEND is in effect.
+    pub suspended: AtomicBool,
+}
+
+/// Whether DISABLE holds `database`.
+pub fn is_disabled(state: &State, database: &str) -> bool {
+    lock(&state.console.disabled).contains(database)
+}
+
+/// A cancel request with a console client's key: interrupts the command it is waiting on (PAUSE,
+/// WAIT_CLOSE, KILL), as ^C in psql does in PgBouncer.
+pub fn cancel_request(state: &State, pid: u32, secret: u32) {
+    for c in state.console.live.snapshot() {
+        if c.console_key == Some((pid, secret)) {
+            c.cancelled.notify_waiters();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// What a console user may do.
@@ -87,6 +124,12 @@ pub struct Console {
     access: Access,
     user: String,
     info: ClientInfo,
+    /// Its record among the console's live clients (SHOW CLIENTS, KILL_CLIENT).
+    live: Registered<ClientRecord>,
+    /// Its cancel key, reserved among every client's so a cancel request finds this console.
+    cancel: CancelHandle,
+    /// This client issued the SUSPEND in effect: if it leaves, the pooler resumes (PgBouncer's rule).
+    suspended_here: AtomicBool,
     /// Client counts held while connected (max_client_conn, max_db_client_connections,
     /// max_user_client_connections).
     _guards: Vec<Guard>,
@@ -112,11 +155,31 @@ impl Console {
     ) -> Self {
         state.console.clients.fetch_add(1, Ordering::AcqRel);
         state.console.logins.fetch_add(1, Ordering::Relaxed);
+        let cancel = state.cancels.register();
+        let key = (cancel.slot().pid, cancel.slot().secret);
+        let spec = ClientSpec {
+            id: info.id,
+            user: user.clone(),
+            database: CONSOLE_NAME.to_owned(),
+            peer: info.peer,
+            local: info.local,
+            unix_pid: info.unix_pid,
+            application_name: String::new(),
+        };
+        let record = ClientRecord::console(spec, &state.lifecycle.terminate, key);
+        let live = Registered::new(
+            record,
+            info.id,
+            RegistryRef::Shared(Arc::clone(&state.console.live)),
+        );
         Self {
             state: Arc::clone(state),
             access,
             user,
             info,
+            live,
+            cancel,
+            suspended_here: AtomicBool::new(false),
             _guards: guards,
         }
     }
@@ -136,21 +199,22 @@ impl Console {
         ] {
             conn.send(|b| backend::write_parameter_status(b, name, value));
         }
-        // Nothing to cancel on the console: a key no cancel request will match.
-        let (pid, secret): (u32, u32) = (rand::random(), rand::random());
+        // A cancel request with this key interrupts a waiting command (PAUSE, WAIT_CLOSE).
+        let (pid, secret) = (self.cancel.slot().pid, self.cancel.slot().secret);
         conn.send(|b| backend::write_backend_key_data(b, pid, secret));
         conn.send(|b| backend::write_ready_for_query(b, TransactionStatus::Idle));
     }
 
     /// Serves queries until the client leaves or the process stops.
     pub async fn run(self, conn: &mut ClientConn) -> End {
-        let terminate = self.state.lifecycle.terminate.clone();
+        let kill = self.live.record.kill_token().clone();
+        let mut ext = extended::Extended::default();
         loop {
             let max = self.state.runtime().config.settings.max_packet_size;
             let frame = tokio::select! {
                 biased;
-                // Immediate shutdown (SIGQUIT, SHUTDOWN).
-                () = terminate.cancelled() => return End::Closed("server shutting down".into()),
+                // Immediate shutdown (SIGQUIT, SHUTDOWN), KILL_CLIENT.
+                () = kill.cancelled() => return self.killed_end(),
                 // The next message.
                 f = conn.read_frame(max) => f,
             };
@@ -168,21 +232,22 @@ impl Console {
                     crate::logging::conn_log!(debug, self.info.label(), "console query: {query}");
                     self.state.console.commands.fetch_add(1, Ordering::Relaxed);
                     let mut out = BytesMut::new();
-                    if let Some(end) = self.execute(&query, &mut out).await {
+                    if let Err(end) = self.run_command(conn, &query, &mut out).await {
                         return end;
                     }
                     conn.send(|b| b.extend_from_slice(&out));
                 }
                 tag::TERMINATE => return End::Closed("client close request".into()),
-                tag::PARSE | tag::BIND | tag::EXECUTE => {
-                    conn.send(|b| {
-                        error(
-                            b,
-                            "extended query protocol not supported by admin console",
-                            None,
-                        );
-                    });
-                    return End::pooler("bad packet");
+                tag::PARSE
+                | tag::BIND
+                | tag::DESCRIBE
+                | tag::EXECUTE
+                | tag::SYNC
+                | tag::FLUSH
+                | tag::CLOSE => {
+                    if let Err(end) = self.extended(&mut ext, conn, &frame).await {
+                        return end;
+                    }
                 }
                 other => {
                     let message = format!(
@@ -197,6 +262,53 @@ impl Console {
                 return end;
             }
         }
+    }
+
+    /// How this session ends once KILL_CLIENT (the client is told why) or an immediate shutdown (the
+    /// connection just closes) cancelled it.
+    fn killed_end(&self) -> End {
+        match self.live.record.kill_reason() {
+            Some(reason) => End::pooler(reason),
+            None => End::Closed("server shutting down".into()),
+        }
+    }
+
+    /// Runs one query as [`Console::execute`] does, while watching the client: a cancel request stops a
+    /// waiting command (which undoes what it started: a PAUSE that never completed resumes), and so does
+    /// the client going away (then the session ends). `Err` ends the session.
+    async fn run_command(
+        &self,
+        conn: &mut ClientConn,
+        query: &str,
+        out: &mut BytesMut,
+    ) -> Result<(), End> {
+        let record = Arc::clone(&self.live.record);
+        let cancelled = record.cancelled.notified();
+        tokio::pin!(cancelled);
+        // Registered now, so a cancel sent while the command runs is not missed.
+        cancelled.as_mut().enable();
+        let kill = record.kill_token().clone();
+        let mut work = Box::pin(self.execute(query, out));
+        let stopped = tokio::select! {
+            biased;
+            // The command finished (or ends the session: SHUTDOWN).
+            end = &mut work => return end.map_or(Ok(()), Err),
+            // Immediate shutdown, KILL_CLIENT.
+            () = kill.cancelled() => Err(self.killed_end()),
+            // psql's ^C.
+            () = &mut cancelled => Ok(()),
+            // The client left: nobody waits for the answer.
+            reason = until_gone(conn) => Err(End::Closed(reason)),
+        };
+        drop(work);
+        stopped?;
+        error_with_code(
+            out,
+            "57014",
+            "canceling statement due to user request",
+            None,
+        );
+        Ok(())
     }
 
     /// Runs one query, writing the whole answer (ending in ReadyForQuery) to `out`; `Some` to end the
@@ -220,19 +332,54 @@ impl Console {
             }
             Command::Plain { name, arg } => match name.as_str() {
                 "show" | "select" => show::show(&self.state, &runtime, &arg, query, out),
-                "reload" | "pause" | "resume" | "shutdown" => {
-                    return control::run(&self.state, self.access, &name, &arg, query, out).await;
+                "reload" | "pause" | "resume" | "shutdown" | "suspend" => {
+                    let cmd = control::Cmd {
+                        name: &name,
+                        arg: &arg,
+                        query,
+                        timeout: None,
+                    };
+                    return control::run(self, &cmd, out).await;
                 }
-                "disable" | "enable" | "kill" | "kill_client" | "reconnect" | "suspend"
-                | "wait_close" => {
-                    let message =
-                        format!("{} is not supported by pgwarden yet", name.to_uppercase());
-                    error_with_code(out, "0A000", &message, None);
+                "disable" | "enable" | "kill" | "kill_client" | "reconnect" | "wait_close" => {
+                    manage::run(&self.state, self.access, &name, &arg, None, out).await;
+                }
+                _ => syntax_error(out, query),
+            },
+            Command::Timed { name, arg, timeout } => match name.as_str() {
+                "pause" => {
+                    let cmd = control::Cmd {
+                        name: &name,
+                        arg: &arg,
+                        query,
+                        timeout: Some(timeout),
+                    };
+                    return control::run(self, &cmd, out).await;
+                }
+                "wait_close" => {
+                    manage::run(&self.state, self.access, &name, &arg, Some(timeout), out).await;
                 }
                 _ => syntax_error(out, query),
             },
         }
         None
+    }
+}
+
+/// Reads whatever the client sends while a command runs (it is handled afterwards), until it goes away.
+async fn until_gone(conn: &mut ClientConn) -> String {
+    use tokio::io::AsyncReadExt;
+    loop {
+        // A client that keeps sending while it waits is not read without end.
+        if conn.rbuf.len() > 64 * 1024 {
+            return std::future::pending().await;
+        }
+        conn.rbuf.reserve(1024);
+        match conn.stream.read_buf(&mut conn.rbuf).await {
+            Ok(0) => return "client unexpected eof".into(),
+            Ok(_) => {}
+            Err(e) => return format!("client read error: {e}"),
+        }
     }
 }
 
@@ -336,6 +483,15 @@ fn count_client(
 impl Drop for Console {
     fn drop(&mut self) {
         self.state.console.clients.fetch_sub(1, Ordering::AcqRel);
+        if self.suspended_here.load(Ordering::Acquire)
+            && self.state.console.suspended.load(Ordering::Acquire)
+        {
+            tracing::info!(
+                "{}: admin disappeared when suspended, doing RESUME",
+                self.info
+            );
+            control::end_suspend(&self.state);
+        }
     }
 }
 

@@ -9,6 +9,7 @@ use crate::protocol::backend::{self, Column};
 pub enum Type {
     Text,
     Int4,
+    Int8,
     Numeric,
 }
 
@@ -17,6 +18,7 @@ impl Type {
         match self {
             Self::Text => (25, -1),
             Self::Int4 => (23, 4),
+            Self::Int8 => (20, 8),
             Self::Numeric => (1700, -1),
         }
     }
@@ -57,7 +59,7 @@ macro_rules! cell_from_number {
         }
     } )* };
 }
-cell_from_number!(u16, u32, u64, i64, usize);
+cell_from_number!(u16, u32, u64, i64, usize, u128);
 
 /// Builds a row from values of mixed types: `row![name, 5u32, None::<String>]`.
 macro_rules! row {

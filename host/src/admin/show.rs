@@ -6,7 +6,8 @@ use std::sync::atomic::Ordering;
 use bytes::BytesMut;
 
 use super::result::{ResultSet, Type, row};
-use super::{CONSOLE_NAME, VERSION, complete, stats, syntax_error};
+use super::sockets::{self, Listing};
+use super::{CONSOLE_NAME, VERSION, complete, inventory, stats, syntax_error};
 use crate::config::{Database, PoolMode};
 use crate::protocol::backend::{self, ErrorFields, Severity};
 use crate::state::{CountKind, Runtime, State};
@@ -30,6 +31,36 @@ pub fn show(state: &State, runtime: &Runtime, subject: &str, query: &str, out: &
         "lists" => lists(state, runtime),
         "users" => users(state, runtime),
         "state" => pause_state(state),
+        "clients" => sockets::show(state, runtime, Listing::Clients),
+        "servers" => sockets::show(state, runtime, Listing::Servers),
+        "sockets" => sockets::show(state, runtime, Listing::Sockets),
+        "active_sockets" => sockets::show(state, runtime, Listing::ActiveSockets),
+        "mem" => inventory::mem(state),
+        "plugins" => inventory::plugins(runtime),
+        // No peering and no DNS cache of its own: PgBouncer's columns, no rows.
+        "peers" => ResultSet::new(&[
+            ("peer_id", Type::Int4),
+            ("host", Type::Text),
+            ("port", Type::Int4),
+            ("pool_size", Type::Int4),
+        ]),
+        "peer_pools" => ResultSet::new(&[
+            ("peer_id", Type::Int4),
+            ("cl_active_cancel_req", Type::Int4),
+            ("cl_waiting_cancel_req", Type::Int4),
+            ("sv_active_cancel", Type::Int4),
+            ("sv_login", Type::Int4),
+        ]),
+        "dns_hosts" => ResultSet::new(&[
+            ("hostname", Type::Text),
+            ("ttl", Type::Int8),
+            ("addrs", Type::Text),
+        ]),
+        "dns_zones" => ResultSet::new(&[
+            ("zonename", Type::Text),
+            ("serial", Type::Int8),
+            ("count", Type::Int4),
+        ]),
         _ => return syntax_error(out, query),
     };
     result.write(out);
@@ -58,15 +89,24 @@ pub fn is_fake_parameter(key: &str) -> bool {
 
 /// The command list, as a NOTICE (PgBouncer's way), then CommandComplete.
 fn help(out: &mut BytesMut) {
-    const USAGE: &str = "\n\tSHOW HELP|CONFIG|DATABASES|POOLS|USERS|VERSION\n\
-        \tSHOW LISTS|STATE\n\
+    const USAGE: &str = "\n\tSHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|VERSION\n\
+        \tSHOW PEERS|PEER_POOLS\n\
+        \tSHOW SOCKETS|ACTIVE_SOCKETS|LISTS|MEM|STATE|PLUGINS\n\
+        \tSHOW DNS_HOSTS|DNS_ZONES\n\
         \tSHOW STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS\n\
         \tSET key = arg\n\
         \tRELOAD\n\
-        \tPAUSE [<db>]\n\
+        \tPAUSE [<db>] [TIMEOUT <n>]\n\
         \tRESUME [<db>]\n\
+        \tDISABLE <db>\n\
+        \tENABLE <db>\n\
+        \tRECONNECT [<db>]\n\
+        \tKILL [<db>]\n\
+        \tKILL_CLIENT <client_id>\n\
+        \tSUSPEND\n\
         \tSHUTDOWN\n\
-        \tSHUTDOWN WAIT_FOR_SERVERS|WAIT_FOR_CLIENTS";
+        \tSHUTDOWN WAIT_FOR_SERVERS|WAIT_FOR_CLIENTS\n\
+        \tWAIT_CLOSE [<db>] [TIMEOUT <n>]";
     let fields = ErrorFields {
         severity: Severity::Notice.as_str().to_owned(),
         code: "00000".to_owned(),
@@ -204,7 +244,7 @@ fn databases(state: &State, runtime: &Runtime) -> ResultSet {
                 .unwrap_or(s.max_db_client_connections),
             clients,
             u32::from(state.pools.is_database_paused(&db.name)),
-            0u32,
+            u32::from(super::is_disabled(state, &db.name)),
         ]);
     }
     r
@@ -233,6 +273,7 @@ fn pools(state: &State, runtime: &Runtime) -> ResultSet {
     let mut rows = Vec::new();
     for pool in state.pools.all() {
         let snap = pool.snapshot();
+        let (used, tested) = sockets::used_and_tested(&pool);
         let clients = pool.clients.load(Ordering::Acquire);
         let entry = runtime.config.database(&pool.key.database);
         let balance = entry
@@ -248,12 +289,12 @@ fn pools(state: &State, runtime: &Runtime) -> ResultSet {
                 snap.waiting,
                 0u32,
                 0u32,
-                snap.in_use,
+                snap.in_use.saturating_sub(tested),
                 0u32,
                 0u32,
-                snap.idle,
-                0u32,
-                0u32,
+                snap.idle.saturating_sub(used),
+                used,
+                tested,
                 snap.connecting,
                 snap.max_wait.as_secs(),
                 snap.max_wait.subsec_micros(),
@@ -371,9 +412,10 @@ fn lists(state: &State, runtime: &Runtime) -> ResultSet {
 fn pause_state(state: &State) -> ResultSet {
     let mut r = ResultSet::new(&[("key", Type::Text), ("value", Type::Text)]);
     let yes_no = |b: bool| if b { "yes" } else { "no" };
-    let paused = state.lifecycle.is_paused();
-    r.push(row!["active", yes_no(!paused)]);
+    let suspended = state.console.suspended.load(Ordering::Acquire);
+    let paused = state.lifecycle.is_paused() && !suspended;
+    r.push(row!["active", yes_no(!paused && !suspended)]);
     r.push(row!["paused", yes_no(paused)]);
-    r.push(row!["suspended", "no"]);
+    r.push(row!["suspended", yes_no(suspended)]);
     r
 }

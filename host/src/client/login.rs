@@ -22,7 +22,7 @@ use crate::state::{CountKind, Runtime, State};
 /// A logged-in client: of a pool, or of the admin console.
 pub enum LoggedIn {
     Pool(Box<Session>),
-    Console(crate::admin::Console),
+    Console(Box<crate::admin::Console>),
 }
 
 /// Logs the client in. `Ok(None)` for a CancelRequest connection (handled, nothing more to do).
@@ -73,7 +73,10 @@ async fn login(
     let msg = match read_first(conn).await? {
         First::Cancel { pid, secret } => {
             let timeout = state.runtime().config.settings.cancel_wait_timeout;
-            state.cancels.forward(pid, secret, timeout).await;
+            if !state.cancels.forward(pid, secret, timeout).await {
+                // Perhaps a console client interrupting a command that waits (PAUSE, WAIT_CLOSE).
+                crate::admin::cancel_request(state, pid, secret);
+            }
             return Ok(None);
         }
         First::Startup(msg) => msg,
@@ -103,7 +106,7 @@ async fn login(
         let console =
             crate::admin::login(state, &runtime, conn, info, &startup.user, Box::new(total))
                 .await?;
-        return Ok(Some(LoggedIn::Console(console)));
+        return Ok(Some(LoggedIn::Console(Box::new(console))));
     }
     // A draining shutdown keeps the Unix socket open for the console only.
     if state.lifecycle.shutdown_mode().is_some() {
@@ -147,6 +150,9 @@ async fn login(
             routing.database
         )));
     };
+    if crate::admin::is_disabled(state, &db.name) {
+        return Err(End::pooler(format!("database \"{}\" is disabled", db.name)));
+    }
     let session = attach(
         state,
         &runtime,

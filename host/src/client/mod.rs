@@ -16,7 +16,6 @@ mod startup;
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use bytes::BytesMut;
@@ -36,8 +35,6 @@ use crate::net::{Peer, Stream};
 use crate::protocol::backend::{self, Severity};
 use crate::protocol::{Frame, PROTOCOL_VIOLATION, ProtocolError, frame};
 use crate::state::State;
-
-static NEXT_CLIENT: AtomicU64 = AtomicU64::new(1);
 
 /// A client's socket with its buffers.
 #[derive(Debug)]
@@ -176,6 +173,9 @@ pub struct ClientInfo {
     pub connected: Instant,
     /// Database and user, once the startup packet named them (PgBouncer's `(nodb)/(nouser)` until then).
     names: OnceLock<(Box<str>, Box<str>)>,
+    /// The local end of the connection (TCP) and the peer's pid (Unix socket, 0 if unknown), for the console.
+    pub local: Option<std::net::SocketAddr>,
+    pub unix_pid: u32,
 }
 
 impl ClientInfo {
@@ -185,6 +185,8 @@ impl ClientInfo {
             peer,
             connected: Instant::now(),
             names: OnceLock::new(),
+            local: None,
+            unix_pid: 0,
         }
     }
 
@@ -222,11 +224,13 @@ impl std::fmt::Display for ClientInfo {
 
 /// Serves one client connection from accept to close.
 pub async fn serve(state: Arc<State>, stream: Stream) {
-    let info = ClientInfo::new(NEXT_CLIENT.fetch_add(1, Ordering::Relaxed), stream.peer());
+    let mut info = ClientInfo::new(crate::conns::next_id(), stream.peer());
+    info.local = stream.local();
+    info.unix_pid = stream.peer_pid().unwrap_or(0);
     let mut conn = ClientConn::new(stream);
     let end = match login::run(&state, &mut conn, &info).await {
         Ok(Some(LoggedIn::Pool(session))) => (*session).run(&mut conn).await,
-        Ok(Some(LoggedIn::Console(console))) => console.run(&mut conn).await,
+        Ok(Some(LoggedIn::Console(console))) => (*console).run(&mut conn).await,
         Ok(None) => return, // a cancel request: nothing to log
         Err(end) => end,
     };

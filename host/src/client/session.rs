@@ -19,6 +19,7 @@ use super::relay::{Counts, Denial, QueryPolicy, Relay, RelayError, STREAM_MIN, S
 use super::{ClientConn, ClientInfo, End, OutQueue, login::checkout_end};
 use crate::cancel::{CancelHandle, CancelTarget};
 use crate::config::{PoolMode, SessionState};
+use crate::conns::{ClientRecord, ClientSpec, Registered, RegistryRef, ServerRecord};
 use crate::params::{ParamValues, quote_ident, quote_literal};
 use crate::plugin::convert::{self, SessionInfo};
 use crate::pool::Pool;
@@ -144,6 +145,10 @@ pub struct Session {
     /// child token, so polling it never contends with other sessions.
     terminate: Pin<Box<WaitForCancellationFutureOwned>>,
     timer: Option<Pin<Box<Sleep>>>,
+    /// Its record in the pool's registry of live clients (SHOW CLIENTS, KILL_CLIENT).
+    live: Registered<ClientRecord>,
+    /// The record of the server it is linked to, while linked.
+    linked: Option<Arc<ServerRecord>>,
     _guards: Vec<Guard>,
 }
 
@@ -197,7 +202,9 @@ impl Session {
         guards: Vec<Guard>,
     ) -> Self {
         let stop_token: CancellationToken = state.lifecycle.draining.child_token();
-        let terminate_token: CancellationToken = state.lifecycle.terminate.child_token();
+        let live = register_client(&state, &info, &user, &pool.0, &params);
+        // Cancelled by an immediate shutdown and by KILL/KILL_CLIENT.
+        let terminate_token: CancellationToken = live.record.kill_token().clone();
         Self {
             state,
             info,
@@ -218,6 +225,8 @@ impl Session {
             stop_seen: false,
             terminate: Box::pin(terminate_token.cancelled_owned()),
             timer: None,
+            live,
+            linked: None,
             _guards: guards,
         }
     }
@@ -349,6 +358,7 @@ impl Session {
         let deadline = (!idle_timeout.is_zero())
             .then(|| tokio::time::Instant::from(idle_since + idle_timeout));
         let pinned = self.pinned.as_ref();
+        let live = Arc::clone(&self.live.record);
         let pinned_readable = async {
             match pinned {
                 Some(server) => server.stream.readable().await,
@@ -370,8 +380,8 @@ impl Session {
                 self.stop_seen = true;
                 Ok(Wake::Client)
             }
-            // Immediate shutdown: the connection just closes, as when PgBouncer exits.
-            () = &mut self.terminate => Err(End::Closed("server shutting down".into())),
+            // Immediate shutdown, KILL, KILL_CLIENT.
+            () = &mut self.terminate => Err(killed_end(&live)),
         }
     }
 
@@ -449,13 +459,16 @@ impl Session {
             return Err(End::pooler("server shutting down"));
         }
         if lifecycle.is_paused() {
+            self.live.record.set_waiting();
             self.wait_resumed().await?;
         } else if let Some(server) = self.pool.0.checkout_idle().await {
             return Ok(server);
         }
+        self.live.record.set_waiting();
         let notify = self.state.runtime().config.settings.query_wait_notify;
         let notify_at = (!notify.is_zero()).then(|| tokio::time::Instant::now() + notify);
         let pool = Arc::clone(&self.pool.0);
+        let live = Arc::clone(&self.live.record);
         let checkout = pool.checkout(self.timeouts.query_timeout);
         tokio::pin!(checkout);
         let mut notified = false;
@@ -474,12 +487,15 @@ impl Session {
                     self.stop_seen = true;
                     return Err(End::pooler("server shutting down"));
                 }
+                // KILL, KILL_CLIENT, immediate shutdown.
+                () = &mut self.terminate => return Err(killed_end(&live)),
             }
         }
     }
 
     async fn wait_resumed(&mut self) -> Result<(), End> {
         let mut paused = self.state.lifecycle.paused.subscribe();
+        let live = Arc::clone(&self.live.record);
         tokio::select! {
             // RESUME.
             _ = paused.wait_for(|p| !*p) => Ok(()),
@@ -488,10 +504,16 @@ impl Session {
                 self.stop_seen = true;
                 Err(End::pooler("server shutting down"))
             }
+            // KILL, KILL_CLIENT, immediate shutdown.
+            () = &mut self.terminate => Err(killed_end(&live)),
         }
     }
 
     fn link(&mut self, server: &ServerConn) {
+        if let Some(live) = &server.live {
+            self.live.record.link(&live.record);
+            self.linked = Some(Arc::clone(&live.record));
+        }
         if let Some((pid, secret)) = server.backend_key {
             self.cancel.slot().link(CancelTarget {
                 host: server.host.clone(),
@@ -503,7 +525,16 @@ impl Session {
     }
 
     async fn unlink(&mut self) {
+        let server = self.linked.take();
+        self.live
+            .record
+            .unlink(server.as_deref(), self.statements.len());
         self.cancel.slot().unlink().await;
+    }
+
+    /// How a session killed by KILL, KILL_CLIENT or an immediate shutdown ends.
+    fn killed_end(&self) -> End {
+        killed_end(&self.live.record)
     }
 
     /// Relays between the client and the server until the pool mode lets the server go or the session ends.
@@ -640,20 +671,19 @@ impl Session {
             }
             let io = poll_fn(|cx| self.poll_io(cx, conn, server, relay)).await;
             match io {
-                Io::ClientData | Io::ServerData | Io::Progress => {}
+                Io::ClientData => self.live.record.touch(),
+                Io::ServerData | Io::Progress => {}
                 Io::Timer => {}
                 Io::Stop => {
                     self.stop_seen = true;
-                    if self.state.lifecycle.terminate.is_cancelled() {
+                    // An immediate shutdown, KILL or KILL_CLIENT.
+                    if self.live.record.killed().is_some() {
                         let disposal = if relay.quiet() {
                             Disposal::Rollback
                         } else {
                             Disposal::Close("shutdown", true)
                         };
-                        return LinkEnd::Finish(
-                            End::Closed("server shutting down".into()),
-                            disposal,
-                        );
+                        return LinkEnd::Finish(self.killed_end(), disposal);
                     }
                 }
                 Io::ClientGone(reason) => {
@@ -822,7 +852,8 @@ impl Session {
         if !self.stop_seen && self.stop.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Io::Stop);
         }
-        if self.stop_seen && self.terminate.as_mut().poll(cx).is_ready() {
+        // Watched while linked too: KILL and KILL_CLIENT end a session mid-transaction.
+        if self.terminate.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Io::Stop);
         }
         if progress {
@@ -1021,6 +1052,42 @@ async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
+}
+
+/// How a session killed by KILL or KILL_CLIENT ends (the client is told why), or by an immediate shutdown
+/// (the connection just closes, as when PgBouncer exits).
+fn killed_end(live: &ClientRecord) -> End {
+    match live.kill_reason() {
+        Some(reason) => End::pooler(reason),
+        None => End::Closed("server shutting down".into()),
+    }
+}
+
+/// Puts a client that just logged in into its pool's registry of live clients.
+fn register_client(
+    state: &State,
+    info: &ClientInfo,
+    user: &str,
+    pool: &Arc<Pool>,
+    params: &ParamValues,
+) -> Registered<ClientRecord> {
+    let app = state
+        .tracked
+        .index("application_name")
+        .and_then(|i| params.get(i))
+        .unwrap_or("");
+    let spec = ClientSpec {
+        id: info.id,
+        user: user.to_owned(),
+        database: pool.key.database.to_string(),
+        peer: info.peer,
+        local: info.local,
+        unix_pid: info.unix_pid,
+        application_name: app.to_owned(),
+    };
+    let record = ClientRecord::new(spec, &state.lifecycle.terminate);
+    let registry = RegistryRef::Pool(Arc::clone(pool), |p: &Pool| &p.live_clients);
+    Registered::new(record, info.id, registry)
 }
 
 /// The statements that make a server whose session settings are `server` hold the client's: RESET what the

@@ -122,6 +122,9 @@ pub struct Pool {
     empty_since: Mutex<Option<Instant>>,
     /// Which of the entry's hosts the next connection goes to (counts up; taken modulo the host count).
     next_host: AtomicUsize,
+    /// The pool's logged-in clients and open servers, for the console (touched at connect and close).
+    pub live_clients: crate::conns::Registry<crate::conns::ClientRecord>,
+    pub live_servers: crate::conns::Registry<crate::conns::ServerRecord>,
     me: Weak<Pool>,
 }
 
@@ -190,6 +193,8 @@ impl Pool {
             idle_since: Mutex::new(Some(Instant::now())),
             empty_since: Mutex::new(None),
             next_host: AtomicUsize::new(0),
+            live_clients: crate::conns::Registry::default(),
+            live_servers: crate::conns::Registry::default(),
             me: me.clone(),
         });
         pool.db_limit.add_member(Arc::downgrade(&pool));
@@ -424,6 +429,9 @@ impl Pool {
             }
             let mut conn = conn?;
             if check {
+                if let Some(live) = &conn.live {
+                    live.record.set_tested();
+                }
                 let settings = self.settings();
                 if let Some(query) = &settings.server_check_query
                     && let Err(e) = conn.simple_query(query, settings.max_packet).await
@@ -462,6 +470,10 @@ impl Pool {
             return conn.close("server lifetime over");
         }
         conn.last_used = Instant::now();
+        if let Some(live) = &conn.live {
+            live.record
+                .released(conn.prepared.len(), conn.rbuf.capacity());
+        }
         let surplus = {
             let mut inner = self.lock();
             // A paused pool hands nothing out, not even to a client already waiting: PAUSE waits for
@@ -638,6 +650,7 @@ impl Pool {
                 }
                 conn.epoch = epoch;
                 conn.slot = Some(slot);
+                self.register_server(&mut conn, &settings.login.user, epoch);
                 let leftover = {
                     let mut inner = self.lock();
                     inner.connecting -= 1;
@@ -717,6 +730,35 @@ impl Pool {
                 );
             }
         }
+    }
+
+    /// Puts a fresh connection in the pool's registry of live servers (SHOW SERVERS).
+    fn register_server(self: &Arc<Self>, conn: &mut ServerConn, user: &str, epoch: u64) {
+        use crate::conns::{Registered, RegistryRef, ServerRecord, ServerSpec};
+        let record = ServerRecord::new(ServerSpec {
+            id: conn.id,
+            user: user.to_owned(),
+            database: self.key.database.to_string(),
+            peer: conn.stream.peer(),
+            port: conn.port,
+            local: conn.stream.local(),
+            remote_pid: conn.backend_key.map_or(0, |(pid, _)| pid),
+            epoch,
+        });
+        let registry = RegistryRef::Pool(Arc::clone(self), |p: &Pool| &p.live_servers);
+        conn.live = Some(Registered::new(record, conn.id, registry));
+    }
+
+    /// The configuration epoch: a server opened under another one closes at its next release.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// RECONNECT: every server closes at its next release (idle ones now); new ones open as needed.
+    pub(crate) fn reconnect(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.close_idle("RECONNECT");
+        self.launch_if_needed();
     }
 
     /// PgBouncer's fast fail for logins: when the last login failed and the pool has no established

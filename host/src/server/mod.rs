@@ -4,7 +4,6 @@ mod error;
 mod login;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use bytes::{BufMut, BytesMut};
@@ -19,11 +18,10 @@ use crate::params::{ParamValues, Tracked};
 use crate::protocol::backend::{self, ErrorFields, tag};
 use crate::protocol::{Frame, frame, frontend};
 
-static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-
-/// A fresh server connection id (`S-0x<id>` in logs), also for an attempt that never became a connection.
+/// A fresh server connection id (`S-0x<id>` in logs), also for an attempt that never became a connection;
+/// from the counter client ids come from too, as PgBouncer's socket ids do.
 pub(crate) fn next_id() -> u64 {
-    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+    crate::conns::next_id()
 }
 
 /// An open, logged-in server connection.
@@ -61,6 +59,8 @@ pub struct ServerConn {
     pub settings: std::collections::BTreeMap<String, String>,
     /// NotificationResponse frames that arrived while pgwarden ran a query of its own, for the client.
     pub notifications: BytesMut,
+    /// Its record in the pool's registry of live servers (SHOW SERVERS), once the pool has it.
+    pub live: Option<crate::conns::Registered<crate::conns::ServerRecord>>,
 }
 
 impl ServerConn {
@@ -82,6 +82,7 @@ impl ServerConn {
             prepared: Default::default(),
             settings: Default::default(),
             notifications: BytesMut::new(),
+            live: None,
         }
     }
 

@@ -1,0 +1,644 @@
+//! The live connections, for the console's SHOW CLIENTS, SERVERS and SOCKETS and its KILL, KILL_CLIENT and
+//! RECONNECT: one record per logged-in client and per open server connection.
+//!
+//! Cheap on the hot path: a record is an `Arc` of atomics, put in a map (one per pool, so the maps are
+//! sharded by pool) when the connection logs in and taken out when it closes. A transaction's link and
+//! unlink are a handful of relaxed atomic stores on the two records; nothing takes a lock per query.
+//!
+//! Client and server ids come from one counter, as PgBouncer's socket ids do.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::net::Peer;
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The next id for a client or server connection (SHOW CLIENTS' and SHOW SERVERS' `id`).
+pub fn next_id() -> u64 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Where a connection is, from the console's point of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientState {
+    /// Logged in, holding no server, nothing asked for (PgBouncer's active list without a link).
+    Idle,
+    /// Queued for a server (or held by PAUSE).
+    Waiting,
+    /// Linked to a server.
+    Active,
+}
+
+/// A server connection's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerState {
+    /// In the pool's idle list.
+    Idle,
+    /// Handed out (linked to a client, or being cleaned up after one).
+    Active,
+    /// Running server_check_query before being handed out.
+    Tested,
+}
+
+/// Micros between two instants, saturating.
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// When a connection started, on both clocks: wall time for display, monotonic for offsets.
+#[derive(Debug, Clone, Copy)]
+struct Born {
+    wall: SystemTime,
+    mono: Instant,
+}
+
+impl Born {
+    fn now() -> Self {
+        Self {
+            wall: SystemTime::now(),
+            mono: Instant::now(),
+        }
+    }
+
+    /// Micros since birth, never 0 (0 means "unset" in the atomics below).
+    fn offset(&self) -> u64 {
+        micros(self.mono.elapsed()).max(1)
+    }
+
+    fn wall_at(&self, offset_us: u64) -> SystemTime {
+        self.wall + Duration::from_micros(offset_us)
+    }
+}
+
+/// One logged-in client.
+#[derive(Debug)]
+pub struct ClientRecord {
+    pub id: u64,
+    /// The user it logged in as.
+    pub user: String,
+    /// The database (alias) it asked for: its pool's, or the console's.
+    pub database: String,
+    pub peer: Peer,
+    pub local: Option<SocketAddr>,
+    /// The process at the other end of a Unix socket, when the kernel says (0 otherwise).
+    pub unix_pid: u32,
+    pub application_name: String,
+    born: Born,
+    state: AtomicU8,
+    /// Address of the linked server's record (0: none), for SHOW CLIENTS' `link`.
+    link: AtomicUsize,
+    /// Micros since birth of the latest request.
+    request_us: AtomicU64,
+    /// Micros since birth when it started waiting for a server (0: not waiting).
+    wait_us: AtomicU64,
+    prepared: AtomicU32,
+    /// Cancelled to end the session (KILL, KILL_CLIENT; a child of the immediate-shutdown token).
+    kill: CancellationToken,
+    kill_reason: OnceLock<String>,
+    /// The console's cancel key (pid, secret), so a cancel request can interrupt a waiting command.
+    pub console_key: Option<(u32, u32)>,
+    /// Set by a cancel request for `console_key`.
+    pub cancelled: tokio::sync::Notify,
+}
+
+/// What a client record is made from.
+#[derive(Debug, Clone)]
+pub struct ClientSpec {
+    pub id: u64,
+    pub user: String,
+    pub database: String,
+    pub peer: Peer,
+    pub local: Option<SocketAddr>,
+    pub unix_pid: u32,
+    pub application_name: String,
+}
+
+impl ClientRecord {
+    /// A record for a client that just logged in; `terminate` is the process's immediate-shutdown token.
+    pub fn new(spec: ClientSpec, terminate: &CancellationToken) -> Arc<Self> {
+        let born = Born::now();
+        Arc::new(Self {
+            id: spec.id,
+            user: spec.user,
+            database: spec.database,
+            peer: spec.peer,
+            local: spec.local,
+            unix_pid: spec.unix_pid,
+            application_name: spec.application_name,
+            born,
+            state: AtomicU8::new(ClientState::Idle as u8),
+            link: AtomicUsize::new(0),
+            request_us: AtomicU64::new(0),
+            wait_us: AtomicU64::new(0),
+            prepared: AtomicU32::new(0),
+            kill: terminate.child_token(),
+            kill_reason: OnceLock::new(),
+            console_key: None,
+            cancelled: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// [`ClientRecord::new`] for a console client, with the cancel key it was given.
+    pub fn console(spec: ClientSpec, terminate: &CancellationToken, key: (u32, u32)) -> Arc<Self> {
+        let mut rec = Self::new(spec, terminate);
+        if let Some(r) = Arc::get_mut(&mut rec) {
+            r.console_key = Some(key);
+        }
+        rec
+    }
+
+    pub fn state(&self) -> ClientState {
+        match self.state.load(Ordering::Relaxed) {
+            1 => ClientState::Waiting,
+            2 => ClientState::Active,
+            _ => ClientState::Idle,
+        }
+    }
+
+    /// It queues for a server (or waits out a PAUSE).
+    pub fn set_waiting(&self) {
+        let now = self.born.offset();
+        self.wait_us.store(now, Ordering::Relaxed);
+        self.request_us.store(now, Ordering::Relaxed);
+        self.state
+            .store(ClientState::Waiting as u8, Ordering::Relaxed);
+    }
+
+    /// It has a server now.
+    pub fn link(&self, server: &Arc<ServerRecord>) {
+        self.link
+            .store(Arc::as_ptr(server) as usize, Ordering::Relaxed);
+        self.wait_us.store(0, Ordering::Relaxed);
+        self.state
+            .store(ClientState::Active as u8, Ordering::Relaxed);
+        self.request_us.store(self.born.offset(), Ordering::Relaxed);
+        server.link(self);
+    }
+
+    /// It gave its server up; `prepared` is how many prepared statements it holds now.
+    pub fn unlink(&self, server: Option<&ServerRecord>, prepared: usize) {
+        self.link.store(0, Ordering::Relaxed);
+        self.state.store(ClientState::Idle as u8, Ordering::Relaxed);
+        self.prepared.store(
+            u32::try_from(prepared).unwrap_or(u32::MAX),
+            Ordering::Relaxed,
+        );
+        if let Some(server) = server {
+            server.link.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// It sent something.
+    pub fn touch(&self) {
+        self.request_us.store(self.born.offset(), Ordering::Relaxed);
+    }
+
+    /// Ends the session with `reason` (the client is told, as PgBouncer tells it); the first reason wins.
+    pub fn kill(&self, reason: &str) {
+        let _ = self.kill_reason.set(reason.to_owned());
+        self.kill.cancel();
+    }
+
+    /// The token the session watches (cancelled by [`ClientRecord::kill`] and by an immediate shutdown).
+    pub fn kill_token(&self) -> &CancellationToken {
+        &self.kill
+    }
+
+    /// What KILL or KILL_CLIENT gave as the reason, if one ended the session.
+    pub fn kill_reason(&self) -> Option<&str> {
+        self.kill_reason.get().map(String::as_str)
+    }
+
+    /// Why the session must end now, if it must: the KILL's reason, or the shutdown's.
+    pub fn killed(&self) -> Option<&str> {
+        if !self.kill.is_cancelled() {
+            return None;
+        }
+        Some(
+            self.kill_reason
+                .get()
+                .map_or("server shutting down", String::as_str),
+        )
+    }
+
+    pub fn ptr(self: &Arc<Self>) -> usize {
+        Arc::as_ptr(self) as usize
+    }
+
+    pub fn linked(&self) -> usize {
+        self.link.load(Ordering::Relaxed)
+    }
+
+    pub fn prepared(&self) -> u32 {
+        self.prepared.load(Ordering::Relaxed)
+    }
+
+    pub fn connect_time(&self) -> SystemTime {
+        self.born.wall
+    }
+
+    pub fn request_time(&self) -> SystemTime {
+        self.born.wall_at(self.request_us.load(Ordering::Relaxed))
+    }
+
+    /// How long it has been waiting for a server (zero when not waiting).
+    pub fn waited(&self) -> Duration {
+        let since = self.wait_us.load(Ordering::Relaxed);
+        if since == 0 || self.state() != ClientState::Waiting {
+            return Duration::ZERO;
+        }
+        Duration::from_micros(self.born.offset().saturating_sub(since))
+    }
+}
+
+/// One open server connection.
+#[derive(Debug)]
+pub struct ServerRecord {
+    pub id: u64,
+    /// The user the pool logs in as.
+    pub user: String,
+    pub database: String,
+    /// Where it goes: an IP address, or "unix".
+    pub addr: String,
+    pub port: u16,
+    pub local: Option<SocketAddr>,
+    /// The backend's pid (from its BackendKeyData).
+    pub remote_pid: u32,
+    born: Born,
+    state: AtomicU8,
+    /// Address of the linked client's record (0: none).
+    link: AtomicUsize,
+    /// Micros since birth of the last link or release.
+    request_us: AtomicU64,
+    /// The pool's configuration epoch it was opened under (a different one: close_needed).
+    epoch: AtomicU64,
+    prepared: AtomicU32,
+    /// Capacity of its read buffer at the last release (SHOW MEM).
+    pub buffer: AtomicU32,
+}
+
+/// What a server record is made from.
+#[derive(Debug, Clone)]
+pub struct ServerSpec {
+    pub id: u64,
+    pub user: String,
+    pub database: String,
+    pub peer: Peer,
+    pub port: u16,
+    pub local: Option<SocketAddr>,
+    pub remote_pid: u32,
+    pub epoch: u64,
+}
+
+impl ServerRecord {
+    pub fn new(spec: ServerSpec) -> Arc<Self> {
+        let (addr, port) = match spec.peer {
+            Peer::Tcp(a) => (a.ip().to_string(), a.port()),
+            Peer::Unix => ("unix".to_owned(), spec.port),
+            Peer::Unknown => (String::new(), spec.port),
+        };
+        let born = Born::now();
+        Arc::new(Self {
+            id: spec.id,
+            user: spec.user,
+            database: spec.database,
+            addr,
+            port,
+            local: spec.local,
+            remote_pid: spec.remote_pid,
+            born,
+            state: AtomicU8::new(ServerState::Idle as u8),
+            link: AtomicUsize::new(0),
+            request_us: AtomicU64::new(born.offset()),
+            epoch: AtomicU64::new(spec.epoch),
+            prepared: AtomicU32::new(0),
+            buffer: AtomicU32::new(0),
+        })
+    }
+
+    pub fn state(&self) -> ServerState {
+        match self.state.load(Ordering::Relaxed) {
+            1 => ServerState::Active,
+            2 => ServerState::Tested,
+            _ => ServerState::Idle,
+        }
+    }
+
+    fn link(&self, client: &ClientRecord) {
+        self.link
+            .store(std::ptr::from_ref(client) as usize, Ordering::Relaxed);
+        self.state
+            .store(ServerState::Active as u8, Ordering::Relaxed);
+        self.request_us.store(self.born.offset(), Ordering::Relaxed);
+    }
+
+    /// Back in the pool's idle list, holding `prepared` statements and a read buffer of `buffer` bytes.
+    pub fn released(&self, prepared: usize, buffer: usize) {
+        self.link.store(0, Ordering::Relaxed);
+        self.state.store(ServerState::Idle as u8, Ordering::Relaxed);
+        self.request_us.store(self.born.offset(), Ordering::Relaxed);
+        self.prepared.store(
+            u32::try_from(prepared).unwrap_or(u32::MAX),
+            Ordering::Relaxed,
+        );
+        self.buffer
+            .store(u32::try_from(buffer).unwrap_or(u32::MAX), Ordering::Relaxed);
+    }
+
+    /// Taken out of the idle list to run server_check_query.
+    pub fn set_tested(&self) {
+        self.state
+            .store(ServerState::Tested as u8, Ordering::Relaxed);
+    }
+
+    /// Taken out of the idle list for a client.
+    pub fn set_active(&self) {
+        self.state
+            .store(ServerState::Active as u8, Ordering::Relaxed);
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Relaxed)
+    }
+
+    pub fn ptr(self: &Arc<Self>) -> usize {
+        Arc::as_ptr(self) as usize
+    }
+
+    pub fn linked(&self) -> usize {
+        self.link.load(Ordering::Relaxed)
+    }
+
+    pub fn prepared(&self) -> u32 {
+        self.prepared.load(Ordering::Relaxed)
+    }
+
+    pub fn connect_time(&self) -> SystemTime {
+        self.born.wall
+    }
+
+    pub fn request_time(&self) -> SystemTime {
+        self.born.wall_at(self.request_us.load(Ordering::Relaxed))
+    }
+
+    /// How long since it was last linked or released.
+    pub fn idle_for(&self) -> Duration {
+        Duration::from_micros(
+            self.born
+                .offset()
+                .saturating_sub(self.request_us.load(Ordering::Relaxed)),
+        )
+    }
+}
+
+/// Records by id; one per pool for its clients and one for its servers, one for the console's clients.
+#[derive(Debug)]
+pub struct Registry<T> {
+    map: Mutex<HashMap<u64, Arc<T>>>,
+}
+
+impl<T> Default for Registry<T> {
+    fn default() -> Self {
+        Self {
+            map: Mutex::default(),
+        }
+    }
+}
+
+impl<T> Registry<T> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<T>>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn insert(&self, id: u64, record: Arc<T>) {
+        self.lock().insert(id, record);
+    }
+
+    pub fn remove(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+
+    pub fn get(&self, id: u64) -> Option<Arc<T>> {
+        self.lock().get(&id).cloned()
+    }
+
+    pub fn contains(&self, id: u64) -> bool {
+        self.lock().contains_key(&id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    /// Every record, by id.
+    pub fn snapshot(&self) -> Vec<Arc<T>> {
+        let map = self.lock();
+        let mut ids: Vec<(u64, Arc<T>)> = map.iter().map(|(k, v)| (*k, Arc::clone(v))).collect();
+        drop(map);
+        ids.sort_by_key(|(id, _)| *id);
+        ids.into_iter().map(|(_, r)| r).collect()
+    }
+}
+
+/// A client's record, registered for as long as this lives.
+#[derive(Debug)]
+pub struct Registered<T> {
+    pub record: Arc<T>,
+    registry: RegistryRef<T>,
+    id: u64,
+}
+
+/// Where a registered record lives: a registry owned by a pool or by the console.
+#[derive(Debug)]
+pub enum RegistryRef<T> {
+    Pool(
+        Arc<crate::pool::Pool>,
+        fn(&crate::pool::Pool) -> &Registry<T>,
+    ),
+    Shared(Arc<Registry<T>>),
+}
+
+impl<T> Registered<T> {
+    pub fn new(record: Arc<T>, id: u64, registry: RegistryRef<T>) -> Self {
+        registry.get().insert(id, Arc::clone(&record));
+        Self {
+            record,
+            registry,
+            id,
+        }
+    }
+}
+
+impl<T> RegistryRef<T> {
+    fn get(&self) -> &Registry<T> {
+        match self {
+            Self::Pool(pool, field) => field(pool),
+            Self::Shared(r) => r,
+        }
+    }
+}
+
+impl<T> Drop for Registered<T> {
+    fn drop(&mut self) {
+        self.registry.get().remove(self.id);
+    }
+}
+
+/// `0x…`, PgBouncer's `%p`; empty for none.
+pub fn ptr_text(p: usize) -> String {
+    if p == 0 {
+        String::new()
+    } else {
+        format!("{p:#x}")
+    }
+}
+
+/// A timestamp as PgBouncer prints one (`2026-11-23 08:12:57 UTC`), in UTC.
+pub fn time_text(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days(days);
+    let mut s = String::with_capacity(24);
+    let _ = write!(
+        s,
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    );
+    s
+}
+
+/// Days since 1970-01-01 to (year, month, day), Howard Hinnant's algorithm.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = u32::try_from(doy - (153 * mp + 2) / 5 + 1).unwrap_or(1);
+    let m = u32::try_from(if mp < 10 { mp + 3 } else { mp - 9 }).unwrap_or(1);
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(id: u64) -> Arc<ClientRecord> {
+        ClientRecord::new(
+            ClientSpec {
+                id,
+                user: "u".into(),
+                database: "d".into(),
+                peer: Peer::Unix,
+                local: None,
+                unix_pid: 0,
+                application_name: String::new(),
+            },
+            &CancellationToken::new(),
+        )
+    }
+
+    fn server(id: u64) -> Arc<ServerRecord> {
+        ServerRecord::new(ServerSpec {
+            id,
+            user: "u".into(),
+            database: "d".into(),
+            peer: Peer::Tcp("127.0.0.1:5432".parse().expect("addr")),
+            port: 5432,
+            local: None,
+            remote_pid: 4242,
+            epoch: 1,
+        })
+    }
+
+    #[test]
+    fn link_and_unlink_point_both_records_at_each_other() {
+        let c = client(1);
+        let s = server(2);
+        assert_eq!(c.state(), ClientState::Idle);
+        assert_eq!(s.addr, "127.0.0.1");
+        c.set_waiting();
+        assert_eq!(c.state(), ClientState::Waiting);
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(c.waited() >= Duration::from_millis(2));
+        c.link(&s);
+        assert_eq!(c.state(), ClientState::Active);
+        assert_eq!(s.state(), ServerState::Active);
+        assert_eq!(c.linked(), s.ptr());
+        assert_eq!(s.linked(), c.ptr());
+        assert_eq!(c.waited(), Duration::ZERO);
+        c.unlink(Some(&s), 3);
+        assert_eq!((c.linked(), s.linked()), (0, 0));
+        assert_eq!(c.prepared(), 3);
+        s.released(2, 8192);
+        assert_eq!(s.state(), ServerState::Idle);
+        assert_eq!(s.prepared(), 2);
+        assert!(c.request_time() >= c.connect_time());
+    }
+
+    #[test]
+    fn kill_gives_its_reason_and_shutdown_its_own() {
+        let terminate = CancellationToken::new();
+        let spec = ClientSpec {
+            id: 1,
+            user: "u".into(),
+            database: "d".into(),
+            peer: Peer::Unknown,
+            local: None,
+            unix_pid: 0,
+            application_name: String::new(),
+        };
+        let a = ClientRecord::new(spec.clone(), &terminate);
+        let b = ClientRecord::new(spec, &terminate);
+        assert_eq!(a.killed(), None);
+        a.kill("admin forced disconnect");
+        a.kill("database removed");
+        assert_eq!(a.killed(), Some("admin forced disconnect"));
+        assert_eq!(b.killed(), None);
+        terminate.cancel();
+        assert_eq!(b.killed(), Some("server shutting down"));
+    }
+
+    #[test]
+    fn registered_records_leave_on_drop() {
+        let reg = Arc::new(Registry::default());
+        let a = Registered::new(client(7), 7, RegistryRef::Shared(Arc::clone(&reg)));
+        let _b = Registered::new(client(3), 3, RegistryRef::Shared(Arc::clone(&reg)));
+        assert_eq!(
+            reg.snapshot().iter().map(|r| r.id).collect::<Vec<_>>(),
+            [3, 7]
+        );
+        drop(a);
+        assert!(!reg.contains(7));
+        assert_eq!(reg.len(), 1);
+    }
+
+    #[test]
+    fn timestamps_and_pointers_as_pgbouncer_prints_them() {
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_421_577);
+        assert_eq!(time_text(t), "2026-11-23 08:12:57 UTC");
+        assert_eq!(time_text(UNIX_EPOCH), "1970-01-01 00:00:00 UTC");
+        assert_eq!(
+            time_text(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "2000-02-29 00:00:00 UTC"
+        );
+        assert_eq!(ptr_text(0), "");
+        assert_eq!(ptr_text(0x55d0_c8f1), "0x55d0c8f1");
+    }
+}
