@@ -572,6 +572,47 @@ async fn pgwarden_recovers_from_postgres_stopped_and_started_under_pgbench() -> 
     Ok(())
 }
 
+/// server_lifetime = 0 means "use a server once": the first client's query runs on the server its login
+/// opened (to learn the pool's parameters), which closes after that use, so one session in PostgreSQL's
+/// books, not two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_lifetime_zero_uses_the_login_server_once() -> anyhow::Result<()> {
+    let pg = PgCluster::shared();
+    let db = TestDb::create(pg, "lifezero", PasswordEncryption::Md5)?;
+    let sessions = || async {
+        pg.query_scalar_async(
+            "postgres",
+            &format!(
+                "SELECT sessions FROM pg_stat_database WHERE datname = '{}'",
+                db.name
+            ),
+        )
+        .await
+        .and_then(|n| Ok(n.parse::<i64>()?))
+    };
+    let before = sessions().await?;
+    let pooler = pooler_for(pg, &db, "", "server_lifetime = 0").await?;
+    let (client, _c) = connect_db(&pooler, &db).await?;
+    let pid = backend_pid(&client).await?;
+    wait_backends(pg, &db.name, None, 0, WAIT).await?;
+    // PostgreSQL reports session counts with a small delay: wait for the one that must be there.
+    wait_until("the session to be counted", WAIT, || async {
+        Ok(sessions().await? > before)
+    })
+    .await?;
+    assert_eq!(
+        sessions().await? - before,
+        1,
+        "sessions opened for one client query"
+    );
+    assert_ne!(
+        backend_pid(&client).await?,
+        pid,
+        "a used server is not reused"
+    );
+    Ok(())
+}
+
 /// A host list with `load_balance_hosts = disable`: connections go to the first host until it fails, then
 /// to the next, and stay there. The first host here refuses connections (nothing listens on 127.0.0.2), so
 /// the first login fails, the next one (after server_login_retry) reaches PostgreSQL on 127.0.0.1, the

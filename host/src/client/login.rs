@@ -307,7 +307,7 @@ async fn attach(
             .checkout_uncounted(timeouts.query_timeout)
             .await
             .map_err(|e| checkout_end(&e))?;
-        pool.checkin(server);
+        pool.checkin_unused(server);
     }
     let mut params = ParamValues::new(&state.tracked);
     if let Some(welcome) = pool.welcome() {

@@ -460,12 +460,24 @@ impl Pool {
     }
 
     /// Returns a clean, idle (ReadyForQuery 'I') connection to the pool.
-    pub fn checkin(&self, mut conn: ServerConn) {
+    pub fn checkin(&self, conn: ServerConn) {
+        self.checkin_after(conn, true);
+    }
+
+    /// [`Pool::checkin`] for a connection no client has used (the login that learned the pool's welcome):
+    /// `server_lifetime = 0` ("use a connection once") does not close it yet.
+    pub fn checkin_unused(&self, conn: ServerConn) {
+        self.checkin_after(conn, false);
+    }
+
+    fn checkin_after(&self, mut conn: ServerConn, used: bool) {
         let settings = self.settings.load();
         if conn.epoch != self.epoch.load(Ordering::Acquire) {
             return conn.close("database configuration changed");
         }
-        if settings.server_lifetime.is_zero() || conn.created.elapsed() >= settings.server_lifetime
+        if (used && settings.server_lifetime.is_zero())
+            || (!settings.server_lifetime.is_zero()
+                && conn.created.elapsed() >= settings.server_lifetime)
         {
             return conn.close("server lifetime over");
         }
