@@ -640,6 +640,106 @@ async fn clients_may_use_the_same_name_for_different_statements() -> anyhow::Res
     Ok(())
 }
 
+/// Checks that running `stmt` fails as a plan whose result type changed does in PostgreSQL.
+async fn outdated(client: &Client, stmt: &tokio_postgres::Statement) -> anyhow::Result<()> {
+    let err = client
+        .query(stmt, &[])
+        .await
+        .expect_err("old plan after DDL");
+    let (code, message) = db_error(&err)?;
+    ensure!(
+        (code.as_str(), message.as_str()) == ("0A000", "cached plan must not change result type"),
+        "{code} {message}"
+    );
+    Ok(())
+}
+
+/// DDL that changes a table's columns makes PostgreSQL fail a statement prepared before it with 0A000
+/// "cached plan must not change result type", until the client prepares it again. pgwarden shares one
+/// server statement among identical texts: the client that prepares the text again must get the new
+/// plan, and another client's statement described before the change must keep failing as it would
+/// without a pooler, never be handed rows of a shape it was not told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statement_prepared_again_after_ddl_gets_the_new_result_type() -> anyhow::Result<()> {
+    const SELECT: &str = "select * from ddl_t order by a";
+    let (db, pooler) = setup("prep_ddl", "transaction", "default_pool_size = 1").await?;
+    let c = pooler.connect_as(&db).await?;
+    let other = pooler.connect_as(&db).await?;
+    c.batch_execute("create table ddl_t (a int); insert into ddl_t values (1)")
+        .await?;
+    let old_c = c.prepare(SELECT).await?;
+    let old_other = other.prepare(SELECT).await?;
+    for (client, stmt) in [(&c, &old_c), (&other, &old_other)] {
+        assert_eq!(client.query(stmt, &[]).await?[0].len(), 1);
+    }
+    c.batch_execute("alter table ddl_t add column b int default 2")
+        .await?;
+
+    // The first use of the old plan fails on the server, as straight to PostgreSQL ...
+    outdated(&c, &old_c).await?;
+    // ... and the same text prepared again is planned afresh.
+    let fresh_c = c.prepare(SELECT).await?;
+    let rows = c.query(&fresh_c, &[]).await?;
+    assert_eq!((rows[0].len(), rows[0].get::<_, i32>(1)), (2, 2));
+    // The other client's statement was described with one column: it fails too, though the server's plan
+    // is new by now; prepared again, it works.
+    outdated(&other, &old_other).await?;
+    let fresh_other = other.prepare(SELECT).await?;
+    assert_eq!(other.query(&fresh_other, &[]).await?[0].len(), 2);
+    // Old statements keep failing, as in PostgreSQL; the fresh ones keep working.
+    outdated(&c, &old_c).await?;
+    assert_eq!(c.query(&fresh_c, &[]).await?[0].len(), 2);
+    check_server_statements(&server_statements(&c).await?, 200)?;
+    Ok(())
+}
+
+/// asyncpg recovers from a schema change on its own (outside a transaction it prepares the statement again
+/// and retries): through pgwarden it must see exactly what it sees straight to PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asyncpg_statement_cache_survives_ddl_as_it_does_without_a_pooler() -> anyhow::Result<()> {
+    let pg = PgCluster::shared();
+    let (db, pooler) = setup("prep_ddl_asyncpg", "transaction", "default_pool_size = 2").await?;
+    let direct = pooler
+        .python("asyncpg_ddl.py", &db)?
+        .target(pg.host(), pg.port(), &db.user, &db.password, &db.name)
+        .timeout(SCRIPT_LIMIT)
+        .run_results()
+        .await?;
+    let steps: Vec<String> = direct
+        .iter()
+        .map(|r| {
+            let outcome = r.get("columns").or(r.get("error")).map_or("?", |v| v);
+            format!("{}:{}:{outcome}", r["conn"], r["step"])
+        })
+        .collect();
+    // What asyncpg gives with no pooler, for the record (the script's story).
+    assert_eq!(
+        steps,
+        [
+            "A:before:1",
+            "A:before:1",
+            "A:before:1",
+            "B:before:1",
+            "B:before:1",
+            "B:before:1",
+            "A:after_ddl:2",
+            "A:again:2",
+            "B:after_ddl:2",
+            "B:again:2",
+            "A:in_transaction:InvalidCachedStatementError",
+            "A:after_rollback:3",
+            "B:after_rollback:3",
+        ]
+    );
+    let through = pooler
+        .python("asyncpg_ddl.py", &db)?
+        .timeout(SCRIPT_LIMIT)
+        .run_results()
+        .await?;
+    assert_eq!(through, direct, "pgwarden (left) and PostgreSQL disagree");
+    Ok(())
+}
+
 /// `pgbench -i` straight to PostgreSQL as the test's role.
 async fn pgbench_init(db: &TestDb) -> anyhow::Result<()> {
     let pg = PgCluster::shared();

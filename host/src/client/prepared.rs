@@ -9,7 +9,8 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher, RandomState};
-use std::sync::{Arc, LazyLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -31,6 +32,8 @@ pub struct Statement {
     pub parse: Bytes,
     /// What executing it may do to the session (settings, state that cannot move).
     pub effects: Effects,
+    /// When the client prepared it ([`tick`]): a result-type change seen later makes it outdated.
+    pub parsed_at: u64,
 }
 
 impl Statement {
@@ -56,6 +59,7 @@ impl Statement {
             server_name,
             parse: b.freeze(),
             effects: Effects::default(),
+            parsed_at: tick(),
         }
     }
 
@@ -73,6 +77,48 @@ impl Statement {
         b.put_slice(self.server_name.as_bytes());
         b.put_u8(0);
         b.freeze()
+    }
+}
+
+/// A process-wide clock ordering client Parses, server preparations and result-type changes.
+static CLOCK: AtomicU64 = AtomicU64::new(1);
+
+fn tick() -> u64 {
+    CLOCK.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The statements of one pool whose result type changed under them: PostgreSQL answered a Bind with
+/// "cached plan must not change result type" after DDL. Identical texts share one server statement, so
+/// when one client prepares the text again, pgwarden must not hand the new plan to another client's
+/// statement described before the change (its rows would not match the columns it was told), nor keep
+/// using the old plan on the pool's other servers. Written only when a change is seen; read on a
+/// statement's use only after some change in the pool.
+#[derive(Debug, Default)]
+pub struct ResultTypeChanges {
+    /// The [`tick`] of the latest change of any statement (0: none yet).
+    latest: AtomicU64,
+    by_key: Mutex<HashMap<u128, u64>>,
+}
+
+impl ResultTypeChanges {
+    fn record(&self, key: u128) {
+        let now = tick();
+        self.by_key
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, now);
+        self.latest.fetch_max(now, Ordering::Release);
+    }
+
+    /// Whether the statement `key` was seen to change after `since`.
+    fn changed_after(&self, key: u128, since: u64) -> bool {
+        self.latest.load(Ordering::Acquire) > since
+            && self
+                .by_key
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&key)
+                .is_some_and(|&at| at > since)
     }
 }
 
@@ -133,8 +179,11 @@ impl ClientStatements {
 /// The statements pgwarden prepared on one server connection, with their last use for LRU eviction.
 #[derive(Debug, Default)]
 pub struct ServerStatements {
-    by_key: HashMap<u128, (Arc<Statement>, u64)>,
+    /// Each statement with its last use (this connection's `clock`) and when it was prepared ([`tick`]).
+    by_key: HashMap<u128, (Arc<Statement>, u64, u64)>,
     clock: u64,
+    /// The pool's record of statements whose result type changed.
+    changes: Arc<ResultTypeChanges>,
     /// Statements prepared before a schema change made their plans' result types differ: closed before the
     /// next Parse sent to this server.
     stale: Vec<Arc<Statement>>,
@@ -144,11 +193,22 @@ pub struct ServerStatements {
 }
 
 impl ServerStatements {
-    /// Whether the server holds `stmt`; a hit counts as a use.
+    /// Shares the pool's record of result-type changes (a connection starts with one of its own).
+    pub fn share_changes(&mut self, changes: &Arc<ResultTypeChanges>) {
+        self.changes = Arc::clone(changes);
+    }
+
+    /// Whether the server holds `stmt` with a plan still current; a hit counts as a use. A plan prepared
+    /// before the statement's result type was seen to change is to be closed and prepared again.
     pub fn touch(&mut self, stmt: &Statement) -> bool {
         self.clock += 1;
         match self.by_key.get_mut(&stmt.key) {
-            Some((held, used)) if held.same_as(stmt) => {
+            Some((held, used, prepared_at)) if held.same_as(stmt) => {
+                if self.changes.changed_after(stmt.key, *prepared_at) {
+                    let held = Arc::clone(held);
+                    self.mark_stale(&held);
+                    return false;
+                }
                 *used = self.clock;
                 true
             }
@@ -156,18 +216,24 @@ impl ServerStatements {
         }
     }
 
+    /// Whether the client prepared `stmt` before its result type was seen to change: PostgreSQL fails
+    /// such a statement ("cached plan must not change result type") until the client prepares it again.
+    pub fn outdated(&self, stmt: &Statement) -> bool {
+        self.changes.changed_after(stmt.key, stmt.parsed_at)
+    }
+
     /// Whether some other statement holds `stmt`'s key (a hash collision: it must be closed first).
     pub fn collides(&self, stmt: &Statement) -> Option<Arc<Statement>> {
         self.by_key
             .get(&stmt.key)
-            .filter(|(held, _)| !held.same_as(stmt))
-            .map(|(held, _)| Arc::clone(held))
+            .filter(|(held, ..)| !held.same_as(stmt))
+            .map(|(held, ..)| Arc::clone(held))
     }
 
     /// Records that `stmt` is (being) prepared on the server.
     pub fn insert(&mut self, stmt: Arc<Statement>) {
         self.clock += 1;
-        self.by_key.insert(stmt.key, (stmt, self.clock));
+        self.by_key.insert(stmt.key, (stmt, self.clock, tick()));
     }
 
     /// Forgets `stmt` (its Parse failed or was skipped, or it was closed).
@@ -175,7 +241,7 @@ impl ServerStatements {
         if self
             .by_key
             .get(&stmt.key)
-            .is_some_and(|(held, _)| held.same_as(stmt))
+            .is_some_and(|(held, ..)| held.same_as(stmt))
         {
             self.by_key.remove(&stmt.key);
         }
@@ -186,8 +252,8 @@ impl ServerStatements {
         if self.by_key.len() < max.max(1) {
             return None;
         }
-        let (&key, _) = self.by_key.iter().min_by_key(|(_, (_, used))| *used)?;
-        self.by_key.remove(&key).map(|(stmt, _)| stmt)
+        let (&key, _) = self.by_key.iter().min_by_key(|(_, (_, used, _))| *used)?;
+        self.by_key.remove(&key).map(|(stmt, ..)| stmt)
     }
 
     /// The server dropped every prepared statement (DEALLOCATE ALL, DISCARD ALL).
@@ -196,7 +262,15 @@ impl ServerStatements {
         self.stale.clear();
     }
 
-    /// `stmt` failed with "cached plan must not change result type": it is to be closed and prepared again.
+    /// `stmt` failed with "cached plan must not change result type": it is to be closed and prepared again
+    /// here, and on the pool's other servers at their next use of it; the clients' statements prepared
+    /// before now are outdated.
+    pub fn result_type_changed(&mut self, stmt: &Arc<Statement>) {
+        self.changes.record(stmt.key);
+        self.mark_stale(stmt);
+    }
+
+    /// `stmt`'s plan here is stale: it is to be closed and prepared again.
     pub fn mark_stale(&mut self, stmt: &Arc<Statement>) {
         self.forget(stmt);
         if !self.stale.iter().any(|s| s.same_as(stmt)) {
@@ -348,6 +422,7 @@ mod tests {
             server_name: a.server_name.clone(),
             parse: Bytes::from_static(b"other"),
             effects: Effects::default(),
+            parsed_at: a.parsed_at,
         });
         let mut server = ServerStatements::default();
         server.insert(Arc::clone(&a));

@@ -247,7 +247,7 @@ impl Relay {
                 run = 0;
                 self.drop_client_frame(input, h.frame_len, whole);
                 out.push(denial_query(&fastpath_denial()));
-                self.standin_sent(false);
+                self.standin_sent(false, None);
                 continue;
             }
             if whole
@@ -363,16 +363,28 @@ impl Relay {
     /// extended-protocol message (`in_batch`) the rest of the client's batch is dropped and the stand-in's
     /// ReadyForQuery hidden, so the client sees what PostgreSQL would have sent had the message failed.
     fn refuse(&mut self, out: &mut OutQueue, denial: &Denial, in_batch: bool) {
+        self.refuse_as(out, denial, in_batch, None);
+    }
+
+    /// [`Relay::refuse`], the error naming `routine` as the PostgreSQL function that raised it (drivers
+    /// tell some errors apart by it).
+    fn refuse_as(
+        &mut self,
+        out: &mut OutQueue,
+        denial: &Denial,
+        in_batch: bool,
+        routine: Option<Routine>,
+    ) {
         out.push(denial_query(denial));
-        self.standin_sent(in_batch);
+        self.standin_sent(in_batch, routine);
         if in_batch {
             self.skip_until_sync = true;
         }
     }
 
-    fn standin_sent(&mut self, silent: bool) {
+    fn standin_sent(&mut self, silent: bool, routine: Option<Routine>) {
         self.standins += 1;
-        self.query_sent(Pending::Standin { silent });
+        self.query_sent(Pending::Standin { silent, routine });
     }
 
     /// Maps a Parse, Bind, Describe or Close naming a statement to the server's statement, preparing it on
@@ -445,17 +457,25 @@ impl Relay {
                     return Ok(Mapped::Unnamed);
                 }
                 let name = String::from_utf8_lossy(name).into_owned();
-                let Some(stmt) = stmts.client.get(&name).cloned() else {
-                    out.push(input.split_to(*run).freeze());
-                    *run = 0;
-                    self.drop_client_frame(input, h.frame_len, whole);
-                    self.unsynced = true;
-                    self.refuse(
-                        out,
-                        &statement_error("26000", &name, "does not exist"),
-                        true,
-                    );
-                    return Ok(Mapped::Done);
+                let stmt = match stmts.client.get(&name) {
+                    Some(stmt) if !stmts.server.outdated(stmt) => Arc::clone(stmt),
+                    found => {
+                        out.push(input.split_to(*run).freeze());
+                        *run = 0;
+                        self.drop_client_frame(input, h.frame_len, whole);
+                        self.unsynced = true;
+                        match found {
+                            Some(_) => {
+                                self.refuse_as(out, &result_type_changed(), true, Some(REVALIDATE));
+                            }
+                            None => self.refuse(
+                                out,
+                                &statement_error("26000", &name, "does not exist"),
+                                true,
+                            ),
+                        }
+                        return Ok(Mapped::Done);
+                    }
                 };
                 let head =
                     prepared::bind_prefix(h.frame_len, portal, name.len(), &stmt.server_name);
@@ -517,20 +537,28 @@ impl Relay {
                     });
                     return Ok(Mapped::Done);
                 }
-                let Some(stmt) = stmts.client.get(&name).cloned() else {
-                    self.refuse(
-                        out,
-                        &statement_error("26000", &name, "does not exist"),
-                        true,
-                    );
-                    return Ok(Mapped::Done);
+                let stmt = match stmts.client.get(&name) {
+                    Some(stmt) if !stmts.server.outdated(stmt) => Arc::clone(stmt),
+                    found => {
+                        match found {
+                            Some(_) => {
+                                self.refuse_as(out, &result_type_changed(), true, Some(REVALIDATE));
+                            }
+                            None => self.refuse(
+                                out,
+                                &statement_error("26000", &name, "does not exist"),
+                                true,
+                            ),
+                        }
+                        return Ok(Mapped::Done);
+                    }
                 };
                 self.ensure_on_server(&stmt, out, stmts);
                 out.push(prepared::statement_message(fe::DESCRIBE, &stmt.server_name));
                 self.pending.push_back(Pending::Ext {
                     msg: Ext::Describe,
                     forward: true,
-                    undo: Undo::Nothing,
+                    undo: Undo::Bound(stmt),
                 });
                 Ok(Mapped::Done)
             }
@@ -886,19 +914,18 @@ impl Relay {
             Pending::Ext { undo, .. } => {
                 if let Undo::Bound(stmt) = undo
                     && fields.code == "0A000"
-                    && self.tx == TransactionStatus::Idle
                     && let Some(stmts) = ctx.stmts.as_deref_mut()
                 {
                     // "cached plan must not change result type": the statement was prepared before a schema
-                    // change. Outside a transaction it is prepared again at its next use (the driver's retry)
-                    // instead of failing until an operator's RECONNECT.
-                    stmts.server.mark_stale(stmt);
+                    // change. It is prepared again at its next Parse by a client (the driver's retry), on
+                    // every server of the pool, instead of failing until an operator's RECONNECT.
+                    stmts.server.result_type_changed(stmt);
                 }
                 let verdict = self.reply_ends(false, ctx);
                 self.skip_batch(ctx);
                 Ok(verdict)
             }
-            Pending::Standin { .. } => Ok(match standin_error(body)? {
+            Pending::Standin { routine, .. } => Ok(match standin_error(body, *routine)? {
                 Some(error) => Verdict::Replace(error),
                 None => Verdict::Forward,
             }),
@@ -980,7 +1007,7 @@ impl Relay {
             self.hidden -= 1;
             return Ok(Verdict::Drop);
         }
-        if let Some(Pending::Standin { silent }) = answered {
+        if let Some(Pending::Standin { silent, .. }) = answered {
             self.standins = self.standins.saturating_sub(1);
             if silent {
                 // The server's state changed (a failed transaction stays failed), the client hears at its Sync.
@@ -1070,6 +1097,31 @@ fn statement_error(sqlstate: &str, name: &str, what: &str) -> Denial {
     }
 }
 
+/// The source file and function PostgreSQL names in an error it raises (fields F and R).
+#[derive(Debug, Clone, Copy)]
+struct Routine {
+    file: &'static str,
+    function: &'static str,
+}
+
+/// Where PostgreSQL raises [`result_type_changed`]: asyncpg recognises the error by this function and
+/// then prepares the statement again on its own.
+const REVALIDATE: Routine = Routine {
+    file: "plancache.c",
+    function: "RevalidateCachedQuery",
+};
+
+/// PostgreSQL's error for a statement prepared before DDL changed its result type (the client must prepare
+/// it again): what the client would get without a pooler, though the server's plan is already new.
+fn result_type_changed() -> Denial {
+    Denial {
+        sqlstate: "0A000".into(),
+        message: "cached plan must not change result type".into(),
+        detail: None,
+        hint: None,
+    }
+}
+
 /// A CommandComplete that changes which statements the server holds: DEALLOCATE ALL and DISCARD ALL drop
 /// them all (the client's too: it asked); DEALLOCATE of one name may have dropped one of pgwarden's.
 fn statements_command(body: &[u8], stmts: &mut Statements<'_>) {
@@ -1085,16 +1137,22 @@ fn statements_command(body: &[u8], stmts: &mut Statements<'_>) {
 
 /// The stand-in's own error, as the client should see it: the refusal alone, without the DO block's context
 /// and source location. `None` when the error is another one (the stand-in ran in a failed transaction).
-fn standin_error(body: &[u8]) -> Result<Option<bytes::Bytes>, RelayError> {
+fn standin_error(
+    body: &[u8],
+    routine: Option<Routine>,
+) -> Result<Option<bytes::Bytes>, RelayError> {
     let fields = backend::error_fields(body).map_err(RelayError::Server)?;
     let marker = DENIAL_MARKER.as_bytes();
     if !fields.iter().any(|&(f, v)| f == b'n' && v == marker) {
         return Ok(None);
     }
-    let kept: Vec<_> = fields
+    let mut kept: Vec<_> = fields
         .into_iter()
         .filter(|(f, _)| !matches!(f, b'n' | b'W' | b'F' | b'L' | b'R'))
         .collect();
+    if let Some(r) = routine {
+        kept.extend([(b'F', r.file.as_bytes()), (b'R', r.function.as_bytes())]);
+    }
     let mut buf = BytesMut::new();
     backend::write_raw_error_fields(&mut buf, be::ERROR_RESPONSE, &kept);
     Ok(Some(buf.freeze()))
@@ -1111,7 +1169,10 @@ enum Pending {
     CopyEnd,
     /// pgwarden's stand-in for a refused message: a Query that makes PostgreSQL raise the refusal. `silent`
     /// when it replaced an extended-protocol message: its ReadyForQuery is hidden (the client's Sync gets one).
-    Standin { silent: bool },
+    Standin {
+        silent: bool,
+        routine: Option<Routine>,
+    },
     /// An extended-protocol message: one reply ends it, or the server skips it after an earlier error.
     /// `forward`: the client sees the reply (not when pgwarden sent the message on its own).
     Ext { msg: Ext, forward: bool, undo: Undo },
@@ -1167,7 +1228,8 @@ enum Undo {
     },
     /// pgwarden's Close of an evicted statement: the server keeps it.
     Evicted(Arc<Statement>),
-    /// A Bind of this statement: nothing to take back (kept to recognise a stale plan).
+    /// A Bind or Describe of this statement: nothing to take back (kept to recognise a stale plan: both
+    /// fail when DDL changed the result type).
     Bound(Arc<Statement>),
     /// pgwarden's Close of a stale statement: it is still to be closed.
     Stale(Arc<Statement>),

@@ -490,7 +490,24 @@ fn a_plan_made_stale_by_a_schema_change_is_prepared_again_at_its_next_use() {
     let seen = l.server(&[error("0A000"), ready()]);
     assert_eq!(tags(&seen), "EZ", "the client hears it once");
     l.relay.reset();
+    // The client's statement was described before the change: it keeps failing, as in PostgreSQL, though
+    // nothing is sent to the server's (stale) statement.
     let (sent, _) = l.client(&[bind("s1"), execute(), sync()]);
+    assert_eq!(tags(&sent), "QS", "a stand-in raises the error");
+    let sql = String::from_utf8_lossy(&sent[0].1);
+    assert!(
+        sql.contains("0A000") && sql.contains("cached plan must not change result type"),
+        "{sql}"
+    );
+    l.server(&[error("0A000"), ready(), ready()]);
+    l.relay.reset();
+    // Prepared again by the client, it is closed and prepared again on the server before its use.
+    let (sent, _) = l.client(&[
+        parse("s2", "select * from t"),
+        bind("s2"),
+        execute(),
+        sync(),
+    ]);
     assert_eq!(
         tags(&sent),
         "CPBES",
@@ -505,15 +522,20 @@ fn a_plan_made_stale_by_a_schema_change_is_prepared_again_at_its_next_use() {
         frame(b'C', b"SELECT 0\0"),
         ready(),
     ]);
-    assert_eq!(tags(&seen), "2CZ");
+    assert_eq!(tags(&seen), "12CZ");
 
-    // Inside a transaction block the statement is left alone (the transaction has failed anyway).
+    // Inside a transaction block too: the failed transaction ends first, the statement is renewed after.
     let mut l = Link::new(10);
     l.prepared("s1", "select * from t");
     l.relay.tx = TransactionStatus::InTransaction;
     l.client(&[bind("s1"), execute(), sync()]);
     l.server(&[error("0A000"), ready()]);
     l.relay.reset();
-    let (sent, _) = l.client(&[bind("s1"), execute(), sync()]);
-    assert_eq!(tags(&sent), "BES");
+    let (sent, _) = l.client(&[
+        parse("s2", "select * from t"),
+        bind("s2"),
+        execute(),
+        sync(),
+    ]);
+    assert_eq!(tags(&sent), "CPBES");
 }

@@ -125,6 +125,8 @@ pub struct Pool {
     /// The pool's logged-in clients and open servers, for the console (touched at connect and close).
     pub live_clients: crate::conns::Registry<crate::conns::ClientRecord>,
     pub live_servers: crate::conns::Registry<crate::conns::ServerRecord>,
+    /// Prepared statements whose result type changed under them, shared by the pool's servers.
+    statement_changes: Arc<crate::client::prepared::ResultTypeChanges>,
     me: Weak<Pool>,
 }
 
@@ -195,6 +197,7 @@ impl Pool {
             next_host: AtomicUsize::new(0),
             live_clients: crate::conns::Registry::default(),
             live_servers: crate::conns::Registry::default(),
+            statement_changes: Arc::default(),
             me: me.clone(),
         });
         pool.db_limit.add_member(Arc::downgrade(&pool));
@@ -662,6 +665,7 @@ impl Pool {
                 }
                 conn.epoch = epoch;
                 conn.slot = Some(slot);
+                conn.prepared.share_changes(&self.statement_changes);
                 self.register_server(&mut conn, &settings.login.user, epoch);
                 let leftover = {
                     let mut inner = self.lock();
