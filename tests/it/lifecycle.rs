@@ -727,3 +727,81 @@ async fn server_idle_timeout_keeps_min_pool_size_open() -> anyhow::Result<()> {
     assert_eq!(before, after, "the kept servers were closed and reopened");
     Ok(())
 }
+
+/// server_fast_close = 1 in session mode: after RECONNECT a session's server is not kept to the end of the
+/// session. A transaction under way commits; right after it the client is disconnected with PgBouncer's
+/// reason and its backend goes. Without the setting, the session keeps its server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_fast_close_ends_sessions_between_transactions_after_reconnect() -> anyhow::Result<()>
+{
+    use crate::admin::{console, start};
+    use pgwarden_tests::raw::{RawClient, first_error};
+    let superuser = PgCluster::shared().admin_client("postgres").await?;
+    for fast_close in [true, false] {
+        let (db, pooler) = start(
+            "fast_close",
+            &format!(
+                "pool_mode = session\nserver_fast_close = {}",
+                u8::from(fast_close)
+            ),
+        )
+        .await?;
+        let admin = console(&pooler).await?;
+        let mut a = RawClient::connect(pooler.port).await?;
+        a.login(&[("user", &db.user), ("database", &db.name)], &db.password)
+            .await?;
+        let mut run = async |sql: &str| {
+            let msgs = a.query(sql).await?;
+            match first_error(&msgs) {
+                Some(e) => bail!("{sql}: {} {}", e.code, e.message),
+                None => anyhow::Ok(msgs),
+            }
+        };
+        run("create table fc (x int)").await?;
+        run("begin; insert into fc values (1)").await?;
+        let pid: i32 = superuser
+            .query_one(
+                "select pid from pg_stat_activity where datname = $1 and usename = $2",
+                &[&db.name, &db.user],
+            )
+            .await?
+            .get(0);
+        admin
+            .simple_query(&format!("RECONNECT {}", db.name))
+            .await?;
+        // Mid-transaction nothing happens: the transaction goes on and commits.
+        run("insert into fc values (2); commit").await?;
+        let gone = async |pid: i32| {
+            let n: i64 = superuser
+                .query_one(
+                    "select count(*) from pg_stat_activity where pid = $1",
+                    &[&pid],
+                )
+                .await?
+                .get(0);
+            anyhow::Ok(n == 0)
+        };
+        if fast_close {
+            // Unasked, the client hears why its session ended.
+            let msg = a.recv().await?.context("no message before the close")?;
+            let e = msg.error().context("not an ErrorResponse")?;
+            assert_eq!(
+                (e.severity.as_str(), e.code.as_str(), e.message.as_str()),
+                ("FATAL", "08P01", "database configuration changed")
+            );
+            assert!(a.recv().await?.is_none(), "the connection closes");
+            wait_until("the old backend to go", WAIT, || gone(pid)).await?;
+        } else {
+            let msgs = run("select count(*) from fc").await?;
+            assert!(msgs.iter().any(|m| m.tag == b'D'), "{msgs:?}");
+            assert!(!gone(pid).await?, "the session kept its server");
+        }
+        let other = pooler.connect_as(&db).await?;
+        let rows: i64 = other
+            .query_one("select count(*) from fc", &[])
+            .await?
+            .get(0);
+        assert_eq!(rows, 2, "the transaction committed");
+    }
+    Ok(())
+}

@@ -606,6 +606,18 @@ impl Session {
         }
         self.timer = None;
         loop {
+            if mode == PoolMode::Session
+                && relay.releasable()
+                && server.epoch != self.pool.0.epoch()
+                && self.state.runtime.load().config.settings.server_fast_close
+            {
+                // server_fast_close: a server RECONNECT or a RELOAD marked is not kept to the end of the
+                // session; between transactions, client and server go (the client must notice).
+                return LinkEnd::Finish(
+                    End::pooler("database configuration changed"),
+                    Disposal::Reset,
+                );
+            }
             if mode == PoolMode::Session && relay.releasable() {
                 let current = self.state.runtime.load().generation;
                 if policy_runtime
