@@ -90,14 +90,15 @@ fn login_error(res: anyhow::Result<Client>) -> (String, String) {
     (db.code().code().to_owned(), db.message().to_owned())
 }
 
-/// Asserts PostgreSQL's own wrong-password failure for `user`.
+/// Asserts the wrong-password failure for `user`: 28P01, with PostgreSQL's words (md5, clear text) or
+/// PgBouncer's (SCRAM).
 async fn assert_password_failed(pooler: &Pooler, user: &str, password: &str, db: &str) {
+    let expected = crate::pool_support::wrong_password_message(pooler.port, user, db)
+        .await
+        .unwrap_or_else(|e| panic!("{user:?}: {e:#}"));
     let (code, message) = login_error(pooler.connect(user, password, db).await);
     assert_eq!(code, "28P01", "{user:?}: {message}");
-    assert_eq!(
-        message,
-        format!("password authentication failed for user \"{user}\"")
-    );
+    assert_eq!(message, expected, "{user:?}");
 }
 
 /// The first Authentication request the pooler sends a client logging in as `user`.

@@ -275,3 +275,27 @@ pub async fn setup(prefix: &str, settings: &str) -> anyhow::Result<(TestDb, Pool
     .await?;
     Ok((db, pooler))
 }
+
+/// The message of the FATAL a wrong password for `user` gets from the pooler on `port`: PostgreSQL's words
+/// after an md5 or clear-text exchange, PgBouncer's after a SCRAM one (which the pooler asks for depends
+/// on the secret it holds, so its first request is looked at).
+pub async fn wrong_password_message(port: u16, user: &str, db: &str) -> anyhow::Result<String> {
+    use pgwarden::protocol::backend::Authentication;
+    let mut client = pgwarden_tests::raw::RawClient::connect(port).await?;
+    client
+        .send_startup(&[("user", user), ("database", db)])
+        .await?;
+    loop {
+        match client.recv().await? {
+            Some(m) if m.tag == b'R' => {
+                return Ok(match Authentication::parse(&m.body)? {
+                    Authentication::Sasl { .. } => "SASL authentication failed".to_owned(),
+                    _ => format!("password authentication failed for user \"{user}\""),
+                });
+            }
+            Some(m) if m.tag == b'E' => bail!("refused before authentication: {:?}", m.error()),
+            Some(_) => {}
+            None => bail!("connection closed before an authentication request"),
+        }
+    }
+}

@@ -69,7 +69,7 @@ async fn scram(
         frontend::parse_sasl_initial(&initial).map_err(|e| End::protocol(&e))?;
     let server_first = server.client_first(mechanism, data).map_err(|e| {
         tracing::info!("SCRAM authentication of \"{user}\" failed: {e}");
-        failed(user)
+        sasl_failed()
     })?;
     conn.send(|b| backend::write_auth_sasl_continue(b, &server_first));
     let response = read_auth_message(conn).await?;
@@ -80,9 +80,15 @@ async fn scram(
         }
         Err(e) => {
             tracing::info!("SCRAM authentication of \"{user}\" failed: {e}");
-            Err(failed(user))
+            Err(sasl_failed())
         }
     }
+}
+
+/// A failed SCRAM exchange (wrong password, unknown user): PgBouncer's words, with the SQLSTATE PostgreSQL
+/// gives a failed login (drivers tell authentication failures apart by it).
+fn sasl_failed() -> End {
+    End::fatal("28P01", "SASL authentication failed")
 }
 
 /// PostgreSQL's failure, word for word.

@@ -78,11 +78,10 @@ async fn assert_wrong_password(pooler: &Pooler, user: &str, password: &str, db: 
         .await
         .err()
         .unwrap_or_else(|| panic!("{user} logged in with password {password:?}"));
-    assert_login_refused(
-        &err,
-        "28P01",
-        &format!("password authentication failed for user \"{user}\""),
-    );
+    let expected = crate::pool_support::wrong_password_message(pooler.port, user, db)
+        .await
+        .unwrap_or_else(|e| panic!("{user:?}: {e:#}"));
+    assert_login_refused(&err, "28P01", &expected);
 }
 
 /// Who the server session belongs to, as PostgreSQL sees it.
