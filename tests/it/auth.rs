@@ -448,3 +448,20 @@ async fn postgres_login_errors_pass_through() -> anyhow::Result<()> {
     assert_eq!(message, format!("database \"{missing}\" does not exist"));
     Ok(())
 }
+
+/// A password longer than any secret can hold is a wrong password (28P01), as in PgBouncer, not a malformed
+/// message: the limit on authentication messages leaves room above PostgreSQL's 65,535-byte token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overlong_password_is_a_wrong_password() -> anyhow::Result<()> {
+    let pg = PgCluster::shared();
+    let db = TestDb::create(pg, "auth_long", PasswordEncryption::Md5)?;
+    let pooler = Pooler::start(
+        &db_line(pg, "app", &db.name),
+        "auth_type = plain\npool_mode = transaction",
+        &entry(&db.user, &db.password),
+    )
+    .await?;
+    assert_password_failed(&pooler, &db.user, &"x".repeat(70_000), "app").await;
+    assert_logs_in(&pooler, &db.user, &db.password, "app").await;
+    Ok(())
+}

@@ -9,8 +9,10 @@ use crate::config::AuthType;
 use crate::protocol::backend;
 use crate::protocol::frontend::{self, tag};
 
-/// Limit for a password or SASL message (PostgreSQL's PG_MAX_AUTH_TOKEN_LENGTH).
-const MAX_AUTH_MESSAGE: u32 = 65_535;
+/// Limit for a password or SASL message: PostgreSQL's PG_MAX_AUTH_TOKEN_LENGTH (65,535) with room to spare,
+/// so that a password longer than the longest a secret can hold (PgBouncer's MAX_PASSWORD, 65,536 with
+/// its NUL) is a wrong password, as in PgBouncer, rather than a malformed message.
+const MAX_AUTH_MESSAGE: u32 = 128 * 1024;
 
 /// The method used with this client, as PgBouncer picks it: `md5` turns into SCRAM for users whose secret
 /// is a SCRAM verifier.
