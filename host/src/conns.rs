@@ -34,6 +34,18 @@ pub enum ClientState {
     Waiting,
     /// Linked to a server.
     Active,
+    /// A cancel request not forwarded yet: its connection to PostgreSQL is being opened
+    /// (PgBouncer's `waiting_cancel_req`).
+    CancelWaiting,
+    /// A cancel request sent to PostgreSQL, waiting for it to close the connection (`active_cancel_req`).
+    CancelActive,
+}
+
+/// Where a cancel request being forwarded is (see [`ClientState::CancelWaiting`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelPhase {
+    Waiting,
+    Active,
 }
 
 /// A server connection's state.
@@ -89,7 +101,10 @@ pub struct ClientRecord {
     pub local: Option<SocketAddr>,
     /// The process at the other end of a Unix socket, when the kernel says (0 otherwise).
     pub unix_pid: u32,
-    pub application_name: String,
+    /// Its application_name as the client last heard it from a server (ParameterStatus), so SHOW CLIENTS
+    /// follows `SET application_name` and `RESET`, as PgBouncer's does. Written when it changes, read by
+    /// the console: an uncontended lock.
+    application_name: Mutex<Arc<str>>,
     born: Born,
     state: AtomicU8,
     /// Address of the linked server's record (0: none), for SHOW CLIENTS' `link`.
@@ -131,7 +146,7 @@ impl ClientRecord {
             peer: spec.peer,
             local: spec.local,
             unix_pid: spec.unix_pid,
-            application_name: spec.application_name,
+            application_name: Mutex::new(spec.application_name.into()),
             born,
             state: AtomicU8::new(ClientState::Idle as u8),
             link: AtomicUsize::new(0),
@@ -158,8 +173,28 @@ impl ClientRecord {
         match self.state.load(Ordering::Relaxed) {
             1 => ClientState::Waiting,
             2 => ClientState::Active,
+            3 => ClientState::CancelWaiting,
+            4 => ClientState::CancelActive,
             _ => ClientState::Idle,
         }
+    }
+
+    /// The record is a cancel request's, at `phase`.
+    pub fn set_cancel_phase(&self, phase: CancelPhase) {
+        let state = match phase {
+            CancelPhase::Waiting => ClientState::CancelWaiting,
+            CancelPhase::Active => ClientState::CancelActive,
+        };
+        self.request_us.store(self.born.offset(), Ordering::Relaxed);
+        self.state.store(state as u8, Ordering::Relaxed);
+    }
+
+    /// Whether the record is a cancel request's rather than a logged-in client's.
+    pub fn is_cancel(&self) -> bool {
+        matches!(
+            self.state(),
+            ClientState::CancelWaiting | ClientState::CancelActive
+        )
     }
 
     /// It queues for a server (or waits out a PAUSE).
@@ -192,6 +227,27 @@ impl ClientRecord {
         );
         if let Some(server) = server {
             server.link.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Its application_name now.
+    pub fn application_name(&self) -> Arc<str> {
+        Arc::clone(
+            &self
+                .application_name
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        )
+    }
+
+    /// The client's application_name is `app` now (a server reported it); a no-op when unchanged.
+    pub fn set_application_name(&self, app: &str) {
+        let mut current = self
+            .application_name
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if &**current != app {
+            *current = app.into();
         }
     }
 
@@ -590,6 +646,32 @@ mod tests {
         assert_eq!(s.state(), ServerState::Idle);
         assert_eq!(s.prepared(), 2);
         assert!(c.request_time() >= c.connect_time());
+    }
+
+    #[test]
+    fn a_cancel_request_record_goes_from_waiting_to_active() {
+        let c = client(5);
+        assert!(!c.is_cancel());
+        c.set_cancel_phase(CancelPhase::Waiting);
+        assert_eq!(c.state(), ClientState::CancelWaiting);
+        assert!(c.is_cancel());
+        c.set_cancel_phase(CancelPhase::Active);
+        assert_eq!(c.state(), ClientState::CancelActive);
+        assert!(c.is_cancel());
+    }
+
+    #[test]
+    fn application_name_follows_what_the_server_reports() {
+        let c = client(6);
+        assert_eq!(&*c.application_name(), "");
+        c.set_application_name("svc");
+        assert_eq!(&*c.application_name(), "svc");
+        let before = c.application_name();
+        c.set_application_name("svc");
+        assert!(
+            Arc::ptr_eq(&before, &c.application_name()),
+            "unchanged: not replaced"
+        );
     }
 
     #[test]

@@ -274,6 +274,7 @@ fn pools(state: &State, runtime: &Runtime) -> ResultSet {
     for pool in state.pools.all() {
         let snap = pool.snapshot();
         let (used, tested) = sockets::used_and_tested(&pool);
+        let (cancel_active, cancel_waiting) = sockets::cancel_requests(&pool);
         let clients = pool.clients.load(Ordering::Acquire);
         let entry = runtime.config.database(&pool.key.database);
         let balance = entry
@@ -287,8 +288,8 @@ fn pools(state: &State, runtime: &Runtime) -> ResultSet {
                 &*pool.key.user,
                 clients.saturating_sub(snap.waiting),
                 snap.waiting,
-                0u32,
-                0u32,
+                cancel_active,
+                cancel_waiting,
                 snap.in_use.saturating_sub(tested),
                 0u32,
                 0u32,
