@@ -497,6 +497,13 @@ impl<T> Registry<T> {
         self.lock().is_empty()
     }
 
+    /// Calls `f` on every record, in no order, under the registry's lock (keep `f` short).
+    pub fn each(&self, mut f: impl FnMut(&T)) {
+        for record in self.lock().values() {
+            f(record);
+        }
+    }
+
     /// Every record, by id.
     pub fn snapshot(&self) -> Vec<Arc<T>> {
         let map = self.lock();
@@ -505,6 +512,20 @@ impl<T> Registry<T> {
         ids.sort_by_key(|(id, _)| *id);
         ids.into_iter().map(|(_, r)| r).collect()
     }
+}
+
+/// The clients of `clients` waiting for a server, whether queued in their pool or held by a PAUSE or
+/// SUSPEND before reaching the queue: how many, and how long the one that has waited longest has waited.
+/// SHOW POOLS and the metrics count these, so they agree with SHOW CLIENTS' `waiting` rows.
+pub fn waiting(clients: &Registry<ClientRecord>) -> (u32, Duration) {
+    let (mut count, mut longest) = (0u32, Duration::ZERO);
+    clients.each(|c| {
+        if c.state() == ClientState::Waiting {
+            count += 1;
+            longest = longest.max(c.waited());
+        }
+    });
+    (count, longest)
 }
 
 /// A client's record, registered for as long as this lives.
@@ -695,6 +716,27 @@ mod tests {
         assert_eq!(b.killed(), None);
         terminate.cancel();
         assert_eq!(b.killed(), Some("server shutting down"));
+    }
+
+    #[test]
+    fn waiting_counts_waiting_clients_and_the_longest_wait() {
+        let reg = Registry::default();
+        for id in 1..=3 {
+            reg.insert(id, client(id));
+        }
+        assert_eq!(waiting(&reg), (0, Duration::ZERO));
+        let (a, b) = (reg.get(1).expect("1"), reg.get(2).expect("2"));
+        a.set_waiting();
+        std::thread::sleep(Duration::from_millis(3));
+        b.set_waiting();
+        reg.get(3)
+            .expect("3")
+            .set_cancel_phase(CancelPhase::Waiting);
+        let (count, longest) = waiting(&reg);
+        assert_eq!(count, 2);
+        assert!(longest >= Duration::from_millis(3), "{longest:?}");
+        a.link(&server(9));
+        assert_eq!(waiting(&reg).0, 1);
     }
 
     #[test]

@@ -272,7 +272,9 @@ fn pools(state: &State, runtime: &Runtime) -> ResultSet {
     ]);
     let mut rows = Vec::new();
     for pool in state.pools.all() {
-        let snap = pool.snapshot();
+        let mut snap = pool.snapshot();
+        // Clients held by a PAUSE or SUSPEND wait outside the pool's queue: count them too.
+        (snap.waiting, snap.max_wait) = crate::conns::waiting(&pool.live_clients);
         let (used, tested) = sockets::used_and_tested(&pool);
         let (cancel_active, cancel_waiting) = sockets::cancel_requests(&pool);
         let clients = pool.clients.load(Ordering::Acquire);
