@@ -28,3 +28,4 @@ mod settings;
 mod sidecar;
 mod smoke;
 mod timeouts;
+mod admin_live;
