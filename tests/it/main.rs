@@ -29,3 +29,4 @@ mod sidecar;
 mod smoke;
 mod timeouts;
 mod admin_live;
+mod exporter;
