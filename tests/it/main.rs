@@ -30,3 +30,4 @@ mod smoke;
 mod timeouts;
 mod admin_live;
 mod exporter;
+mod admin_every;
