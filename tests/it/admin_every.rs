@@ -163,6 +163,43 @@ const PLUGINS: &[&str] = &[
     "avg_call_time",
 ];
 
+/// PgBouncer's column types per command, in its own notation (src/admin.c, src/stats.c: `s` text, `i`
+/// int4, `N` numeric, `T` a timestamp sent as text).
+fn pgbouncer_types(sql: &str) -> Option<String> {
+    let types = match sql {
+        "SHOW STATS" => format!("s{}", "N".repeat(24)),
+        "SHOW STATS_TOTALS" | "SHOW STATS_AVERAGES" => format!("s{}", "N".repeat(12)),
+        "SHOW TOTALS" => "sN".to_owned(),
+        "SHOW POOLS" => "ssiiiiiiiiiiiiiss".to_owned(),
+        "SHOW CLIENTS" | "SHOW SERVERS" => "ssssssisiTTiiississii".to_owned(),
+        "SHOW SOCKETS" | "SHOW ACTIVE_SOCKETS" => "ssssssisiTTiiississiiiiiiiii".to_owned(),
+        "SHOW DATABASES" => "ssissiiiissiiiiii".to_owned(),
+        "SHOW USERS" => "ssssiiii".to_owned(),
+        "SHOW CONFIG" => "ssss".to_owned(),
+        "SHOW LISTS" => "si".to_owned(),
+        "SHOW MEM" => "siiii".to_owned(),
+        "SHOW STATE" => "ss".to_owned(),
+        "SHOW VERSION" => "s".to_owned(),
+        _ => return None,
+    };
+    Some(types)
+}
+
+/// Type OIDs of PgBouncer's notation.
+fn oids(types: &str) -> String {
+    types
+        .chars()
+        .map(|c| match c {
+            's' | 'T' => "25",
+            'i' => "23",
+            'q' => "20",
+            'N' => "1700",
+            other => panic!("type {other}"),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// What a command must answer.
 #[derive(Debug, Clone)]
 enum Expect {
@@ -345,6 +382,9 @@ async fn every_command_through_psycopg(mode: &str) -> anyhow::Result<()> {
         match expect {
             Expect::Columns(c) => {
                 assert_eq!(r["columns"], c.join(","), "{mode}: {sql}");
+                if let Some(types) = pgbouncer_types(sql) {
+                    assert_eq!(r["types"], oids(&types), "{mode}: {sql}: column types");
+                }
                 assert_eq!(r["status"], "SHOW", "{mode}: {sql}");
             }
             Expect::Tag(t) => {

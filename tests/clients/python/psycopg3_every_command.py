@@ -4,7 +4,8 @@ argv[1] is the protocol: `simple` (psycopg's default for a query without paramet
 `extended` (`binary=True`: Parse, Bind, Describe, Execute, Sync). The commands are the lines of the
 environment variable PGW_COMMANDS, run in order on one connection to the console (PGW_HOST, PGW_PORT,
 PGW_USER, PGW_PASSWORD, PGW_DB). One line per command:
-  RESULT n=<index> columns=<comma-separated names, or -> rows=<n> status=<command tag, spaces as _>
+  RESULT n=<index> columns=<comma-separated names, or -> types=<their type OIDs, or -> rows=<n>
+         status=<command tag, spaces as _>
   RESULT n=<index> error=<SQLSTATE> message=<first word of the message>
   RESULT n=<index> lost=1          (the connection closed: what the last command, SHUTDOWN, does)
 Notices (SHOW HELP's) are counted: RESULT n=<index> ... notices=<n>.
@@ -44,12 +45,14 @@ def main():
             continue
         if cur.description is not None:
             columns = ",".join(d.name for d in cur.description)
+            types = ",".join(str(d.type_code) for d in cur.description)
             rows = len(cur.fetchall())
         else:
-            columns, rows = "-", 0
+            columns, types, rows = "-", "-", 0
         status = (cur.statusmessage or "").replace(" ", "_")
         print(
-            f"RESULT n={n} columns={columns} rows={rows} status={status} notices={len(notices)}",
+            f"RESULT n={n} columns={columns} types={types} rows={rows} status={status} "
+            f"notices={len(notices)}",
             flush=True,
         )
     if not conn.closed:
