@@ -177,6 +177,8 @@ enum Gate {
 struct GateProxy {
     port: u16,
     gate: watch::Sender<Gate>,
+    /// True while the accept loop is parked by `Shut` (so a connection made now stays in the queue).
+    parked: watch::Receiver<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -188,12 +190,25 @@ impl GateProxy {
         // The smallest accept queue: once it holds one connection, further connects wait for accept.
         let listener = socket.listen(0)?;
         let (gate, rx) = watch::channel(Gate::Pass);
-        let task = tokio::spawn(accept_loop(listener, rx, upstream));
-        Ok(Self { port, gate, task })
+        let (parked_tx, parked) = watch::channel(false);
+        let task = tokio::spawn(accept_loop(listener, rx, parked_tx, upstream));
+        Ok(Self {
+            port,
+            gate,
+            parked,
+            task,
+        })
     }
 
     fn set(&self, gate: Gate) {
         self.gate.send_replace(gate);
+    }
+
+    /// Shuts the gate and returns once the accept loop has stopped accepting.
+    async fn shut(&mut self) -> anyhow::Result<()> {
+        self.set(Gate::Shut);
+        tokio::time::timeout(WAIT, self.parked.wait_for(|p| *p)).await??;
+        Ok(())
     }
 }
 
@@ -203,10 +218,19 @@ impl Drop for GateProxy {
     }
 }
 
-async fn accept_loop(listener: TcpListener, mut rx: watch::Receiver<Gate>, upstream: u16) {
+async fn accept_loop(
+    listener: TcpListener,
+    mut rx: watch::Receiver<Gate>,
+    parked: watch::Sender<bool>,
+    upstream: u16,
+) {
     loop {
-        if rx.wait_for(|g| *g != Gate::Shut).await.is_err() {
-            return;
+        if *rx.borrow_and_update() == Gate::Shut {
+            parked.send_replace(true);
+            if rx.wait_for(|g| *g != Gate::Shut).await.is_err() {
+                return;
+            }
+            parked.send_replace(false);
         }
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -269,7 +293,7 @@ async fn pool_cancels(admin: &Client, alias: &str) -> anyhow::Result<(String, St
 async fn a_cancel_in_flight_is_listed_waiting_then_active() -> anyhow::Result<()> {
     let pg = PgCluster::shared();
     let db = TestDb::create(pg, "adm_cancel_req", PasswordEncryption::Md5)?;
-    let proxy = GateProxy::start(pg.port()).await?;
+    let mut proxy = GateProxy::start(pg.port()).await?;
     let databases = format!(
         "{name} = host=127.0.0.1 port={} dbname={name}",
         proxy.port,
@@ -297,7 +321,7 @@ async fn a_cancel_in_flight_is_listed_waiting_then_active() -> anyhow::Result<()
     .await?;
 
     // Shut the gate and fill the proxy's accept queue: pgwarden's connect for the cancel will wait.
-    proxy.set(Gate::Shut);
+    proxy.shut().await?;
     let filler = TcpStream::connect(("127.0.0.1", proxy.port)).await?;
     let token = client.cancel_token();
     let cancel = tokio::spawn(async move { token.cancel_query(NoTls).await });
@@ -395,7 +419,7 @@ async fn kill_client_ends_a_cancel_request() -> anyhow::Result<()> {
     let admin = console(&pooler).await?;
     let client = Arc::new(app_client(&pooler, &db, &db.name, "sleeper").await?);
     let sleeper = Arc::clone(&client);
-    let query = tokio::spawn(async move { sleeper.simple_query("select pg_sleep(1.5)").await });
+    let query = tokio::spawn(async move { sleeper.simple_query("select pg_sleep(2)").await });
     wait_client(&admin, "the sleeper to hold a server", |t, r| {
         cell(t, r, "application_name") == "sleeper" && cell(t, r, "state") == "active"
     })
