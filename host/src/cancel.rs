@@ -7,8 +7,9 @@
 //! which it does after signalling the backend).
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -16,7 +17,9 @@ use subtle::ConstantTimeEq;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 
-use crate::net::Stream;
+use crate::conns::{CancelPhase, ClientRecord, ClientSpec, Registered, RegistryRef};
+use crate::net::{Peer, Stream};
+use crate::pool::Pool;
 use crate::protocol::startup;
 
 const SHARDS: usize = 16;
@@ -46,11 +49,19 @@ pub struct CancelSlot {
     pub secret: u32,
     state: Mutex<TargetState>,
     settled: Notify,
+    /// The pool and user of the client this key belongs to (a pool client's; none for the console), so a
+    /// cancel request in flight is listed under that pool in SHOW CLIENTS and counted in SHOW POOLS.
+    owner: OnceLock<(Arc<Pool>, String)>,
 }
 
 impl CancelSlot {
     fn lock(&self) -> std::sync::MutexGuard<'_, TargetState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The key belongs to a client of `pool` logged in as `user`.
+    pub fn set_owner(&self, pool: Arc<Pool>, user: String) {
+        let _ = self.owner.set((pool, user));
     }
 
     /// The client is now linked to a server: cancels go there.
@@ -132,6 +143,7 @@ impl CancelRegistry {
                 secret: rand::random(),
                 state: Mutex::default(),
                 settled: Notify::new(),
+                owner: OnceLock::new(),
             });
             shard.insert(pid, Arc::clone(&slot));
             return CancelHandle {
@@ -142,8 +154,17 @@ impl CancelRegistry {
     }
 
     /// Handles a CancelRequest: forwards it if the key matches a client that is linked to a server.
-    /// Returns whether a cancel was sent.
-    pub async fn forward(&self, pid: u32, secret: u32, timeout: Duration) -> bool {
+    /// Returns whether a cancel was sent. While it is forwarded, the request connection `from` (when given)
+    /// is listed among its target pool's clients, `waiting_cancel_req` until the connection to PostgreSQL is
+    /// open and `active_cancel_req` from the moment the cancel is sent until PostgreSQL closes it (PgBouncer's
+    /// states); a KILL_CLIENT of it, or a KILL of its database, abandons it.
+    pub async fn forward(
+        &self,
+        pid: u32,
+        secret: u32,
+        timeout: Duration,
+        from: Option<&CancelFrom<'_>>,
+    ) -> bool {
         let Some(slot) = self.shard(pid).get(&pid).cloned() else {
             return false;
         };
@@ -153,7 +174,18 @@ impl CancelRegistry {
         let Some(target) = slot.begin() else {
             return false;
         };
-        let sent = self.send_to(&target, timeout).await;
+        let listed = from.and_then(|f| slot.owner.get().map(|(pool, user)| f.list(pool, user)));
+        let send = self.send_to_listed(&target, timeout, listed.as_ref());
+        let sent = match &listed {
+            Some(l) => tokio::select! {
+                r = send => r,
+                () = l.record.kill_token().cancelled() => Err(std::io::Error::other(
+                    l.record.killed().unwrap_or("killed").to_owned(),
+                )),
+            },
+            None => send.await,
+        };
+        drop(listed);
         if let Err(e) = &sent {
             tracing::warn!(
                 "could not forward cancel request to {}:{}: {e}",
@@ -171,12 +203,27 @@ impl CancelRegistry {
     /// connection once the backend is signalled).
     /// `timeout` (cancel_wait_timeout; zero means no limit of its own) bounds the whole attempt.
     pub async fn send_to(&self, target: &CancelTarget, timeout: Duration) -> std::io::Result<()> {
+        self.send_to_listed(target, timeout, None).await
+    }
+
+    /// [`CancelRegistry::send_to`], moving `listed` to `active_cancel_req` once the cancel is sent.
+    async fn send_to_listed(
+        &self,
+        target: &CancelTarget,
+        timeout: Duration,
+        listed: Option<&Registered<ClientRecord>>,
+    ) -> std::io::Result<()> {
         let timeout = if timeout.is_zero() {
             CANCEL_SETTLE
         } else {
             timeout.min(CANCEL_SETTLE)
         };
-        match tokio::time::timeout(timeout, send_cancel(target)).await {
+        let sent = || {
+            if let Some(l) = listed {
+                l.record.set_cancel_phase(CancelPhase::Active);
+            }
+        };
+        match tokio::time::timeout(timeout, send_cancel(target, sent)).await {
             Ok(res) => res,
             Err(_) => Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
@@ -186,7 +233,7 @@ impl CancelRegistry {
     }
 }
 
-async fn send_cancel(target: &CancelTarget) -> std::io::Result<()> {
+async fn send_cancel(target: &CancelTarget, sent: impl FnOnce()) -> std::io::Result<()> {
     let mut stream =
         tokio::time::timeout(CANCEL_SETTLE, Stream::connect(&target.host, target.port))
             .await
@@ -194,11 +241,45 @@ async fn send_cancel(target: &CancelTarget) -> std::io::Result<()> {
     let mut buf = BytesMut::with_capacity(16);
     startup::write_cancel(&mut buf, target.pid, target.secret);
     stream.write_all(&buf).await?;
+    sent();
     // PostgreSQL closes the connection once it has signalled the backend; wait for that so the server is
     // not handed to another client before the signal landed.
     let mut sink = [0u8; 64];
     let _ = tokio::time::timeout(CANCEL_SETTLE, stream.read(&mut sink)).await;
     Ok(())
+}
+
+/// The connection a cancel request came on, to list it while the cancel is forwarded.
+#[derive(Debug, Clone, Copy)]
+pub struct CancelFrom<'a> {
+    pub id: u64,
+    pub peer: Peer,
+    pub local: Option<SocketAddr>,
+    pub unix_pid: u32,
+    /// The process's immediate-shutdown token (its record's kill token is a child of it).
+    pub terminate: &'a tokio_util::sync::CancellationToken,
+}
+
+impl CancelFrom<'_> {
+    /// Lists the request among `pool`'s clients, as `user`'s, waiting to be forwarded; unlisted on drop.
+    fn list(&self, pool: &Arc<Pool>, user: &str) -> Registered<ClientRecord> {
+        let spec = ClientSpec {
+            id: self.id,
+            user: user.to_owned(),
+            database: pool.key.database.to_string(),
+            peer: self.peer,
+            local: self.local,
+            unix_pid: self.unix_pid,
+            application_name: String::new(),
+        };
+        let record = ClientRecord::new(spec, self.terminate);
+        record.set_cancel_phase(CancelPhase::Waiting);
+        Registered::new(
+            record,
+            self.id,
+            RegistryRef::Pool(Arc::clone(pool), |p: &Pool| &p.live_clients),
+        )
+    }
 }
 
 /// A registered client key; unregisters on drop.
@@ -239,7 +320,7 @@ mod tests {
         drop(a);
         assert!(reg.shard(pid).get(&pid).is_none());
         assert!(
-            !reg.forward(pid, 0, Duration::from_secs(1)).await,
+            !reg.forward(pid, 0, Duration::from_secs(1), None).await,
             "unknown key does nothing"
         );
     }
@@ -250,11 +331,11 @@ mod tests {
         let h = reg.register();
         let (pid, secret) = (h.slot().pid, h.slot().secret);
         assert!(
-            !reg.forward(pid, secret.wrapping_add(1), Duration::from_secs(1))
+            !reg.forward(pid, secret.wrapping_add(1), Duration::from_secs(1), None)
                 .await
         );
         assert!(
-            !reg.forward(pid, secret, Duration::from_secs(1)).await,
+            !reg.forward(pid, secret, Duration::from_secs(1), None).await,
             "not linked: nothing to cancel"
         );
     }
@@ -281,8 +362,10 @@ mod tests {
             buf
         });
         let reg2 = Arc::clone(&reg);
-        let fwd =
-            tokio::spawn(async move { reg2.forward(pid, secret, Duration::from_secs(5)).await });
+        let fwd = tokio::spawn(async move {
+            reg2.forward(pid, secret, Duration::from_secs(5), None)
+                .await
+        });
         tokio::time::sleep(Duration::from_millis(30)).await;
         let started = std::time::Instant::now();
         h.slot().unlink().await;

@@ -34,6 +34,18 @@ pub enum ClientState {
     Waiting,
     /// Linked to a server.
     Active,
+    /// A cancel request not forwarded yet: its connection to PostgreSQL is being opened
+    /// (PgBouncer's `waiting_cancel_req`).
+    CancelWaiting,
+    /// A cancel request sent to PostgreSQL, waiting for it to close the connection (`active_cancel_req`).
+    CancelActive,
+}
+
+/// Where a cancel request being forwarded is (see [`ClientState::CancelWaiting`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelPhase {
+    Waiting,
+    Active,
 }
 
 /// A server connection's state.
@@ -89,7 +101,10 @@ pub struct ClientRecord {
     pub local: Option<SocketAddr>,
     /// The process at the other end of a Unix socket, when the kernel says (0 otherwise).
     pub unix_pid: u32,
-    pub application_name: String,
+    /// Its application_name as the client last heard it from a server (ParameterStatus), so SHOW CLIENTS
+    /// follows `SET application_name` and `RESET`, as PgBouncer's does. Written when it changes, read by
+    /// the console: an uncontended lock.
+    application_name: Mutex<Arc<str>>,
     born: Born,
     state: AtomicU8,
     /// Address of the linked server's record (0: none), for SHOW CLIENTS' `link`.
@@ -131,7 +146,7 @@ impl ClientRecord {
             peer: spec.peer,
             local: spec.local,
             unix_pid: spec.unix_pid,
-            application_name: spec.application_name,
+            application_name: Mutex::new(spec.application_name.into()),
             born,
             state: AtomicU8::new(ClientState::Idle as u8),
             link: AtomicUsize::new(0),
@@ -158,8 +173,28 @@ impl ClientRecord {
         match self.state.load(Ordering::Relaxed) {
             1 => ClientState::Waiting,
             2 => ClientState::Active,
+            3 => ClientState::CancelWaiting,
+            4 => ClientState::CancelActive,
             _ => ClientState::Idle,
         }
+    }
+
+    /// The record is a cancel request's, at `phase`.
+    pub fn set_cancel_phase(&self, phase: CancelPhase) {
+        let state = match phase {
+            CancelPhase::Waiting => ClientState::CancelWaiting,
+            CancelPhase::Active => ClientState::CancelActive,
+        };
+        self.request_us.store(self.born.offset(), Ordering::Relaxed);
+        self.state.store(state as u8, Ordering::Relaxed);
+    }
+
+    /// Whether the record is a cancel request's rather than a logged-in client's.
+    pub fn is_cancel(&self) -> bool {
+        matches!(
+            self.state(),
+            ClientState::CancelWaiting | ClientState::CancelActive
+        )
     }
 
     /// It queues for a server (or waits out a PAUSE).
@@ -192,6 +227,27 @@ impl ClientRecord {
         );
         if let Some(server) = server {
             server.link.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Its application_name now.
+    pub fn application_name(&self) -> Arc<str> {
+        Arc::clone(
+            &self
+                .application_name
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        )
+    }
+
+    /// The client's application_name is `app` now (a server reported it); a no-op when unchanged.
+    pub fn set_application_name(&self, app: &str) {
+        let mut current = self
+            .application_name
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if &**current != app {
+            *current = app.into();
         }
     }
 
@@ -441,6 +497,13 @@ impl<T> Registry<T> {
         self.lock().is_empty()
     }
 
+    /// Calls `f` on every record, in no order, under the registry's lock (keep `f` short).
+    pub fn each(&self, mut f: impl FnMut(&T)) {
+        for record in self.lock().values() {
+            f(record);
+        }
+    }
+
     /// Every record, by id.
     pub fn snapshot(&self) -> Vec<Arc<T>> {
         let map = self.lock();
@@ -449,6 +512,20 @@ impl<T> Registry<T> {
         ids.sort_by_key(|(id, _)| *id);
         ids.into_iter().map(|(_, r)| r).collect()
     }
+}
+
+/// The clients of `clients` waiting for a server, whether queued in their pool or held by a PAUSE or
+/// SUSPEND before reaching the queue: how many, and how long the one that has waited longest has waited.
+/// SHOW POOLS and the metrics count these, so they agree with SHOW CLIENTS' `waiting` rows.
+pub fn waiting(clients: &Registry<ClientRecord>) -> (u32, Duration) {
+    let (mut count, mut longest) = (0u32, Duration::ZERO);
+    clients.each(|c| {
+        if c.state() == ClientState::Waiting {
+            count += 1;
+            longest = longest.max(c.waited());
+        }
+    });
+    (count, longest)
 }
 
 /// A client's record, registered for as long as this lives.
@@ -593,6 +670,32 @@ mod tests {
     }
 
     #[test]
+    fn a_cancel_request_record_goes_from_waiting_to_active() {
+        let c = client(5);
+        assert!(!c.is_cancel());
+        c.set_cancel_phase(CancelPhase::Waiting);
+        assert_eq!(c.state(), ClientState::CancelWaiting);
+        assert!(c.is_cancel());
+        c.set_cancel_phase(CancelPhase::Active);
+        assert_eq!(c.state(), ClientState::CancelActive);
+        assert!(c.is_cancel());
+    }
+
+    #[test]
+    fn application_name_follows_what_the_server_reports() {
+        let c = client(6);
+        assert_eq!(&*c.application_name(), "");
+        c.set_application_name("svc");
+        assert_eq!(&*c.application_name(), "svc");
+        let before = c.application_name();
+        c.set_application_name("svc");
+        assert!(
+            Arc::ptr_eq(&before, &c.application_name()),
+            "unchanged: not replaced"
+        );
+    }
+
+    #[test]
     fn kill_gives_its_reason_and_shutdown_its_own() {
         let terminate = CancellationToken::new();
         let spec = ClientSpec {
@@ -613,6 +716,27 @@ mod tests {
         assert_eq!(b.killed(), None);
         terminate.cancel();
         assert_eq!(b.killed(), Some("server shutting down"));
+    }
+
+    #[test]
+    fn waiting_counts_waiting_clients_and_the_longest_wait() {
+        let reg = Registry::default();
+        for id in 1..=3 {
+            reg.insert(id, client(id));
+        }
+        assert_eq!(waiting(&reg), (0, Duration::ZERO));
+        let (a, b) = (reg.get(1).expect("1"), reg.get(2).expect("2"));
+        a.set_waiting();
+        std::thread::sleep(Duration::from_millis(3));
+        b.set_waiting();
+        reg.get(3)
+            .expect("3")
+            .set_cancel_phase(CancelPhase::Waiting);
+        let (count, longest) = waiting(&reg);
+        assert_eq!(count, 2);
+        assert!(longest >= Duration::from_millis(3), "{longest:?}");
+        a.link(&server(9));
+        assert_eq!(waiting(&reg).0, 1);
     }
 
     #[test]

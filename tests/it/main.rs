@@ -3,12 +3,16 @@
 
 mod admin;
 mod admin_conns;
+mod admin_every;
+mod admin_live;
+mod admin_load;
 mod auth;
 mod cancel;
 mod cli_clients;
 mod clients;
 mod config_cli;
 mod drivers;
+mod exporter;
 mod harness;
 mod lifecycle;
 mod logs;

@@ -272,8 +272,11 @@ fn pools(state: &State, runtime: &Runtime) -> ResultSet {
     ]);
     let mut rows = Vec::new();
     for pool in state.pools.all() {
-        let snap = pool.snapshot();
+        let mut snap = pool.snapshot();
+        // Clients held by a PAUSE or SUSPEND wait outside the pool's queue: count them too.
+        (snap.waiting, snap.max_wait) = crate::conns::waiting(&pool.live_clients);
         let (used, tested) = sockets::used_and_tested(&pool);
+        let (cancel_active, cancel_waiting) = sockets::cancel_requests(&pool);
         let clients = pool.clients.load(Ordering::Acquire);
         let entry = runtime.config.database(&pool.key.database);
         let balance = entry
@@ -287,8 +290,8 @@ fn pools(state: &State, runtime: &Runtime) -> ResultSet {
                 &*pool.key.user,
                 clients.saturating_sub(snap.waiting),
                 snap.waiting,
-                0u32,
-                0u32,
+                cancel_active,
+                cancel_waiting,
                 snap.in_use.saturating_sub(tested),
                 0u32,
                 0u32,

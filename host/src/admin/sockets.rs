@@ -78,19 +78,30 @@ pub fn show(state: &State, runtime: &Runtime, which: Listing) -> ResultSet {
     let want_clients = which != Listing::Servers;
     let want_servers = which != Listing::Clients;
     // A server's application_name is its client's.
-    let apps: HashMap<usize, &str> = clients
+    let apps: HashMap<usize, Arc<str>> = clients
         .iter()
         .flat_map(|(_, cs)| cs.iter())
-        .map(|c| (c.ptr(), c.application_name.as_str()))
+        .map(|c| (c.ptr(), c.application_name()))
         .collect();
     for (pool, records) in &clients {
         if want_clients {
-            // PgBouncer's order: the active list (linked or idle), then the waiting one.
-            for waiting in [false, true] {
-                for c in records
-                    .iter()
-                    .filter(|c| (c.state() == ClientState::Waiting) == waiting)
+            // PgBouncer's order: the active list (linked or idle), the waiting one, then the cancel requests
+            // being forwarded (SHOW CLIENTS only: PgBouncer's SOCKETS lists leave them out).
+            for group in [
+                ClientState::Active,
+                ClientState::Waiting,
+                ClientState::CancelActive,
+                ClientState::CancelWaiting,
+            ] {
+                if which != Listing::Clients
+                    && matches!(
+                        group,
+                        ClientState::CancelActive | ClientState::CancelWaiting
+                    )
                 {
+                    continue;
+                }
+                for c in records.iter().filter(|c| list_of(c.state()) == group) {
                     if which == Listing::ActiveSockets && c.state() == ClientState::Idle {
                         continue;
                     }
@@ -105,9 +116,32 @@ pub fn show(state: &State, runtime: &Runtime, which: Listing) -> ResultSet {
     r
 }
 
+/// How many cancel requests for `pool`'s clients are being forwarded: (sent, not sent yet).
+pub fn cancel_requests(pool: &Pool) -> (u32, u32) {
+    let (mut active, mut waiting) = (0, 0);
+    for c in pool.live_clients.snapshot() {
+        match c.state() {
+            ClientState::CancelActive => active += 1,
+            ClientState::CancelWaiting => waiting += 1,
+            _ => {}
+        }
+    }
+    (active, waiting)
+}
+
+/// Which of PgBouncer's client lists a client in `state` is on (idle ones are on the active list).
+fn list_of(state: ClientState) -> ClientState {
+    match state {
+        ClientState::Idle => ClientState::Active,
+        other => other,
+    }
+}
+
 fn client_row(c: &Arc<ClientRecord>, which: Listing, listen_port: u16, debug: bool) -> Vec<Cell> {
     let linked = c.linked() != 0;
     let state = match (c.state(), which) {
+        (ClientState::CancelActive, _) => "active_cancel_req",
+        (ClientState::CancelWaiting, _) => "waiting_cancel_req",
         (ClientState::Waiting, Listing::Clients) => "waiting",
         (ClientState::Waiting, _) => "cl_waiting",
         // PgBouncer prints a client of its active list that holds no server as idle.
@@ -140,7 +174,7 @@ fn client_row(c: &Arc<ClientRecord>, which: Listing, listen_port: u16, debug: bo
         ptr_text(c.linked()),
         c.unix_pid,
         "",
-        c.application_name.as_str(),
+        &*c.application_name(),
         c.prepared(),
         c.id,
     ];
@@ -182,7 +216,7 @@ fn server_rows(
     r: &mut ResultSet,
     pool: &Pool,
     which: Listing,
-    apps: &HashMap<usize, &str>,
+    apps: &HashMap<usize, Arc<str>>,
     debug: bool,
 ) {
     let servers = pool.live_servers.snapshot();
@@ -231,7 +265,7 @@ fn server_rows(
                 ptr_text(s.linked()),
                 s.remote_pid,
                 "",
-                apps.get(&s.linked()).copied().unwrap_or(""),
+                apps.get(&s.linked()).map_or("", |a| &**a),
                 s.prepared(),
                 s.id,
             ];

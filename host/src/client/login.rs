@@ -73,7 +73,18 @@ async fn login(
     let msg = match read_first(conn).await? {
         First::Cancel { pid, secret } => {
             let timeout = state.runtime().config.settings.cancel_wait_timeout;
-            if !state.cancels.forward(pid, secret, timeout).await {
+            let from = crate::cancel::CancelFrom {
+                id: info.id,
+                peer: info.peer,
+                local: info.local,
+                unix_pid: info.unix_pid,
+                terminate: &state.lifecycle.terminate,
+            };
+            if !state
+                .cancels
+                .forward(pid, secret, timeout, Some(&from))
+                .await
+            {
                 // Perhaps a console client interrupting a command that waits (PAUSE, WAIT_CLOSE).
                 crate::admin::cancel_request(state, pid, secret);
             }

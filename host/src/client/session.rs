@@ -203,6 +203,8 @@ impl Session {
     ) -> Self {
         let stop_token: CancellationToken = state.lifecycle.draining.child_token();
         let live = register_client(&state, &info, &user, &pool.0, &params);
+        // A cancel request for this client is listed under its pool while it is forwarded.
+        cancel.slot().set_owner(Arc::clone(&pool.0), user.clone());
         // Cancelled by an immediate shutdown and by KILL/KILL_CLIENT.
         let terminate_token: CancellationToken = live.record.kill_token().clone();
         Self {
@@ -566,6 +568,7 @@ impl Session {
         // The plugins a transaction starts with are the ones it finishes with, whatever a reload swaps in
         // meanwhile; a session-mode client picks up a new generation between transactions.
         let mut policy_runtime = self.policy_runtime();
+        let app_index = self.state.tracked.index("application_name");
         let track_session = mode != PoolMode::Session;
         relay.track_session = track_session;
         relay.standard_strings = self
@@ -672,6 +675,10 @@ impl Session {
             if relay.quiet() && relay.counts != Counts::default() {
                 // Totals move at every answered request, also for a session-mode client's long link.
                 self.pool.0.stats.add(&std::mem::take(&mut relay.counts));
+                // SHOW CLIENTS follows the application_name the server reported (SET, RESET).
+                if let Some(app) = app_index.and_then(|i| self.params.get(i)) {
+                    self.live.record.set_application_name(app);
+                }
             }
             if let Some(end) = self.decide(mode, relay) {
                 return end;

@@ -144,7 +144,9 @@ fn pool_rows(state: &State) -> Vec<PoolRow> {
         .all()
         .into_iter()
         .map(|pool| {
-            let snap = pool.snapshot();
+            let mut snap = pool.snapshot();
+            // Clients held by a PAUSE or SUSPEND wait outside the pool's queue: count them too.
+            (snap.waiting, snap.max_wait) = crate::conns::waiting(&pool.live_clients);
             let clients = Clients::split(
                 pool.clients.load(Ordering::Acquire),
                 snap.waiting,
