@@ -140,6 +140,9 @@ pub struct Session {
     plugin_info: SessionInfo,
     /// Fires when the process starts draining or terminating; polled only until it fires once.
     stop: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// The token behind `stop` (a child of the process's draining token): checked before each checkout,
+    /// where the shared parent's lock would be taken by every client at every transaction.
+    stop_token: CancellationToken,
     stop_seen: bool,
     /// Fires on an immediate shutdown (a drain that fired `stop` may later turn into one). A per-session
     /// child token, so polling it never contends with other sessions.
@@ -221,7 +224,8 @@ impl Session {
             pinned_for_good: false,
             was_pinned: None,
             plugin_info,
-            stop: Box::pin(stop_token.cancelled_owned()),
+            stop: Box::pin(stop_token.clone().cancelled_owned()),
+            stop_token,
             stop_seen: false,
             terminate: Box::pin(terminate_token.cancelled_owned()),
             timer: None,
@@ -455,7 +459,7 @@ impl Session {
     /// any timer or shared wakeup; only a client that has to wait pays for them.
     async fn acquire(&mut self, conn: &mut ClientConn) -> Result<ServerConn, End> {
         let lifecycle = &self.state.lifecycle;
-        if lifecycle.draining.is_cancelled() {
+        if self.stop_token.is_cancelled() {
             return Err(End::pooler("server shutting down"));
         }
         if lifecycle.is_paused() {
@@ -465,7 +469,7 @@ impl Session {
             return Ok(server);
         }
         self.live.record.set_waiting();
-        let notify = self.state.runtime().config.settings.query_wait_notify;
+        let notify = self.state.runtime.load().config.settings.query_wait_notify;
         let notify_at = (!notify.is_zero()).then(|| tokio::time::Instant::now() + notify);
         let pool = Arc::clone(&self.pool.0);
         let live = Arc::clone(&self.live.record);
@@ -575,7 +579,7 @@ impl Session {
             .and_then(|i| self.params.get(i))
             .is_none_or(|v| !v.eq_ignore_ascii_case("off"));
         if track_session {
-            let settings = self.pool.0.settings();
+            let settings = self.pool.0.settings_guard();
             relay.ignore_sticky = settings.session_state == SessionState::Allow;
             relay.refuse_sticky = (settings.session_state == SessionState::Reject).then(|| {
                 Arc::from(match &settings.session_alias {
