@@ -468,6 +468,15 @@ impl Session {
         } else if let Some(server) = self.pool.0.checkout_idle().await {
             return Ok(server);
         }
+        // Boxed: the wait (the pool's queue, its timers, the select below) is the largest state of a
+        // client's task, and the task keeps its largest state's size for as long as the client stays, idle
+        // or not. Only a client that has to wait pays for the allocation.
+        Box::pin(self.wait_for_server(conn)).await
+    }
+
+    /// The slow path of [`Session::acquire`]: queues for a server, telling the client it is queued after
+    /// query_wait_notify.
+    async fn wait_for_server(&mut self, conn: &mut ClientConn) -> Result<ServerConn, End> {
         self.live.record.set_waiting();
         let notify = self.state.runtime.load().config.settings.query_wait_notify;
         let notify_at = (!notify.is_zero()).then(|| tokio::time::Instant::now() + notify);
