@@ -642,6 +642,9 @@ def targets_section(summary, idle):
     if pl and pl["tps_median"] and s and s["tps_median"]:
         r = pl["tps_median"] / s["tps_median"]
         row("plugins loaded ≥ 0.97× without (c100, medians)", f"{r:.3f}", r >= 0.97)
+    if pl and pl["cpu_s_per_10k"] and s and s["cpu_s_per_10k"]:
+        us = (pl["cpu_s_per_10k"] - s["cpu_s_per_10k"]) / 10_000 * 1e6
+        row("plugins: pooler CPU added per query ≤ 2 µs", f"{us:.1f} µs", us <= 2.0)
     out.append("")
     return out
 
@@ -687,7 +690,18 @@ def main():
     ap.add_argument("--pgbouncer", default=os.environ.get("PGBOUNCER_BIN", "/usr/sbin/pgbouncer"))
     ap.add_argument("--os-user", default="postgres", help="OS user for PostgreSQL and the poolers when root")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (cluster, configs, logs)")
+    ap.add_argument("--render", metavar="RAW_JSON", help="only write report.md again from a run's raw.json")
     opts = ap.parse_args()
+    if opts.render:
+        with open(opts.render) as f:
+            results = json.load(f)
+        scenarios = [s for s in SCENARIOS if any(r["scenario"] == s for r in results["runs"])]
+        summary = summarize(results, scenarios)
+        text = report(results, summary)
+        with open(os.path.join(os.path.dirname(os.path.abspath(opts.render)), "report.md"), "w") as f:
+            f.write(text)
+        print(text)
+        return
     opts.rounds = opts.rounds or (1 if opts.quick else 3)
     opts.duration = opts.duration or (5 if opts.quick else 15)
     opts.warmup = opts.warmup if opts.warmup is not None else (2 if opts.quick else 3)
