@@ -11,6 +11,7 @@ mod outq;
 pub mod prepared;
 mod relay;
 mod session;
+mod signal;
 mod startup;
 
 use std::borrow::Cow;

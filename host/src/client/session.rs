@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
 use tokio::time::Sleep;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::CancellationToken;
 
 use super::prepared::{ClientStatements, Statements};
 use super::relay::{Counts, Denial, QueryPolicy, Relay, RelayError, STREAM_MIN, ServerCtx};
+use super::signal::Signal;
 use super::{ClientConn, ClientInfo, End, OutQueue, login::checkout_end};
 use crate::cancel::{CancelHandle, CancelTarget};
 use crate::config::{PoolMode, SessionState};
@@ -139,14 +140,14 @@ pub struct Session {
     /// What policy plugins are told about this client (built once at login).
     plugin_info: SessionInfo,
     /// Fires when the process starts draining or terminating; polled only until it fires once.
-    stop: Pin<Box<WaitForCancellationFutureOwned>>,
+    stop: Signal,
     /// The token behind `stop` (a child of the process's draining token): checked before each checkout,
     /// where the shared parent's lock would be taken by every client at every transaction.
     stop_token: CancellationToken,
     stop_seen: bool,
     /// Fires on an immediate shutdown (a drain that fired `stop` may later turn into one). A per-session
     /// child token, so polling it never contends with other sessions.
-    terminate: Pin<Box<WaitForCancellationFutureOwned>>,
+    terminate: Signal,
     timer: Option<Pin<Box<Sleep>>>,
     /// Its record in the pool's registry of live clients (SHOW CLIENTS, KILL_CLIENT).
     live: Registered<ClientRecord>,
@@ -224,10 +225,10 @@ impl Session {
             pinned_for_good: false,
             was_pinned: None,
             plugin_info,
-            stop: Box::pin(stop_token.clone().cancelled_owned()),
+            stop: Signal::new(stop_token.clone()),
             stop_token,
             stop_seen: false,
-            terminate: Box::pin(terminate_token.cancelled_owned()),
+            terminate: Signal::new(terminate_token),
             timer: None,
             live,
             linked: None,
@@ -862,11 +863,11 @@ impl Session {
         {
             return Poll::Ready(Io::Timer);
         }
-        if !self.stop_seen && self.stop.as_mut().poll(cx).is_ready() {
+        if !self.stop_seen && Pin::new(&mut self.stop).poll(cx).is_ready() {
             return Poll::Ready(Io::Stop);
         }
         // Watched while linked too: KILL and KILL_CLIENT end a session mid-transaction.
-        if self.terminate.as_mut().poll(cx).is_ready() {
+        if Pin::new(&mut self.terminate).poll(cx).is_ready() {
             return Poll::Ready(Io::Stop);
         }
         if progress {
