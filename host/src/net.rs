@@ -55,11 +55,26 @@ impl Stream {
     }
 
     /// Reads what is there without waiting (`WouldBlock` when nothing is).
+    ///
+    /// A read that leaves room in `buf` took everything the socket had: its readiness is cleared then, as
+    /// tokio's own `poll_read` does, so the next wait sleeps until new data instead of spending a `recv`
+    /// on `EAGAIN` first (one wasted system call per transaction otherwise). Data that arrives meanwhile is
+    /// a new readiness event, which clearing does not lose.
     pub fn try_read_buf(&self, buf: &mut bytes::BytesMut) -> io::Result<usize> {
-        match self {
+        let room = buf.capacity() - buf.len();
+        let n = match self {
             Self::Tcp(s) => s.try_read_buf(buf),
             Self::Unix(s) => s.try_read_buf(buf),
+        }?;
+        if n > 0 && n < room {
+            let drained = || Err::<(), _>(io::Error::from(io::ErrorKind::WouldBlock));
+            // try_io clears the readiness it saw when the closure reports WouldBlock; nothing is read.
+            let _ = match self {
+                Self::Tcp(s) => s.try_io(tokio::io::Interest::READABLE, drained),
+                Self::Unix(s) => s.try_io(tokio::io::Interest::READABLE, drained),
+            };
         }
+        Ok(n)
     }
 
     /// Best-effort write that never waits (used for a parting Terminate on a connection being dropped).

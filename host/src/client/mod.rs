@@ -11,6 +11,7 @@ mod outq;
 pub mod prepared;
 mod relay;
 mod session;
+mod signal;
 mod startup;
 
 use std::borrow::Cow;
@@ -228,9 +229,11 @@ pub async fn serve(state: Arc<State>, stream: Stream) {
     info.local = stream.local();
     info.unix_pid = stream.peer_pid().unwrap_or(0);
     let mut conn = ClientConn::new(stream);
-    let end = match login::run(&state, &mut conn, &info).await {
+    // The login's state (startup, authentication, perhaps a server login for the pool's welcome) and the
+    // console's are boxed: a task's allocation is its largest state, and each idle client keeps it.
+    let end = match Box::pin(login::run(&state, &mut conn, &info)).await {
         Ok(Some(LoggedIn::Pool(session))) => (*session).run(&mut conn).await,
-        Ok(Some(LoggedIn::Console(console))) => (*console).run(&mut conn).await,
+        Ok(Some(LoggedIn::Console(console))) => Box::pin((*console).run(&mut conn)).await,
         Ok(None) => return, // a cancel request: nothing to log
         Err(end) => end,
     };

@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
 use tokio::time::Sleep;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::CancellationToken;
 
 use super::prepared::{ClientStatements, Statements};
 use super::relay::{Counts, Denial, QueryPolicy, Relay, RelayError, STREAM_MIN, ServerCtx};
+use super::signal::Signal;
 use super::{ClientConn, ClientInfo, End, OutQueue, login::checkout_end};
 use crate::cancel::{CancelHandle, CancelTarget};
 use crate::config::{PoolMode, SessionState};
@@ -139,11 +140,14 @@ pub struct Session {
     /// What policy plugins are told about this client (built once at login).
     plugin_info: SessionInfo,
     /// Fires when the process starts draining or terminating; polled only until it fires once.
-    stop: Pin<Box<WaitForCancellationFutureOwned>>,
+    stop: Signal,
+    /// The token behind `stop` (a child of the process's draining token): checked before each checkout,
+    /// where the shared parent's lock would be taken by every client at every transaction.
+    stop_token: CancellationToken,
     stop_seen: bool,
     /// Fires on an immediate shutdown (a drain that fired `stop` may later turn into one). A per-session
     /// child token, so polling it never contends with other sessions.
-    terminate: Pin<Box<WaitForCancellationFutureOwned>>,
+    terminate: Signal,
     timer: Option<Pin<Box<Sleep>>>,
     /// Its record in the pool's registry of live clients (SHOW CLIENTS, KILL_CLIENT).
     live: Registered<ClientRecord>,
@@ -223,9 +227,10 @@ impl Session {
             pinned_for_good: false,
             was_pinned: None,
             plugin_info,
-            stop: Box::pin(stop_token.cancelled_owned()),
+            stop: Signal::new(stop_token.clone()),
+            stop_token,
             stop_seen: false,
-            terminate: Box::pin(terminate_token.cancelled_owned()),
+            terminate: Signal::new(terminate_token),
             timer: None,
             live,
             linked: None,
@@ -457,7 +462,7 @@ impl Session {
     /// any timer or shared wakeup; only a client that has to wait pays for them.
     async fn acquire(&mut self, conn: &mut ClientConn) -> Result<ServerConn, End> {
         let lifecycle = &self.state.lifecycle;
-        if lifecycle.draining.is_cancelled() {
+        if self.stop_token.is_cancelled() {
             return Err(End::pooler("server shutting down"));
         }
         if lifecycle.is_paused() {
@@ -466,8 +471,17 @@ impl Session {
         } else if let Some(server) = self.pool.0.checkout_idle().await {
             return Ok(server);
         }
+        // Boxed: the wait (the pool's queue, its timers, the select below) is the largest state of a
+        // client's task, and the task keeps its largest state's size for as long as the client stays, idle
+        // or not. Only a client that has to wait pays for the allocation.
+        Box::pin(self.wait_for_server(conn)).await
+    }
+
+    /// The slow path of [`Session::acquire`]: queues for a server, telling the client it is queued after
+    /// query_wait_notify.
+    async fn wait_for_server(&mut self, conn: &mut ClientConn) -> Result<ServerConn, End> {
         self.live.record.set_waiting();
-        let notify = self.state.runtime().config.settings.query_wait_notify;
+        let notify = self.state.runtime.load().config.settings.query_wait_notify;
         let notify_at = (!notify.is_zero()).then(|| tokio::time::Instant::now() + notify);
         let pool = Arc::clone(&self.pool.0);
         let live = Arc::clone(&self.live.record);
@@ -578,7 +592,7 @@ impl Session {
             .and_then(|i| self.params.get(i))
             .is_none_or(|v| !v.eq_ignore_ascii_case("off"));
         if track_session {
-            let settings = self.pool.0.settings();
+            let settings = self.pool.0.settings_guard();
             relay.ignore_sticky = settings.session_state == SessionState::Allow;
             relay.refuse_sticky = (settings.session_state == SessionState::Reject).then(|| {
                 Arc::from(match &settings.session_alias {
@@ -868,11 +882,11 @@ impl Session {
         {
             return Poll::Ready(Io::Timer);
         }
-        if !self.stop_seen && self.stop.as_mut().poll(cx).is_ready() {
+        if !self.stop_seen && Pin::new(&mut self.stop).poll(cx).is_ready() {
             return Poll::Ready(Io::Stop);
         }
         // Watched while linked too: KILL and KILL_CLIENT end a session mid-transaction.
-        if self.terminate.as_mut().poll(cx).is_ready() {
+        if Pin::new(&mut self.terminate).poll(cx).is_ready() {
             return Poll::Ready(Io::Stop);
         }
         if progress {

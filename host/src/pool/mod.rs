@@ -209,6 +209,12 @@ impl Pool {
         self.settings.load_full()
     }
 
+    /// The settings without touching their reference count (shared by every client of the pool): for the
+    /// per-transaction paths, never to be held across an await.
+    pub fn settings_guard(&self) -> arc_swap::Guard<Arc<PoolSettings>> {
+        self.settings.load()
+    }
+
     /// server_reset_query, if it must also run in transaction and statement mode
     /// (server_reset_query_always).
     pub fn reset_query_always(&self) -> Option<String> {
@@ -337,7 +343,15 @@ impl Pool {
         &self,
         query_timeout: Duration,
     ) -> Result<ServerConn, CheckoutError> {
-        let settings = self.settings();
+        // Copied out of a guard (no reference count touched: this runs for every waiting transaction).
+        let (query_wait_timeout, reserve_pool_size, reserve_pool_timeout) = {
+            let s = self.settings.load();
+            (
+                s.query_wait_timeout,
+                s.reserve_pool_size,
+                s.reserve_pool_timeout,
+            )
+        };
         let mut rx = loop {
             let (tx, rx) = oneshot::channel();
             {
@@ -357,7 +371,7 @@ impl Pool {
         self.launch_if_needed();
         // The nearer of query_wait_timeout and query_timeout, and the error it gives.
         let wait_deadline = [
-            (settings.query_wait_timeout, CheckoutError::WaitTimeout),
+            (query_wait_timeout, CheckoutError::WaitTimeout),
             (query_timeout, CheckoutError::QueryTimeout),
         ]
         .into_iter()
@@ -368,9 +382,8 @@ impl Pool {
             Some((at, e)) => (Some(at), e),
             None => (None, CheckoutError::WaitTimeout),
         };
-        let reserve_at = (settings.reserve_pool_size > 0
-            && !settings.reserve_pool_timeout.is_zero())
-        .then(|| tokio::time::Instant::now() + settings.reserve_pool_timeout);
+        let reserve_at = (reserve_pool_size > 0 && !reserve_pool_timeout.is_zero())
+            .then(|| tokio::time::Instant::now() + reserve_pool_timeout);
         let mut reserve = None;
         loop {
             tokio::select! {
@@ -527,8 +540,14 @@ impl Pool {
 
     /// Opens new connections while clients wait for more than are being opened, within every limit.
     pub(crate) fn launch_if_needed(&self) {
+        // A guard, not a clone: called for every transaction that has to wait.
+        let settings = self.settings.load();
+        if self.at_limit(&self.lock(), &settings) {
+            // The usual answer when clients outnumber the pool, given without touching the pool's
+            // reference count (shared by all its clients) or sweeping the waiters.
+            return;
+        }
         let Some(me) = self.me.upgrade() else { return };
-        let settings = self.settings();
         // Reserve every launch first and spawn afterwards: a spawn the runtime refuses (it is shutting
         // down) drops its slot at once, and a loop that spawned as it went would see the demand again
         // and spin.
@@ -561,6 +580,11 @@ impl Pool {
     /// Whether one more connection should be opened now; if so, counts it as opening.
     fn reserve_launch(&self, me: &Arc<Pool>, settings: &PoolSettings) -> bool {
         let mut inner = self.lock();
+        // A pool at its limit opens nothing, whatever the demand: answer before the sweep below, which
+        // visits every waiter (hundreds of them when clients outnumber the pool, once per transaction).
+        if self.at_limit(&inner, settings) {
+            return false;
+        }
         inner.waiters.retain(|w| !w.tx.is_closed());
         let min_wanted = self.min_pool_wanted(settings);
         let demand = inner.waiters.len() as u32 + min_wanted.saturating_sub(inner.open);
@@ -582,10 +606,6 @@ impl Pool {
                 return false;
             }
         }
-        let reserve = inner.reserve_wanted.min(settings.reserve_pool_size);
-        if inner.open >= settings.pool_size.saturating_add(reserve) {
-            return false;
-        }
         let from_reserve = inner.open >= settings.pool_size;
         inner.open += 1;
         inner.connecting += 1;
@@ -594,6 +614,12 @@ impl Pool {
             tracing::warn!(pool = %self.key, "taking connection from reserve_pool");
         }
         true
+    }
+
+    /// Whether the pool has every connection it may open (its size, and the reserve it is using).
+    fn at_limit(&self, inner: &Inner, settings: &PoolSettings) -> bool {
+        let reserve = inner.reserve_wanted.min(settings.reserve_pool_size);
+        inner.open >= settings.pool_size.saturating_add(reserve)
     }
 
     /// Connections to keep open even with no waiting client: min_pool_size, when the pool has a forced user
