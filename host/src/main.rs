@@ -65,9 +65,13 @@ fn start(cli: &Cli, loaded: config::Loaded) -> Result<(), Box<dyn std::error::Er
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let env_set = std::env::var_os("TOKIO_WORKER_THREADS").is_some();
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = process::worker_threads(settings.worker_threads, env_set, cpus) {
+        builder.worker_threads(n);
+    }
+    let runtime = builder.enable_all().build()?;
     runtime.block_on(async {
         // Signals first: a SIGTERM that arrives while binding must still mean a clean shutdown
         // (pidfile and socket removed), not the default action.

@@ -30,6 +30,20 @@ pub enum ProcessError {
     SwitchUser { user: String, source: nix::Error },
 }
 
+/// How many runtime threads serve connections: `worker_threads` when set; else tokio's
+/// `TOKIO_WORKER_THREADS` when the environment has it (`None`: let tokio read it); else one per CPU this
+/// process may run on (`cpus`, which counts affinity masks and cgroup quotas), except that one or two
+/// CPUs get a single thread. On such a machine the pooler shares the CPUs with PostgreSQL or its
+/// clients, and a second thread mostly adds cross-thread wake-ups: measured in BENCHMARKS.md.
+pub fn worker_threads(setting: u32, env_set: bool, cpus: usize) -> Option<usize> {
+    match setting {
+        0 if env_set => None,
+        0 if cpus <= 2 => Some(1),
+        0 => Some(cpus),
+        n => Some(usize::try_from(n).unwrap_or(usize::MAX)),
+    }
+}
+
 /// Detaches from the terminal: fork (the parent exits), new session, stdio to /dev/null. Must run before
 /// any thread exists (before the tokio runtime), which is what makes `fork` sound here.
 #[allow(
@@ -174,5 +188,20 @@ async fn on_signal(state: &Arc<State>, kind: SignalKind) {
         } else {
             tracing::info!("got SIGUSR2, but not paused/suspended");
         }
+    }
+}
+
+#[cfg(test)]
+mod worker_tests {
+    use super::worker_threads;
+
+    #[test]
+    fn the_setting_wins_then_the_environment_then_the_cpus() {
+        assert_eq!(worker_threads(3, true, 8), Some(3));
+        assert_eq!(worker_threads(0, true, 8), None);
+        assert_eq!(worker_threads(0, false, 8), Some(8));
+        assert_eq!(worker_threads(0, false, 4), Some(4));
+        assert_eq!(worker_threads(0, false, 2), Some(1));
+        assert_eq!(worker_threads(0, false, 1), Some(1));
     }
 }

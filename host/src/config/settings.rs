@@ -41,7 +41,6 @@ pub const NOT_IMPLEMENTED: &[&str] = &[
     "unix_socket_group",
     "server_round_robin",
     "conffile",
-    "server_fast_close",
     "client_tls_ca_file",
     "client_tls_cert_file",
     "client_tls_key_file",
@@ -350,6 +349,8 @@ settings! {
         "Unix user to switch to after startup.";
     verbose: u8 = "0", level, "integer", reload,
         "Extra logging verbosity: 0 info, 1 debug, 2 and up trace; the larger of this and -v applies.";
+    worker_threads: u32 = "0", uint, "integer", fixed,
+        "pgwarden: threads serving connections; 0 picks one per CPU, but a single one on a machine with one or two CPUs (where the pooler shares them with PostgreSQL or its clients, a second thread costs more in wake-ups than it gives; see BENCHMARKS.md).";
 }
 
 /// Looks up a setting's metadata by canonical (lower-case) name.
@@ -477,11 +478,12 @@ mod tests {
             "resolv_conf",
             "metrics_listen_addr",
             "metrics_listen_port",
+            "worker_threads",
         ] {
             assert!(!is_reloadable(key), "{key}");
         }
         let fixed = SETTINGS.iter().filter(|s| !s.reloadable).count();
-        assert_eq!(fixed, 17);
+        assert_eq!(fixed, 18);
         assert!(is_reloadable("pool_mode"));
         assert!(is_reloadable("Default_Pool_Size"));
         assert!(!is_reloadable("no_such_setting"));
