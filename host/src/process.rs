@@ -32,14 +32,13 @@ pub enum ProcessError {
 
 /// How many runtime threads serve connections: `worker_threads` when set; else tokio's
 /// `TOKIO_WORKER_THREADS` when the environment has it (`None`: let tokio read it); else one per CPU this
-/// process may run on (`cpus`, which counts affinity masks and cgroup quotas), except that one or two
-/// CPUs get a single thread. On such a machine the pooler shares the CPUs with PostgreSQL or its
-/// clients, and a second thread mostly adds cross-thread wake-ups: measured in BENCHMARKS.md.
+/// process may run on (`cpus`, which counts affinity masks and cgroup quotas). A single thread is not the
+/// better default on a small machine: on 2 CPUs shared with PostgreSQL and pgbench it measured 0.8–0.95x
+/// the TPS of two (BENCHMARKS.md).
 pub fn worker_threads(setting: u32, env_set: bool, cpus: usize) -> Option<usize> {
     match setting {
         0 if env_set => None,
-        0 if cpus <= 2 => Some(1),
-        0 => Some(cpus),
+        0 => Some(cpus.max(1)),
         n => Some(usize::try_from(n).unwrap_or(usize::MAX)),
     }
 }
@@ -201,7 +200,7 @@ mod worker_tests {
         assert_eq!(worker_threads(0, true, 8), None);
         assert_eq!(worker_threads(0, false, 8), Some(8));
         assert_eq!(worker_threads(0, false, 4), Some(4));
-        assert_eq!(worker_threads(0, false, 2), Some(1));
-        assert_eq!(worker_threads(0, false, 1), Some(1));
+        assert_eq!(worker_threads(0, false, 2), Some(2));
+        assert_eq!(worker_threads(0, false, 0), Some(1));
     }
 }

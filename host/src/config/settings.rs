@@ -350,7 +350,7 @@ settings! {
     verbose: u8 = "0", level, "integer", reload,
         "Extra logging verbosity: 0 info, 1 debug, 2 and up trace; the larger of this and -v applies.";
     worker_threads: u32 = "0", uint, "integer", fixed,
-        "pgwarden: threads serving connections; 0 picks one per CPU, but a single one on a machine with one or two CPUs (where the pooler shares them with PostgreSQL or its clients, a second thread costs more in wake-ups than it gives; see BENCHMARKS.md).";
+        "pgwarden: threads serving connections; 0 is one per CPU the process may use (or TOKIO_WORKER_THREADS when set).";
 }
 
 /// Looks up a setting's metadata by canonical (lower-case) name.
