@@ -366,6 +366,16 @@ impl Relay {
         self.refuse_as(out, denial, in_batch, None);
     }
 
+    /// Answers a Bind or Describe of a statement the client cannot use: one prepared before DDL changed
+    /// its result type (`outdated`), or one it never prepared.
+    fn refuse_unusable(&mut self, out: &mut OutQueue, name: &str, outdated: bool) {
+        if outdated {
+            self.refuse_as(out, &result_type_changed(), true, Some(REVALIDATE));
+        } else {
+            self.refuse(out, &statement_error("26000", name, "does not exist"), true);
+        }
+    }
+
     /// [`Relay::refuse`], the error naming `routine` as the PostgreSQL function that raised it (drivers
     /// tell some errors apart by it).
     fn refuse_as(
@@ -464,16 +474,7 @@ impl Relay {
                         *run = 0;
                         self.drop_client_frame(input, h.frame_len, whole);
                         self.unsynced = true;
-                        match found {
-                            Some(_) => {
-                                self.refuse_as(out, &result_type_changed(), true, Some(REVALIDATE));
-                            }
-                            None => self.refuse(
-                                out,
-                                &statement_error("26000", &name, "does not exist"),
-                                true,
-                            ),
-                        }
+                        self.refuse_unusable(out, &name, found.is_some());
                         return Ok(Mapped::Done);
                     }
                 };
@@ -540,16 +541,7 @@ impl Relay {
                 let stmt = match stmts.client.get(&name) {
                     Some(stmt) if !stmts.server.outdated(stmt) => Arc::clone(stmt),
                     found => {
-                        match found {
-                            Some(_) => {
-                                self.refuse_as(out, &result_type_changed(), true, Some(REVALIDATE));
-                            }
-                            None => self.refuse(
-                                out,
-                                &statement_error("26000", &name, "does not exist"),
-                                true,
-                            ),
-                        }
+                        self.refuse_unusable(out, &name, found.is_some());
                         return Ok(Mapped::Done);
                     }
                 };
