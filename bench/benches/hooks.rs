@@ -3,11 +3,14 @@
 //!
 //! - `policy/<query>/…`: one Query frame through `Relay::process_client`, as a session relays it, with
 //!   (a) no policy (the relay alone: the pooler does nothing more without a policy), (b) the host's SQL
-//!   summary and query record only, (c) the `testing` plugin in allow mode (a trivial plugin: what any
-//!   call costs), (d) the shipped `readonly` plugin (a real policy). (b)-(a) is the host's share, (c)-(b)
-//!   a call's fixed cost, (d)-(c) the readonly plugin's own work.
-//! - `policy_call/<query>/…`: `Plugin::check` alone with a query record built beforehand: the call
-//!   (lowering the record into the guest, the guest's work, the verdict back).
+//!   summary and `policy` query record only, (b2) the host's read-only reading only, (c) the `testing`
+//!   plugin in allow mode (a trivial `policy` plugin: what a call with records costs), (d) the shipped
+//!   `readonly` plugin (a real policy, through `query-policy` handles). (b)-(a) is the host's share for
+//!   a `policy` plugin and (c)-(b) its call's fixed cost; (b2)-(a) is the host's share for `readonly`,
+//!   (d)-(b2) its call and its own work.
+//! - `policy_call/<query>/…`: `Plugin::check` alone (for `testing`, with the query record built
+//!   beforehand): the call (lowering the record or the handles into the guest, the guest's work and the
+//!   imports it calls, the verdict back).
 //! - `policy_deny/insert_100B/readonly`: a write denied by `readonly`, relayed as the DO block that raises it.
 //! - `router/…`: `Plugin::route` (once per client connection).
 //! - `auth/…`: `Plugin::lookup` (once per login of a user not in auth_file).
@@ -24,7 +27,9 @@ use pgwarden::plugin::DatabaseAccess;
 use pgwarden::plugin::bindings::exports::pgwarden::plugin::policy::Verdict;
 use pgwarden::plugin::convert;
 use pgwarden_bench::plugins::{self, READONLY, ROUTER, TESTING};
-use pgwarden_bench::{Fixture, NoDatabase, PolicyPlugins, SummaryOnly, messages, sql};
+use pgwarden_bench::{
+    Fixture, NoDatabase, PolicyPlugins, ReadOnlyReading, SummaryOnly, messages, sql,
+};
 
 const MAX_PACKET: u32 = 1 << 30;
 
@@ -68,6 +73,7 @@ fn policy(c: &mut Criterion) {
         for policy in [
             None,
             Some(&mut SummaryOnly as &mut dyn QueryPolicy),
+            Some(&mut ReadOnlyReading as &mut dyn QueryPolicy),
             Some(&mut testing as &mut dyn QueryPolicy),
             Some(&mut readonly as &mut dyn QueryPolicy),
         ] {
@@ -89,6 +95,13 @@ fn policy(c: &mut Criterion) {
                 BatchSize::SmallInput,
             );
         });
+        group.bench_function("b2_host_read_only", |b| {
+            b.iter_batched_ref(
+                || relay_input(&frame),
+                |i| relay_once(i, Some(&mut ReadOnlyReading)),
+                BatchSize::SmallInput,
+            );
+        });
         group.bench_function("c_testing_allow", |b| {
             b.iter_batched_ref(
                 || relay_input(&frame),
@@ -105,14 +118,22 @@ fn policy(c: &mut Criterion) {
         });
         group.finish();
 
-        let info = plugins::session("app", TESTING);
-        let query = convert::query(text, false, "", true);
+        let mut info = plugins::session("app", TESTING);
+        let input = convert::QueryInput {
+            sql: text,
+            extended: false,
+            statement_name: "",
+            standard_strings: true,
+        };
+        let mut record = Some(convert::query(&input));
         let mut group = c.benchmark_group(format!("policy_call/{label}"));
         for (name, database) in [("testing_allow", TESTING), ("readonly", READONLY)] {
             let plugin = fx.plugin(Hook::Policy, database);
-            let verdict = plugin.check(&info, &query);
+            let verdict = plugin.check(&mut info, &input, &mut record);
             assert!(matches!(verdict, Ok(Verdict::Allow)), "{name}: {verdict:?}");
-            group.bench_function(name, |b| b.iter(|| plugin.check(&info, black_box(&query))));
+            group.bench_function(name, |b| {
+                b.iter(|| plugin.check(&mut info, black_box(&input), &mut record))
+            });
         }
         group.finish();
     }

@@ -14,4 +14,4 @@ pub mod messages;
 pub mod plugins;
 pub mod sql;
 
-pub use plugins::{Fixture, NoDatabase, PolicyPlugins, SummaryOnly};
+pub use plugins::{Fixture, NoDatabase, PolicyPlugins, ReadOnlyReading, SummaryOnly};

@@ -97,8 +97,8 @@ pub fn session(user: &str, database: &str) -> SessionInfo {
 }
 
 /// The policy plugins of one database, asked the way a client session asks them (as the private
-/// `SessionPolicy` of `host/src/client/session.rs` does: summary and query record once, then
-/// `pgwarden::client::check_query`).
+/// `SessionPolicy` of `host/src/client/session.rs` does: `pgwarden::client::check_query`, which builds
+/// the `policy` record only for plugins that export `policy`).
 pub struct PolicyPlugins<'a> {
     pub plugins: &'a PluginSet,
     pub database: &'a str,
@@ -128,12 +128,18 @@ impl QueryPolicy for PolicyPlugins<'_> {
         in_transaction: bool,
     ) -> Option<Denial> {
         self.info.in_transaction = in_transaction;
-        let query = convert::query(sql, extended, statement_name, self.standard_strings);
-        check_query(self.plugins, self.database, &self.info, &query)
+        let query = convert::QueryInput {
+            sql,
+            extended,
+            statement_name,
+            standard_strings: self.standard_strings,
+        };
+        check_query(self.plugins, self.database, &mut self.info, &query)
     }
 }
 
-/// The host's share of a policy check: pgwarden's SQL summary and the WIT query record, no plugin.
+/// The host's share of a `policy` plugin's check: pgwarden's SQL summary and the WIT query record, no
+/// plugin.
 pub struct SummaryOnly;
 
 impl QueryPolicy for SummaryOnly {
@@ -144,7 +150,29 @@ impl QueryPolicy for SummaryOnly {
         statement_name: &str,
         _in_transaction: bool,
     ) -> Option<Denial> {
-        black_box(convert::query(sql, extended, statement_name, true));
+        black_box(convert::query(&convert::QueryInput {
+            sql,
+            extended,
+            statement_name,
+            standard_strings: true,
+        }));
+        None
+    }
+}
+
+/// The host's share of a `query-policy` check that asks only `query.read-only()` (what the `readonly`
+/// plugin asks of a read-only query): pgwarden's read-only reading alone, no plugin.
+pub struct ReadOnlyReading;
+
+impl QueryPolicy for ReadOnlyReading {
+    fn check(
+        &mut self,
+        sql: &str,
+        _extended: bool,
+        _statement_name: &str,
+        _in_transaction: bool,
+    ) -> Option<Denial> {
+        black_box(pgwarden::sql::read_only_with(sql, true));
         None
     }
 }

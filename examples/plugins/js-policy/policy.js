@@ -4,7 +4,7 @@
 //
 // It reads pgwarden's own summary of each statement (`kind`, `command`): no SQL lexing here.
 
-import { log } from 'pgwarden:plugin/log@0.1.0';
+import { log } from 'pgwarden:plugin/log@0.1.1';
 
 const KEYS = ['exempt_databases', 'exempt_users', 'message', 'hint', 'fail_on_word'];
 

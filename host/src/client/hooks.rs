@@ -12,8 +12,8 @@ use crate::auth::Secret;
 use crate::config::{Hook, OnError, PoolMode};
 use crate::metrics::ErrorKind;
 use crate::net::Peer;
-use crate::plugin::bindings::exports::pgwarden::plugin::policy::{Query, Verdict};
-use crate::plugin::convert::SessionInfo;
+use crate::plugin::bindings::exports::pgwarden::plugin::policy::Verdict;
+use crate::plugin::convert::{QueryInput, SessionInfo};
 use crate::plugin::{DatabaseAccess, PluginSet, convert};
 use crate::pool::{CheckoutError, PoolKey, PoolSettings};
 use crate::server::ServerError;
@@ -237,11 +237,12 @@ impl DatabaseAccess for PoolQuery {
 pub fn check_query(
     plugins: &PluginSet,
     database: &str,
-    info: &SessionInfo,
-    query: &Query,
+    info: &mut SessionInfo,
+    query: &QueryInput<'_>,
 ) -> Option<Denial> {
+    let mut record = None;
     for plugin in plugins.for_hook(Hook::Policy, database) {
-        match plugin.check(info, query) {
+        match plugin.check(info, query, &mut record) {
             Ok(Verdict::Allow) => {}
             Ok(Verdict::Deny(d)) => {
                 plugins.errors().count(ErrorKind::PolicyDenial);

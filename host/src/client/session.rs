@@ -1010,7 +1010,12 @@ impl QueryPolicy for SessionPolicy<'_> {
         {
             app.clone_into(&mut self.info.application_name);
         }
-        let query = convert::query(sql, extended, statement_name, self.standard_strings);
+        let query = convert::QueryInput {
+            sql,
+            extended,
+            statement_name,
+            standard_strings: self.standard_strings,
+        };
         super::hooks::check_query(&self.runtime.plugins, self.database, self.info, &query)
     }
 }

@@ -1,7 +1,7 @@
 //! Host data into the WIT records plugins see, and their answers back into host terms.
 
 use super::bindings::exports::pgwarden::plugin::policy;
-use super::bindings::pgwarden::plugin::types;
+use super::bindings::pgwarden::plugin::{handles, types};
 use crate::config::PoolMode;
 use crate::net::Peer;
 use crate::sql::{self, StatementKind};
@@ -36,6 +36,22 @@ pub fn session_info(
     }
 }
 
+/// A session record with nothing in it: what a check's session is replaced with while a plugin call holds
+/// it (built without allocating).
+pub fn empty_session_info() -> SessionInfo {
+    SessionInfo {
+        user: String::new(),
+        database: String::new(),
+        application_name: String::new(),
+        client_address: String::new(),
+        client_ip: String::new(),
+        tls: false,
+        startup_parameters: Vec::new(),
+        pool_mode: types::PoolMode::Session,
+        in_transaction: false,
+    }
+}
+
 pub fn pool_mode(mode: PoolMode) -> types::PoolMode {
     match mode {
         PoolMode::Session => types::PoolMode::Session,
@@ -52,23 +68,30 @@ pub fn from_pool_mode(mode: types::PoolMode) -> PoolMode {
     }
 }
 
-/// The query record for `sql`, with pgwarden's summary of each statement, lexed as a session with
-/// `standard_conforming_strings` = `standard_strings` would.
-pub fn query(
-    sql_text: &str,
-    extended: bool,
-    statement_name: &str,
-    standard_strings: bool,
-) -> policy::Query {
+/// One query to check, as the relay has it. The `policy` record is built from it only for plugins that
+/// export `policy`; `query-policy` plugins read it through handles.
+#[derive(Debug, Clone, Copy)]
+pub struct QueryInput<'a> {
+    pub sql: &'a str,
+    /// A Parse message (extended protocol) rather than a Query message.
+    pub extended: bool,
+    /// For a Parse message, the prepared statement's name.
+    pub statement_name: &'a str,
+    /// The client's `standard_conforming_strings`, for the lexer.
+    pub standard_strings: bool,
+}
+
+/// The `policy` record of a query, with pgwarden's summary of each statement.
+pub fn query(q: &QueryInput<'_>) -> policy::Query {
     policy::Query {
-        sql: sql_text.to_owned(),
-        protocol: if extended {
+        sql: q.sql.to_owned(),
+        protocol: if q.extended {
             policy::Protocol::Extended
         } else {
             policy::Protocol::Simple
         },
-        statement_name: statement_name.to_owned(),
-        statements: sql::summarize_with(sql_text, standard_strings)
+        statement_name: q.statement_name.to_owned(),
+        statements: sql::summarize_with(q.sql, q.standard_strings)
             .into_iter()
             .map(statement)
             .collect(),
@@ -89,6 +112,25 @@ fn statement(s: sql::Statement) -> policy::Statement {
         },
         words: s.words,
         functions: s.functions,
+        read_only: s.read_only,
+    }
+}
+
+/// A statement as `handles.query.statements` returns it.
+pub fn handle_statement(s: &sql::Statement) -> handles::Statement {
+    handles::Statement {
+        text: s.text.clone(),
+        command: s.command.clone(),
+        kind: match s.kind {
+            StatementKind::Query => handles::StatementKind::Query,
+            StatementKind::DataChange => handles::StatementKind::DataChange,
+            StatementKind::SchemaChange => handles::StatementKind::SchemaChange,
+            StatementKind::TransactionControl => handles::StatementKind::TransactionControl,
+            StatementKind::Session => handles::StatementKind::Session,
+            StatementKind::Other => handles::StatementKind::Other,
+        },
+        words: s.words.clone(),
+        functions: s.functions.clone(),
         read_only: s.read_only,
     }
 }

@@ -5,11 +5,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wasmtime::StoreLimits;
-use wasmtime::component::ResourceTable;
+use wasmtime::component::{Resource, ResourceTable};
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::pgwarden::plugin::{database, log, types};
+use super::bindings::pgwarden::plugin::{database, handles, log, types};
+use super::convert;
 use super::wasi::LogOutput;
+use crate::sql;
 
 /// Longest log line a plugin may write; longer ones are cut (a plugin must not flood the log).
 const MAX_LOG_LINE: usize = 4096;
@@ -36,6 +38,58 @@ pub struct PluginState {
     /// The current call's time budget, when it started, and how long it has waited in the `database`
     /// import: waiting for PostgreSQL is not the plugin's work, so it does not count against the budget.
     pub(crate) clock: CallClock,
+    /// What the handles of a `query-policy` call read.
+    pub(crate) input: CallInput,
+}
+
+/// The `session` resource of `handles`. A call has one session, held in [`CallInput`], so the handle
+/// needs no data of its own.
+pub struct SessionHandle;
+
+/// The `query` resource of `handles`; like [`SessionHandle`], a call has one.
+pub struct QueryHandle;
+
+/// The session and query a `query-policy` call is about. The session record is moved in for the call
+/// and back out after it (no copy); the query's text is copied into buffers the store keeps, and its
+/// lexical reading is computed when the plugin first asks for it.
+#[derive(Default)]
+pub(crate) struct CallInput {
+    pub session: Option<types::SessionInfo>,
+    pub sql: String,
+    pub statement_name: String,
+    pub extended: bool,
+    pub standard_strings: bool,
+    read_only: Option<bool>,
+    statements: Option<Vec<sql::Statement>>,
+}
+
+impl CallInput {
+    /// Sets the query of the next call, forgetting the reading of the previous one.
+    pub fn set_query(&mut self, q: &convert::QueryInput<'_>) {
+        q.sql.clone_into(&mut self.sql);
+        q.statement_name.clone_into(&mut self.statement_name);
+        self.extended = q.extended;
+        self.standard_strings = q.standard_strings;
+        self.read_only = None;
+        self.statements = None;
+    }
+
+    fn statements(&mut self) -> &[sql::Statement] {
+        self.statements
+            .get_or_insert_with(|| sql::summarize_with(&self.sql, self.standard_strings))
+    }
+
+    fn read_only(&mut self) -> bool {
+        if let Some(known) = self.read_only {
+            return known;
+        }
+        let read_only = match &self.statements {
+            Some(statements) => statements.iter().all(|s| s.read_only),
+            None => sql::read_only_with(&self.sql, self.standard_strings),
+        };
+        self.read_only = Some(read_only);
+        read_only
+    }
 }
 
 /// See [`PluginState::clock`].
@@ -86,6 +140,7 @@ impl PluginState {
             name,
             database: None,
             clock: CallClock::start(Duration::ZERO),
+            input: CallInput::default(),
         }
     }
 }
@@ -146,6 +201,107 @@ impl database::Host for PluginState {
             }
             None => Err("database access is only available during an auth lookup".to_owned()),
         }
+    }
+}
+
+impl handles::Host for PluginState {}
+
+impl PluginState {
+    /// The call's session; a handle can only be used during the call that passed it, when the session is
+    /// always set, so the empty record never reaches a plugin.
+    fn session(&self) -> Option<&types::SessionInfo> {
+        self.input.session.as_ref()
+    }
+
+    fn session_str(&self, field: impl FnOnce(&types::SessionInfo) -> &String) -> String {
+        self.session().map(field).cloned().unwrap_or_default()
+    }
+}
+
+impl handles::HostSession for PluginState {
+    fn info(&mut self, _: Resource<SessionHandle>) -> types::SessionInfo {
+        self.session()
+            .cloned()
+            .unwrap_or_else(convert::empty_session_info)
+    }
+
+    fn user(&mut self, _: Resource<SessionHandle>) -> String {
+        self.session_str(|s| &s.user)
+    }
+
+    fn database(&mut self, _: Resource<SessionHandle>) -> String {
+        self.session_str(|s| &s.database)
+    }
+
+    fn application_name(&mut self, _: Resource<SessionHandle>) -> String {
+        self.session_str(|s| &s.application_name)
+    }
+
+    fn client_address(&mut self, _: Resource<SessionHandle>) -> String {
+        self.session_str(|s| &s.client_address)
+    }
+
+    fn client_ip(&mut self, _: Resource<SessionHandle>) -> String {
+        self.session_str(|s| &s.client_ip)
+    }
+
+    fn tls(&mut self, _: Resource<SessionHandle>) -> bool {
+        self.session().is_some_and(|s| s.tls)
+    }
+
+    fn startup_parameter(&mut self, _: Resource<SessionHandle>, name: String) -> Option<String> {
+        self.session()?
+            .startup_parameters
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.clone())
+    }
+
+    fn pool_mode(&mut self, _: Resource<SessionHandle>) -> types::PoolMode {
+        self.session()
+            .map_or(types::PoolMode::Session, |s| s.pool_mode)
+    }
+
+    fn in_transaction(&mut self, _: Resource<SessionHandle>) -> bool {
+        self.session().is_some_and(|s| s.in_transaction)
+    }
+
+    fn drop(&mut self, _: Resource<SessionHandle>) -> wasmtime::Result<()> {
+        Ok(())
+    }
+}
+
+impl handles::HostQuery for PluginState {
+    fn sql(&mut self, _: Resource<QueryHandle>) -> String {
+        self.input.sql.clone()
+    }
+
+    fn protocol(&mut self, _: Resource<QueryHandle>) -> handles::Protocol {
+        if self.input.extended {
+            handles::Protocol::Extended
+        } else {
+            handles::Protocol::Simple
+        }
+    }
+
+    fn statement_name(&mut self, _: Resource<QueryHandle>) -> String {
+        self.input.statement_name.clone()
+    }
+
+    fn read_only(&mut self, _: Resource<QueryHandle>) -> bool {
+        self.input.read_only()
+    }
+
+    fn statements(&mut self, _: Resource<QueryHandle>) -> Vec<handles::Statement> {
+        self.input
+            .statements()
+            .iter()
+            .map(convert::handle_statement)
+            .collect()
+    }
+
+    fn drop(&mut self, _: Resource<QueryHandle>) -> wasmtime::Result<()> {
+        Ok(())
     }
 }
 

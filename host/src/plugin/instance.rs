@@ -10,10 +10,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
-use wasmtime::component::InstancePre;
+use wasmtime::component::{InstancePre, Resource};
 use wasmtime::{Store, StoreLimitsBuilder, Trap, UpdateDeadline};
 
-use super::bindings::exports::pgwarden::plugin::{auth, init, policy, router};
+use super::bindings::exports::pgwarden::plugin::{auth, init, policy, query_policy, router};
+use super::convert::{self, QueryInput, SessionInfo};
 use super::engine::{PluginEngine, TICK};
 use super::host::{CallClock, PluginState};
 use crate::config::{Hook, PluginSpec};
@@ -52,6 +53,7 @@ struct Instance {
     store: Store<PluginState>,
     router: Option<router::Guest>,
     policy: Option<policy::Guest>,
+    query_policy: Option<query_policy::Guest>,
     auth: Option<auth::Guest>,
 }
 
@@ -60,6 +62,7 @@ struct Indices {
     init: init::GuestIndices,
     router: Option<router::GuestIndices>,
     policy: Option<policy::GuestIndices>,
+    query_policy: Option<query_policy::GuestIndices>,
     auth: Option<auth::GuestIndices>,
 }
 
@@ -89,21 +92,25 @@ impl Plugin {
         let digest: [u8; 32] = sha2::Sha256::digest(bytes).into();
         let component = engine.compile(bytes)?;
         let pre = engine.linker().instantiate_pre(&component).map_err(|e| {
-            format!("its imports are not what pgwarden:plugin@0.1.0 grants (no filesystem, network or clock): {e:#}")
+            format!("its imports are not what pgwarden:plugin@0.1.1 grants (no filesystem, network or clock): {e:#}")
         })?;
         let init = init::GuestIndices::new(&pre).map_err(|_| {
-            "it does not export pgwarden:plugin/init@0.1.0 (built against another ABI version?)"
+            "it does not export pgwarden:plugin/init@0.1 (built against another ABI version?)"
                 .to_owned()
         })?;
         let indices = Indices {
             init,
             router: router::GuestIndices::new(&pre).ok(),
             policy: policy::GuestIndices::new(&pre).ok(),
+            query_policy: query_policy::GuestIndices::new(&pre).ok(),
             auth: auth::GuestIndices::new(&pre).ok(),
         };
         let exported: Vec<Hook> = [
             (Hook::Router, indices.router.is_some()),
-            (Hook::Policy, indices.policy.is_some()),
+            (
+                Hook::Policy,
+                indices.policy.is_some() || indices.query_policy.is_some(),
+            ),
             (Hook::Auth, indices.auth.is_some()),
         ]
         .into_iter()
@@ -117,7 +124,7 @@ impl Plugin {
             Some(wanted) => {
                 if let Some(missing) = wanted.iter().find(|h| !exported.contains(h)) {
                     return Err(format!(
-                        "hooks = {} but it does not export pgwarden:plugin/{}@0.1.0",
+                        "hooks = {} but it does not export pgwarden:plugin/{}@0.1",
                         missing.as_str(),
                         missing.as_str()
                     ));
@@ -179,27 +186,38 @@ impl Plugin {
                 .as_ref()
                 .map(|i| i.load(&mut store, &instance))
                 .transpose()?;
-            let policy = ix
-                .policy
+            // A component exporting both policy hooks is called through `query-policy`.
+            let query_policy = ix
+                .query_policy
                 .as_ref()
                 .map(|i| i.load(&mut store, &instance))
                 .transpose()?;
+            let policy = match query_policy {
+                Some(_) => None,
+                None => ix
+                    .policy
+                    .as_ref()
+                    .map(|i| i.load(&mut store, &instance))
+                    .transpose()?,
+            };
             let auth = ix
                 .auth
                 .as_ref()
                 .map(|i| i.load(&mut store, &instance))
                 .transpose()?;
             let verdict = init.call_init(&mut store, &self.spec.config)?;
-            Ok::<_, wasmtime::Error>((router, policy, auth, verdict))
-        })();
-        match result {
-            Ok((router, policy, auth, Ok(()))) => Ok(Instance {
+            let instance = Instance {
                 store,
                 router,
                 policy,
+                query_policy,
                 auth,
-            }),
-            Ok((_, _, _, Err(message))) => Err(CallError::Trap {
+            };
+            Ok::<_, wasmtime::Error>((instance, verdict))
+        })();
+        match result {
+            Ok((instance, Ok(()))) => Ok(instance),
+            Ok((_, Err(message))) => Err(CallError::Trap {
                 plugin: self.name.to_string(),
                 message: format!("its init refused the configuration: {message}"),
             }),
@@ -267,14 +285,41 @@ impl Plugin {
         })
     }
 
+    /// Checks one query. `record` is the query as a `policy` plugin's record: built here on first use
+    /// and kept, so that the policy plugins of one check share it; a `query-policy` plugin never needs
+    /// it. The session is lent to a `query-policy` call and is back in `session` when this returns.
     pub fn check(
         &self,
-        session: &policy::SessionInfo,
-        query: &policy::Query,
+        session: &mut SessionInfo,
+        query: &QueryInput<'_>,
+        record: &mut Option<policy::Query>,
     ) -> Result<policy::Verdict, CallError> {
-        let verdict = self.call(|i| match &i.policy {
-            Some(g) => g.call_check(&mut i.store, session, query),
-            None => Err(wasmtime::format_err!("no policy export")),
+        let verdict = self.call(|i| {
+            if let Some(g) = &i.query_policy {
+                let input = &mut i.store.data_mut().input;
+                input.set_query(query);
+                input.session = Some(std::mem::replace(session, convert::empty_session_info()));
+                // One session and one query per call: the handles need no table entry.
+                let result = g.call_check(
+                    &mut i.store,
+                    Resource::new_borrow(0),
+                    Resource::new_borrow(0),
+                );
+                if let Some(back) = i.store.data_mut().input.session.take() {
+                    *session = back;
+                }
+                return result.map(|v| match v {
+                    query_policy::Verdict::Allow => policy::Verdict::Allow,
+                    query_policy::Verdict::Deny(d) => policy::Verdict::Deny(d),
+                });
+            }
+            match &i.policy {
+                Some(g) => {
+                    let record = record.get_or_insert_with(|| convert::query(query));
+                    g.call_check(&mut i.store, session, record)
+                }
+                None => Err(wasmtime::format_err!("no policy export")),
+            }
         })?;
         let counter = match verdict {
             policy::Verdict::Allow => &self.stats.allows,

@@ -1,6 +1,6 @@
 //! Sandboxed WebAssembly plugins: routing, query policy, auth lookup.
 //!
-//! A plugin is a component built against `wit/` (`pgwarden:plugin@0.1.0`). The host compiles every
+//! A plugin is a component built against `wit/` (`pgwarden:plugin@0.1.1`, or `0.1.0`). The host compiles every
 //! configured plugin off the hot path when the configuration loads, validates its exports and runs its
 //! `init` with its configuration table, and swaps the whole set in with the configuration generation.
 //! Calls run on warm instances from a lock-free pool, each with a CPU deadline (epoch interruption) and a

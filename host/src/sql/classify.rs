@@ -34,7 +34,7 @@ pub(super) fn classify(sig: &[Sig<'_>]) -> (StatementKind, bool) {
         let Some(at) = leading_word(sig, pos) else {
             break (Other, false);
         };
-        match &*sig[at].upper {
+        match &*sig[at].upper() {
             "EXPLAIN" => match explain_inner(sig, at, last_analyze.is_some_and(|a| a > at)) {
                 // Without ANALYZE nothing is executed: the inner statement is only planned.
                 None if outer.is_none() => return (Query, true),
@@ -123,7 +123,7 @@ fn explain_inner(sig: &[Sig<'_>], at: usize, analyze: bool) -> Option<usize> {
 
 /// A statement that is not a wrapper, by its command word at `at`.
 fn command(sig: &[Sig<'_>], at: usize) -> (StatementKind, bool) {
-    match &*sig[at].upper {
+    match &*sig[at].upper() {
         "SELECT" | "VALUES" | "TABLE" => (
             if has_any(sig, &["INTO"]) {
                 DataChange

@@ -93,6 +93,26 @@ pub fn summarize_with(sql: &str, standard_strings: bool) -> Vec<Statement> {
     out
 }
 
+/// Whether every statement of `sql` is read-only: what `summarize_with(sql, standard_strings)` says of
+/// each (true when there is no statement), without building the statements' text, words and command.
+/// The read-only policy asks only this for nearly every query.
+pub fn read_only_with(sql: &str, standard_strings: bool) -> bool {
+    let toks = tokens_with(sql, standard_strings);
+    let diverge = divergence(sql, &toks, standard_strings);
+    let mut ambiguous = false;
+    for piece in split(sql, &toks) {
+        let toks = &toks[piece.start..piece.end];
+        ambiguous |= toks.iter().any(|t| t.ambiguous || t.end > diverge);
+        // `None`: only whitespace and comments, which the server ignores.
+        if let Some(read_only) = summary::statement_read_only(sql, toks)
+            && (!read_only || ambiguous || piece.inner_semicolon)
+        {
+            return false;
+        }
+    }
+    true
+}
+
 /// The byte offset from which `toks` (lexed with `standard_strings`) and a lexing with the other value
 /// of `standard_conforming_strings` disagree; `usize::MAX` when they agree. Only a plain string holding a
 /// backslash can lex differently, so most queries are lexed once.

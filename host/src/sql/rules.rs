@@ -88,10 +88,10 @@ const RESERVED: &[&str] = &[
     "WITH",
 ];
 
-/// Whether `upper` (an upper-cased word) followed by `(` is surely no function call: a fully reserved
+/// Whether `word` (as written, in any case) followed by `(` is surely no function call: a fully reserved
 /// keyword, or `VALUES` (which may not name a function either, and starts every `VALUES (...)` list).
-pub(super) fn is_not_function(upper: &str) -> bool {
-    upper == "VALUES" || RESERVED.contains(&upper)
+pub(super) fn is_not_function(word: &str) -> bool {
+    word.eq_ignore_ascii_case("VALUES") || RESERVED.iter().any(|r| r.eq_ignore_ascii_case(word))
 }
 
 /// Built-in and contrib functions that write, change server or session state, assign a transaction
@@ -157,14 +157,19 @@ const SIDE_EFFECT_PREFIXES: &[&str] = &[
 
 /// Whether a function (as listed in `functions`, possibly schema-qualified) is a known side-effect
 /// function, in any schema and in any case (a quoted `"NEXTVAL"` is matched too: conservative).
+/// Only the part after the last `.` counts, so the last name part alone gives the same answer.
 pub(super) fn has_side_effects(function: &str) -> bool {
-    let name = function
-        .rsplit('.')
-        .next()
-        .unwrap_or(function)
-        .to_ascii_lowercase();
-    SIDE_EFFECT_FUNCTIONS.contains(&name.as_str())
-        || SIDE_EFFECT_PREFIXES.iter().any(|p| name.starts_with(p))
+    let name = function.rsplit('.').next().unwrap_or(function);
+    // The lists are lower-case ASCII (a test checks): comparing without ASCII case is comparing the
+    // lower-cased name, without building it.
+    SIDE_EFFECT_FUNCTIONS
+        .iter()
+        .any(|f| f.eq_ignore_ascii_case(name))
+        || SIDE_EFFECT_PREFIXES.iter().any(|p| {
+            name.as_bytes()
+                .get(..p.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(p.as_bytes()))
+        })
 }
 
 /// Settings whose change could let later statements write (or make the server lex differently from
@@ -255,4 +260,29 @@ pub(super) fn discard(sig: &[Sig<'_>], at: usize) -> (StatementKind, bool) {
     let harmless =
         sig.len() == at + 2 && sig[at + 1].is_word_in(&["PLANS", "SEQUENCES", "TEMP", "TEMPORARY"]);
     (StatementKind::Session, harmless)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The comparisons above ignore ASCII case on one side only: they rely on these spellings.
+    #[test]
+    fn lists_are_spelled_as_the_comparisons_expect() {
+        for f in SIDE_EFFECT_FUNCTIONS.iter().chain(SIDE_EFFECT_PREFIXES) {
+            assert_eq!(
+                *f,
+                f.to_ascii_lowercase(),
+                "side-effect names are lower-case"
+            );
+        }
+        for r in RESERVED {
+            assert_eq!(*r, r.to_ascii_uppercase(), "keywords are upper-case");
+        }
+        assert!(has_side_effects("PG_catalog.NextVal"));
+        assert!(has_side_effects("\"x.pg_set_foo\""));
+        assert!(!has_side_effects("pg_se"));
+        assert!(is_not_function("values") && is_not_function("Select"));
+        assert!(!is_not_function("coalesce"));
+    }
 }

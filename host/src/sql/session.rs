@@ -125,7 +125,7 @@ fn statement(sig: &[Sig<'_>], out: &mut Effects) {
         return;
     };
     let word = |i: usize, w: &str| sig.get(i).is_some_and(|s| s.is_word(w));
-    match &*first.upper {
+    match &*first.upper() {
         "SET" => set(sig, 1, out),
         "RESET" => {
             if word(1, "ALL") {
@@ -173,7 +173,7 @@ fn statement(sig: &[Sig<'_>], out: &mut Effects) {
         if !called || s.kind != TokenKind::Word {
             continue;
         }
-        match s.name.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        match s.name().map(|n| n.to_ascii_lowercase()).as_deref() {
             Some(
                 "pg_advisory_lock"
                 | "pg_advisory_lock_shared"
@@ -242,12 +242,12 @@ fn set(sig: &[Sig<'_>], mut at: usize, out: &mut Effects) {
 
 /// A setting name at `at`: `name` or `prefix.name`, as the server folds it.
 fn setting_name(sig: &[Sig<'_>], at: usize) -> Option<String> {
-    let mut name = sig.get(at)?.name.as_deref()?.to_owned();
+    let mut name = sig.get(at)?.name()?.into_owned();
     if sig.get(at + 1).is_some_and(|s| s.is_punct("."))
-        && let Some(rest) = sig.get(at + 2).and_then(|s| s.name.as_deref())
+        && let Some(rest) = sig.get(at + 2).and_then(Sig::name)
     {
         name.push('.');
-        name.push_str(rest);
+        name.push_str(&rest);
     }
     Some(name)
 }

@@ -6,37 +6,65 @@ use super::lexer::{StringKind, Token, TokenKind};
 use super::{Statement, classify, names, rules};
 
 /// A significant token (not whitespace or a comment), with what the rules need to know about it.
+///
+/// Nothing is allocated for a word: comparisons with keywords ignore ASCII case on the text as written,
+/// and its upper-cased form and folded name are made only where asked ([`Sig::upper`], [`Sig::name`]).
+/// This runs for every word of every query a policy checks.
 pub(super) struct Sig<'a> {
     pub kind: TokenKind,
     pub text: &'a str,
-    /// For a word, its text upper-cased (ASCII letters only); empty otherwise. Borrowed from the SQL when
-    /// upper-casing changes nothing (so is `name` when folding changes nothing): this runs for every word
-    /// of every query a policy checks.
-    pub upper: Cow<'a, str>,
-    /// For a word or quoted identifier, the name the server sees; `None` for other tokens.
-    pub name: Option<Cow<'a, str>>,
+    /// For a quoted identifier, the name the server sees (quotes removed, escapes decoded).
+    quoted: Option<String>,
     /// Parenthesis depth within the statement; a `(` and its `)` have the depth outside them.
     pub depth: usize,
 }
 
-impl Sig<'_> {
+impl<'a> Sig<'a> {
+    /// `word` must be upper-case: a keyword as the lexer's callers spell them.
     pub fn is_word(&self, word: &str) -> bool {
-        self.kind == TokenKind::Word && self.upper == word
+        debug_assert!(!word.bytes().any(|b| b.is_ascii_lowercase()), "{word}");
+        self.kind == TokenKind::Word && self.text.eq_ignore_ascii_case(word)
     }
 
+    /// Each of `words` must be upper-case, as for [`Sig::is_word`].
     pub fn is_word_in(&self, words: &[&str]) -> bool {
-        self.kind == TokenKind::Word && words.contains(&&*self.upper)
+        self.kind == TokenKind::Word && words.iter().any(|w| self.is_word(w))
     }
 
     pub fn is_punct(&self, punct: &str) -> bool {
         self.kind == TokenKind::Punct && self.text == punct
     }
 
+    /// For a word, its text upper-cased (ASCII letters only), borrowed when that changes nothing; ""
+    /// for any other token.
+    pub fn upper(&self) -> Cow<'a, str> {
+        match self.kind {
+            TokenKind::Word => upper_case(self.text),
+            _ => Cow::Borrowed(""),
+        }
+    }
+
+    /// For a word or quoted identifier, the name the server sees (a word folded to lower case); `None`
+    /// for other tokens.
+    pub fn name(&self) -> Option<Cow<'_, str>> {
+        match self.kind {
+            TokenKind::Word => Some(names::fold(self.text)),
+            _ => self.quoted.as_deref().map(Cow::Borrowed),
+        }
+    }
+
+    /// The name as [`Sig::name`] gives it, for comparisons that ignore ASCII case: a word as written.
+    pub fn name_any_case(&self) -> Option<&str> {
+        match self.kind {
+            TokenKind::Word => Some(self.text),
+            _ => self.quoted.as_deref(),
+        }
+    }
+
     /// Whether this is a word or quoted identifier naming one of `names` (compared without case, as
     /// the server compares setting and option names).
     pub fn names_any(&self, names: &[&str]) -> bool {
-        self.name
-            .as_deref()
+        self.name_any_case()
             .is_some_and(|n| names.iter().any(|x| n.eq_ignore_ascii_case(x)))
     }
 }
@@ -54,19 +82,14 @@ pub(super) fn summarize_statement(sql: &str, toks: &[Token]) -> Option<Statement
         .unwrap_or("")
         .to_string();
     let functions = functions(&sig);
-    let (kind, mut read_only) = classify::classify(&sig);
+    let side_effects = functions.iter().any(|f| rules::has_side_effects(f));
+    let (kind, read_only) = reading(&sig, uncertain, toks, side_effects);
     let words: Vec<String> = sig
-        .into_iter()
+        .iter()
         .filter(|s| s.kind == TokenKind::Word)
-        .map(|s| s.upper.into_owned())
+        .map(|s| s.upper().into_owned())
         .collect();
     let command = words.first().cloned().unwrap_or_default();
-    if uncertain
-        || toks.iter().any(|t| t.unterminated)
-        || functions.iter().any(|f| rules::has_side_effects(f))
-    {
-        read_only = false;
-    }
     Some(Statement {
         text,
         command,
@@ -75,6 +98,34 @@ pub(super) fn summarize_statement(sql: &str, toks: &[Token]) -> Option<Statement
         functions,
         read_only,
     })
+}
+
+/// The `read_only` of [`summarize_statement`] alone; `None` if it has only whitespace and comments.
+pub(super) fn statement_read_only(sql: &str, toks: &[Token]) -> Option<bool> {
+    let (sig, uncertain) = significant(sql, toks);
+    if sig.is_empty() {
+        return None;
+    }
+    let mut side_effects = false;
+    // A function's last name part decides (see `rules::has_side_effects`); no name is built.
+    each_function(&sig, |parts| {
+        side_effects |= rules::has_side_effects(sig[parts[0]].name_any_case().unwrap_or(""));
+    });
+    Some(reading(&sig, uncertain, toks, side_effects).1)
+}
+
+/// The kind and the read-only reading of one statement, from its significant tokens, whether a name was
+/// uncertain, all its tokens and whether it calls a known side-effect function.
+fn reading(
+    sig: &[Sig<'_>],
+    uncertain: bool,
+    toks: &[Token],
+    side_effects: bool,
+) -> (super::StatementKind, bool) {
+    let (kind, read_only) = classify::classify(sig);
+    let read_only =
+        read_only && !uncertain && !side_effects && !toks.iter().any(|t| t.unterminated);
+    (kind, read_only)
 }
 
 /// The significant tokens with their names and depths, and whether some name could not be resolved
@@ -95,19 +146,16 @@ pub(super) fn significant<'a>(sql: &'a str, toks: &[Token]) -> (Vec<Sig<'a>>, bo
                 _ => {}
             }
         }
-        let (upper, name) = match t.kind {
-            TokenKind::Word => (upper_case(text), Some(names::fold(text))),
-            TokenKind::QuotedIdent { unicode: false } => (
-                Cow::Borrowed(""),
-                Some(Cow::Owned(names::quoted_name(text, false, '\\'))),
-            ),
-            _ => (Cow::Borrowed(""), None),
+        let quoted = match t.kind {
+            TokenKind::QuotedIdent { unicode: false } => {
+                Some(names::quoted_name(text, false, '\\'))
+            }
+            _ => None,
         };
         sig.push(Sig {
             kind: t.kind,
             text,
-            upper,
-            name,
+            quoted,
             depth: at,
         });
     }
@@ -122,11 +170,11 @@ pub(super) fn significant<'a>(sql: &'a str, toks: &[Token]) -> (Vec<Sig<'a>>, bo
             _ => Some('\\'),
         };
         uncertain |= escape.is_none();
-        sig[i].name = Some(Cow::Owned(names::quoted_name(
+        sig[i].quoted = Some(names::quoted_name(
             sig[i].text,
             true,
             escape.unwrap_or('\\'),
-        )));
+        ));
     }
     (sig, uncertain)
 }
@@ -156,43 +204,55 @@ fn uescape(s: &Sig<'_>) -> Option<char> {
 /// Every name (possibly dotted) followed by `(`, in order of the `(`.
 fn functions(sig: &[Sig<'_>]) -> Vec<String> {
     let mut out = Vec::new();
+    each_function(sig, |parts| {
+        let names: Vec<Cow<'_, str>> = parts
+            .iter()
+            .rev()
+            .map(|&k| sig[k].name().unwrap_or_default())
+            .collect();
+        out.push(names.join("."));
+    });
+    out
+}
+
+/// Calls `f` for each name (possibly dotted) followed by `(`, in order of the `(`, with the indices of its
+/// parts' name tokens, last part first.
+fn each_function(sig: &[Sig<'_>], mut f: impl FnMut(&[usize])) {
+    let mut parts = Vec::new();
     for i in 1..sig.len() {
         if !sig[i].is_punct("(") {
             continue;
         }
-        let Some((mut j, last)) = name_ending_at(sig, i - 1) else {
+        let Some(mut j) = name_ending_at(sig, i - 1) else {
             continue;
         };
-        let mut parts = vec![last];
+        parts.clear();
+        parts.push(j);
         while j >= 2 && sig[j - 1].is_punct(".") {
-            let Some((k, part)) = name_ending_at(sig, j - 2) else {
+            let Some(k) = name_ending_at(sig, j - 2) else {
                 break;
             };
-            parts.push(part);
+            parts.push(k);
             j = k;
         }
-        if parts.len() == 1
-            && sig[j].kind == TokenKind::Word
-            && rules::is_not_function(&sig[j].upper)
+        if parts.len() == 1 && sig[j].kind == TokenKind::Word && rules::is_not_function(sig[j].text)
         {
             continue;
         }
-        parts.reverse();
-        out.push(parts.join("."));
+        f(&parts);
     }
-    out
 }
 
-/// The name whose last token is `end`, and the index of its first token. A name is a word, a quoted
-/// identifier, or `U&"..." UESCAPE '<c>'`, which the server reads as one identifier: without this,
-/// `U&"!0073et_config" UESCAPE '!' (...)` would hide a call behind the string.
-fn name_ending_at<'s>(sig: &'s [Sig<'_>], end: usize) -> Option<(usize, &'s str)> {
+/// The index of the name whose last token is `end`: its first token, which holds the name. A name is a
+/// word, a quoted identifier, or `U&"..." UESCAPE '<c>'`, which the server reads as one identifier:
+/// without this, `U&"!0073et_config" UESCAPE '!' (...)` would hide a call behind the string.
+fn name_ending_at(sig: &[Sig<'_>], end: usize) -> Option<usize> {
     if matches!(sig[end].kind, TokenKind::String(_)) && end >= 2 && sig[end - 1].is_word("UESCAPE")
     {
         let ident = &sig[end - 2];
         if ident.kind == (TokenKind::QuotedIdent { unicode: true }) {
-            return Some((end - 2, ident.name.as_deref()?));
+            return ident.name_any_case().map(|_| end - 2);
         }
     }
-    Some((end, sig[end].name.as_deref()?))
+    sig[end].name_any_case().map(|_| end)
 }

@@ -4,7 +4,23 @@
 use super::StatementKind::{
     self, DataChange, Other, Query, SchemaChange, Session, TransactionControl,
 };
-use super::{Statement, summarize, summarize_with, tokens};
+use super::{Statement, tokens};
+
+/// [`super::summarize_with`], checking on every call that the read-only fast path agrees with the summary:
+/// every test here is a test of both.
+fn summarize_with(sql: &str, standard_strings: bool) -> Vec<Statement> {
+    let all = super::summarize_with(sql, standard_strings);
+    assert_eq!(
+        super::read_only_with(sql, standard_strings),
+        all.iter().all(|s| s.read_only),
+        "read_only_with disagrees with the summary of {sql:?} (standard_strings = {standard_strings}): {all:#?}"
+    );
+    all
+}
+
+fn summarize(sql: &str) -> Vec<Statement> {
+    summarize_with(sql, true)
+}
 
 /// The only statement of `sql`.
 fn one(sql: &str) -> Statement {

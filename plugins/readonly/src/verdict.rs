@@ -1,6 +1,6 @@
 //! The readonly policy's decision, independent of the component glue so it tests natively.
 
-use pgwarden_plugin_sdk::policy::{Query, Statement, StatementKind, Verdict};
+use pgwarden_plugin_sdk::query_policy::{Statement, StatementKind, Verdict};
 use pgwarden_plugin_sdk::{Config, deny, sqlstate};
 
 use crate::known::{is_harmless_function, is_writing_word, normalize_function};
@@ -50,11 +50,10 @@ impl Default for Settings {
     }
 }
 
-/// Allows `query` unless one of its statements is not read-only (and not exempted by
+/// Allows a query (its `statements`) unless one of them is not read-only (and not exempted by
 /// `allow_functions`); the first such statement is named in the refusal.
-pub fn verdict(settings: &Settings, query: &Query) -> Verdict {
-    match query
-        .statements
+pub fn verdict(settings: &Settings, statements: &[Statement]) -> Verdict {
+    match statements
         .iter()
         .find(|statement| !statement.read_only && !exempt(settings, statement))
     {

@@ -1,5 +1,4 @@
 use super::*;
-use pgwarden_plugin_sdk::policy::Protocol;
 
 /// A summary built by hand: words and functions are read naively from `text` (the tests use no
 /// quotes or comments), `read_only` is what pgwarden would have said.
@@ -32,17 +31,9 @@ fn stmt(text: &str, kind: StatementKind, read_only: bool) -> Statement {
     }
 }
 
-fn query(statements: Vec<Statement>) -> Query {
-    Query {
-        sql: statements
-            .iter()
-            .map(|s| s.text.as_str())
-            .collect::<Vec<_>>()
-            .join("; "),
-        protocol: Protocol::Simple,
-        statement_name: String::new(),
-        statements,
-    }
+/// A query's statements, as `query.statements()` returns them.
+fn query(statements: Vec<Statement>) -> Vec<Statement> {
+    statements
 }
 
 fn settings(pairs: &[(&str, &str)]) -> Settings {

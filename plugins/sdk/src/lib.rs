@@ -1,7 +1,7 @@
 //! Guest-side SDK for pgwarden plugins written in Rust.
 //!
 //! pgwarden runs its routing, query-policy and authentication plugins as sandboxed WebAssembly
-//! components built against the WIT package `pgwarden:plugin@0.1.0` (`wit/plugin.wit`). This crate
+//! components built against the WIT package `pgwarden:plugin@0.1.1` (`wit/plugin.wit`). This crate
 //! holds the generated bindings for that package plus the small helpers every plugin needs, so a
 //! plugin crate depends on this crate alone (not on `wit-bindgen`):
 //!
@@ -76,7 +76,7 @@
 //! ```
 //!
 //! [`export!`](crate::export!) takes the type (a plain identifier, as wit-bindgen requires) and a
-//! comma-separated, non-empty list of hooks among `router`, `policy` and `auth`:
+//! comma-separated, non-empty list of hooks among `router`, `policy`, `query_policy` and `auth`:
 //! `pgwarden_plugin_sdk::export!(MyPlugin: router, policy);`. The per-hook shorthands
 //! `router::export!(T)`, `policy::export!(T)`, `auth::export!(T)` and `host::export!(T)` (all three)
 //! expand to the same. Invoke it once per plugin crate, at module level. On targets other than
@@ -147,6 +147,50 @@ pub mod policy {
     pub use crate::__export_policy as export;
 }
 
+/// The `query-policy` hook: whether a query may run, asked through handles. The same hook as
+/// [`policy`], but [`Session`](query_policy::Session) and [`Query`](query_policy::Query) are read on
+/// demand: a check that only asks [`Query::read_only`](query_policy::Query::read_only) costs a
+/// fraction of a [`policy`] call, which copies every word of the query into the plugin.
+///
+/// ```
+/// use pgwarden_plugin_sdk::query_policy::{Guest, Query, Session, Verdict};
+/// use pgwarden_plugin_sdk::{deny, sqlstate};
+///
+/// struct ReadsOnly;
+///
+/// impl pgwarden_plugin_sdk::init::Guest for ReadsOnly {
+///     fn init(_: pgwarden_plugin_sdk::types::Config) -> Result<(), String> {
+///         Ok(())
+///     }
+/// }
+///
+/// impl Guest for ReadsOnly {
+///     fn check(_session: &Session, query: &Query) -> Verdict {
+///         if query.read_only() {
+///             return Verdict::Allow;
+///         }
+///         let command = query.statements().into_iter().find(|s| !s.read_only).map(|s| s.command);
+///         let message = format!("{} is not allowed here", command.unwrap_or_default());
+///         Verdict::Deny(deny(sqlstate::READ_ONLY_SQL_TRANSACTION, message))
+///     }
+/// }
+///
+/// pgwarden_plugin_sdk::query_policy::export!(ReadsOnly);
+/// # fn main() {}
+/// ```
+pub mod query_policy {
+    pub use crate::bindings::query_policy::exports::pgwarden::plugin::query_policy::{
+        Guest, Verdict,
+    };
+    pub use crate::bindings::query_policy::pgwarden::plugin::handles::{
+        Protocol, Query, Session, Statement, StatementKind,
+    };
+
+    /// Exports `init` and `query-policy` for a type: `pgwarden_plugin_sdk::query_policy::export!(T);`.
+    #[doc(inline)]
+    pub use crate::__export_query_policy as export;
+}
+
 /// The `auth` hook: the secret of a user pgwarden does not know.
 pub mod auth {
     pub use crate::bindings::auth::exports::pgwarden::plugin::auth::Guest;
@@ -166,7 +210,7 @@ pub mod host {
 /// Exports a plugin type as the component's `init` and the named hooks.
 ///
 /// `export!(MyPlugin: router, policy)`: the hooks are any non-empty, comma-separated list of
-/// `router`, `policy` and `auth`; the type must implement [`init::Guest`] and each named hook's
+/// `router`, `policy` (or `query_policy`) and `auth`; the type must implement [`init::Guest`] and each named hook's
 /// `Guest` trait. See the crate documentation for a complete plugin.
 #[macro_export]
 macro_rules! export {
@@ -206,6 +250,15 @@ macro_rules! __export_hook {
             let _ = implements_policy::<$ty>;
         };
     };
+    ($ty:ident query_policy) => {
+        #[cfg(target_arch = "wasm32")]
+        $crate::bindings::query_policy::export!($ty with_types_in $crate::bindings::query_policy);
+        #[cfg(not(target_arch = "wasm32"))]
+        const _: () = {
+            fn implements_query_policy<T: $crate::query_policy::Guest>() {}
+            let _ = implements_query_policy::<$ty>;
+        };
+    };
     ($ty:ident auth) => {
         #[cfg(target_arch = "wasm32")]
         $crate::bindings::auth::export!($ty with_types_in $crate::bindings::auth);
@@ -219,7 +272,7 @@ macro_rules! __export_hook {
         compile_error!(concat!(
             "unknown pgwarden hook `",
             stringify!($other),
-            "`: expected router, policy or auth"
+            "`: expected router, policy, query_policy or auth"
         ));
     };
 }
@@ -237,6 +290,14 @@ macro_rules! __export_router {
 macro_rules! __export_policy {
     ($ty:ident) => {
         $crate::export!($ty: policy);
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __export_query_policy {
+    ($ty:ident) => {
+        $crate::export!($ty: query_policy);
     };
 }
 

@@ -2,6 +2,7 @@
 //! the shipped `readonly`, `router` and `auth-query` plugins, the failure policy and sandbox (with the
 //! misbehaving `testing` plugin), plugin generations swapped by reload under load, and `--check`.
 
+mod abi;
 mod auth_query;
 mod check;
 mod failure;
