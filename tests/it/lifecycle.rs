@@ -264,6 +264,49 @@ async fn server_check_query_runs_on_servers_idle_longer_than_server_check_delay(
     Ok(())
 }
 
+/// server_reset_query_always: in transaction pooling the reset query runs on the server after every
+/// transaction, before the server goes back to the pool (PgBouncer runs server_reset_query only in session
+/// pooling unless this is set); without it, never. The reset runs before the client's next query is
+/// served, so the fourth query sees the first three resets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_reset_query_always_runs_after_every_transaction() -> anyhow::Result<()> {
+    let pg = PgCluster::shared();
+    let db = TestDb::create(pg, "resetalways", PasswordEncryption::Md5)?;
+    pg.exec_async(
+        &db.name,
+        &format!(
+            "CREATE TABLE resets (at timestamptz DEFAULT now()); ALTER TABLE resets OWNER TO {}",
+            db.user
+        ),
+    )
+    .await?;
+    for (always, expected) in [(false, "0"), (true, "3")] {
+        pg.exec_async(&db.name, "TRUNCATE resets").await?;
+        let pooler = pooler_for(
+            pg,
+            &db,
+            "",
+            &format!(
+                "default_pool_size = 1
+server_reset_query = INSERT INTO resets DEFAULT VALUES
+                 server_reset_query_always = {}",
+                u8::from(always)
+            ),
+        )
+        .await?;
+        let (client, _c) = connect_db(&pooler, &db).await?;
+        for _ in 0..3 {
+            backend_pid(&client).await?;
+        }
+        assert_eq!(
+            scalar(&client, "SELECT count(*) FROM resets").await?,
+            expected,
+            "server_reset_query_always = {always}"
+        );
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_failing_its_check_is_replaced_transparently() -> anyhow::Result<()> {
     let pg = PgCluster::shared();

@@ -255,7 +255,12 @@ impl Session {
     }
 
     /// Runs the query loop until the client leaves or the session must end.
-    pub async fn run(mut self, conn: &mut ClientConn) -> End {
+    ///
+    /// Takes `&mut self` (the caller keeps the session boxed): an `async fn` taking `self` by value keeps
+    /// two copies of it in its state, and a client's task keeps its largest state for as long as the client
+    /// stays. For the same reason the rare paths that wait (reading session state back, a reset query on
+    /// release, the pool's server check, queueing for a server) are boxed.
+    pub async fn run(&mut self, conn: &mut ClientConn) -> End {
         loop {
             if let Err(end) = self.wait_for_message(conn).await {
                 if let Some(server) = self.pinned.take() {
@@ -267,8 +272,7 @@ impl Session {
                 }
                 return end;
             }
-            let pinned = self.pinned.take();
-            let mut server = match pinned {
+            let mut server = match self.pinned.take() {
                 Some(server) => server,
                 None => match self.acquire(conn).await {
                     Ok(server) => server,
@@ -279,16 +283,26 @@ impl Session {
             let end = self.relay(conn, &mut server).await;
             self.unlink().await;
             match end {
-                LinkEnd::Release => match self.after_transaction(&mut server, conn).await {
-                    Ok(true) => self.pinned = Some(server),
-                    Ok(false) => self.release(server).await,
-                    Err(e) => {
-                        server.close(&format!("reading session state failed: {e}"));
-                        if self.pinned_for_good || self.relay_state.effects.sticky.is_some() {
-                            return End::pooler("server session state lost");
+                LinkEnd::Release => {
+                    let keep = if self.settle_transaction(&mut server) {
+                        Box::pin(self.after_transaction(&mut server, conn)).await
+                    } else {
+                        Ok(false)
+                    };
+                    match keep {
+                        Ok(true) => self.pinned = Some(server),
+                        Ok(false) => match self.pool.0.reset_query_always() {
+                            None => self.release(server),
+                            Some(reset) => Box::pin(self.reset_and_release(server, reset)).await,
+                        },
+                        Err(e) => {
+                            server.close(&format!("reading session state failed: {e}"));
+                            if self.pinned_for_good || self.relay_state.effects.sticky.is_some() {
+                                return End::pooler("server session state lost");
+                            }
                         }
                     }
-                },
+                }
                 LinkEnd::Finish(end, disposal) => {
                     let sticky = self.was_pinned.is_some()
                         || self.pinned_for_good
@@ -896,6 +910,26 @@ impl Session {
         }
     }
 
+    /// After a transaction, without waiting: whether [`Session::after_transaction`] must read session state
+    /// back from the server. When it need not, this does what it would have done (the transaction changed
+    /// nothing the session keeps, apart from a `RESET ALL`).
+    fn settle_transaction(&mut self, server: &mut ServerConn) -> bool {
+        let fx = &self.relay_state.effects;
+        let tracked = &self.state.tracked;
+        let must_read = fx.sticky.is_some()
+            || self.pinned_for_good
+            || self.was_pinned.is_some()
+            || fx.settings.iter().any(|n| tracked.index(n).is_none());
+        if !must_read {
+            let fx = std::mem::take(&mut self.relay_state.effects);
+            if fx.reset_all {
+                self.settings.clear();
+                server.settings.clear();
+            }
+        }
+        must_read
+    }
+
     /// After a transaction in transaction or statement pooling: reads from the server what the transaction's
     /// statements may have changed in the session, records the settings for the client, and tells whether
     /// the client keeps this server (state that cannot move, session_state=pin).
@@ -962,19 +996,25 @@ impl Session {
     }
 
     /// Gives a clean server back between transactions (transaction and statement mode).
-    async fn release(&mut self, mut server: ServerConn) {
+    fn release(&mut self, server: ServerConn) {
         if !server.prepared.trusted() {
             return server.close("a client deallocated prepared statements by name");
         }
-        if let Some(reset) = self.pool.0.reset_query_always() {
-            let (_, max) = self.pool.0.mode_and_max_packet();
-            if let Err(e) = server.simple_query(&reset, max).await {
-                return server.close(&format!("server_reset_query failed: {e}"));
-            }
-            // DISCARD ALL (the usual reset) drops prepared statements; whatever it is, trust nothing.
-            server.prepared.clear();
-            server.settings.clear();
+        self.pool.0.checkin(server);
+    }
+
+    /// [`Session::release`] in a pool with `server_reset_query_always`: the reset query runs first.
+    async fn reset_and_release(&mut self, mut server: ServerConn, reset: String) {
+        if !server.prepared.trusted() {
+            return server.close("a client deallocated prepared statements by name");
         }
+        let (_, max) = self.pool.0.mode_and_max_packet();
+        if let Err(e) = server.simple_query(&reset, max).await {
+            return server.close(&format!("server_reset_query failed: {e}"));
+        }
+        // DISCARD ALL (the usual reset) drops prepared statements; whatever it is, trust nothing.
+        server.prepared.clear();
+        server.settings.clear();
         self.pool.0.checkin(server);
     }
 

@@ -415,49 +415,64 @@ impl Pool {
         }
     }
 
-    /// Pops a usable idle connection, closing stale ones and checking long-idle ones with
-    /// server_check_query.
+    /// An idle connection fit for reuse, if there is one; the ones found unfit on the way are closed. One
+    /// idle longer than server_check_delay is tested with server_check_query first (a rare path, boxed so
+    /// that the state of every caller waiting on this stays small).
     async fn take_idle(&self) -> Option<ServerConn> {
         loop {
-            let (conn, stale, check) = {
-                // A guard, not a clone: this runs for every transaction.
-                let settings = self.settings.load();
-                let mut inner = self.lock();
-                let mut stale = Vec::new();
-                let mut found = None;
-                while let Some(conn) = inner.idle.pop() {
-                    match self.retire_reason(&conn, &settings) {
-                        None => {
-                            found = Some(conn);
-                            break;
-                        }
-                        Some(reason) => stale.push((conn, reason)),
-                    }
-                }
-                let check = found.as_ref().is_some_and(|c| {
-                    settings.server_check_query.is_some()
-                        && c.last_used.elapsed() >= settings.server_check_delay
-                });
-                (found, stale, check)
-            };
-            for (conn, reason) in stale {
-                conn.close(reason);
+            let (conn, check) = self.pop_idle()?;
+            if !check {
+                return Some(conn);
             }
-            let mut conn = conn?;
-            if check {
-                if let Some(live) = &conn.live {
-                    live.record.set_tested();
-                }
-                let settings = self.settings();
-                if let Some(query) = &settings.server_check_query
-                    && let Err(e) = conn.simple_query(query, settings.max_packet).await
-                {
-                    tracing::info!(server = conn.id, "server check failed, closing: {e}");
-                    continue;
-                }
+            if let Some(conn) = Box::pin(self.checked(conn)).await {
+                return Some(conn);
             }
-            return Some(conn);
         }
+    }
+
+    /// Pops the most recently used idle connection fit for reuse, closing unfit ones on the way; and
+    /// whether it must pass server_check_query first.
+    fn pop_idle(&self) -> Option<(ServerConn, bool)> {
+        let (conn, stale, check) = {
+            // A guard, not a clone: this runs for every transaction.
+            let settings = self.settings.load();
+            let mut inner = self.lock();
+            let mut stale = Vec::new();
+            let mut found = None;
+            while let Some(conn) = inner.idle.pop() {
+                match self.retire_reason(&conn, &settings) {
+                    None => {
+                        found = Some(conn);
+                        break;
+                    }
+                    Some(reason) => stale.push((conn, reason)),
+                }
+            }
+            let check = found.as_ref().is_some_and(|c| {
+                settings.server_check_query.is_some()
+                    && c.last_used.elapsed() >= settings.server_check_delay
+            });
+            (found, stale, check)
+        };
+        for (conn, reason) in stale {
+            conn.close(reason);
+        }
+        Some((conn?, check))
+    }
+
+    /// Runs server_check_query on `conn`; `None` (the connection closed) if it fails.
+    async fn checked(&self, mut conn: ServerConn) -> Option<ServerConn> {
+        if let Some(live) = &conn.live {
+            live.record.set_tested();
+        }
+        let settings = self.settings();
+        if let Some(query) = &settings.server_check_query
+            && let Err(e) = conn.simple_query(query, settings.max_packet).await
+        {
+            tracing::info!(server = conn.id, "server check failed, closing: {e}");
+            return None;
+        }
+        Some(conn)
     }
 
     /// Why an idle connection must not be reused, if it must not.
