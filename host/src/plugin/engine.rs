@@ -12,8 +12,10 @@ use wasmtime::{Config, Engine};
 use super::bindings::Host_;
 use super::host::PluginState;
 
-/// How often the epoch advances; a call's deadline is a whole number of ticks.
-pub const TICK: Duration = Duration::from_millis(1);
+/// How often the epoch advances; a call's deadline is a whole number of ticks. Each tick wakes a thread
+/// of the pooler's process: 5 ms keeps that to 200 wake-ups a second (at 1 ms they showed as 1% of the
+/// pooler's CPU under load) while a 100 ms deadline still fires within 5%.
+pub const TICK: Duration = Duration::from_millis(5);
 
 /// The engine, the linker every plugin is instantiated with, and compiled components by content hash
 /// (so a reload that leaves a plugin's file unchanged does not compile it again).

@@ -1,15 +1,16 @@
-//! A loaded plugin: its pre-instantiated component, a lock-free pool of warm instances, calls with a
-//! deadline and a memory cap, and its counters.
+//! A loaded plugin: its pre-instantiated component, a pool of warm instances, calls with a deadline and
+//! a memory cap, and its counters.
 //!
 //! Instantiating costs tens of microseconds, so instances are reused: a call takes one from the pool
 //! (or makes one), and gives it back unless the call trapped (a trapped instance's state cannot be
-//! trusted, so it is dropped).
+//! trusted, so it is dropped). The pool is a stack: a call gets the instance returned last, most likely
+//! by the same thread a moment ago, whose memory is still in that core's cache (a queue would hand out
+//! the coldest one). Its mutex is held for a push or a pop only.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crossbeam_queue::ArrayQueue;
 use wasmtime::component::{InstancePre, Resource};
 use wasmtime::{Store, StoreLimitsBuilder, Trap, UpdateDeadline};
 
@@ -77,7 +78,7 @@ pub struct Plugin {
     pre: InstancePre<PluginState>,
     indices: Indices,
     name: Arc<str>,
-    idle: ArrayQueue<Instance>,
+    idle: Mutex<Vec<Instance>>,
 }
 
 impl Plugin {
@@ -141,10 +142,10 @@ impl Plugin {
             pre,
             indices,
             name: spec.name.as_str().into(),
-            idle: ArrayQueue::new(POOL),
+            idle: Mutex::new(Vec::with_capacity(POOL)),
         };
         let first = plugin.new_instance().map_err(|e| e.to_string())?;
-        let _ = plugin.idle.push(first);
+        plugin.give_back(first);
         Ok(plugin)
     }
 
@@ -230,7 +231,8 @@ impl Plugin {
         &self,
         f: impl FnOnce(&mut Instance) -> wasmtime::Result<R>,
     ) -> Result<R, CallError> {
-        let mut instance = match self.idle.pop() {
+        let popped = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut instance = match popped {
             Some(i) => i,
             None => self.new_instance().inspect_err(|_| {
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
@@ -245,7 +247,7 @@ impl Plugin {
         self.stats.nanos.fetch_add(nanos, Ordering::Relaxed);
         match result {
             Ok(value) => {
-                let _ = self.idle.push(instance);
+                self.give_back(instance);
                 Ok(value)
             }
             Err(e) => {
@@ -253,6 +255,21 @@ impl Plugin {
                 Err(self.classify(&e))
             }
         }
+    }
+
+    /// Returns a healthy instance to the pool; one more than the pool holds is dropped (outside the lock:
+    /// dropping a store frees its memory).
+    fn give_back(&self, instance: Instance) {
+        let extra = {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            if idle.len() < POOL {
+                idle.push(instance);
+                None
+            } else {
+                Some(instance)
+            }
+        };
+        drop(extra);
     }
 
     fn classify(&self, e: &wasmtime::Error) -> CallError {
