@@ -359,17 +359,7 @@ mod tests {
 
     #[test]
     fn column_sets_follow_pgbouncer() {
-        let state = State::new(crate::Config {
-            path: "x.ini".into(),
-            settings: crate::config::Settings::default(),
-            databases: Default::default(),
-            fallback: None,
-            users: Default::default(),
-            auth_file: None,
-            plugins: Vec::new(),
-            plugin_cache_dir: Some(std::path::PathBuf::new()),
-        })
-        .expect("state");
+        let state = State::new(crate::Config::empty_for_tests()).expect("state");
         let all = per_database(&state, Columns::All);
         assert_eq!(all.columns.len(), 25);
         assert_eq!(all.names()[1], "total_server_assignment_count");

@@ -295,17 +295,7 @@ mod tests {
     /// paths inline; a change that makes it grow again should be a deliberate one.
     #[tokio::test]
     async fn a_client_task_stays_small() {
-        let state = State::new(crate::Config {
-            path: "x.ini".into(),
-            settings: crate::config::Settings::default(),
-            databases: Default::default(),
-            fallback: None,
-            users: Default::default(),
-            auth_file: None,
-            plugins: Vec::new(),
-            plugin_cache_dir: Some(std::path::PathBuf::new()),
-        })
-        .expect("state");
+        let state = State::new(crate::Config::empty_for_tests()).expect("state");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

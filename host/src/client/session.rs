@@ -952,10 +952,9 @@ impl Session {
             .iter()
             .filter(|n| tracked.index(n).is_none())
             .collect();
+        // Called only when `settle_transaction` found something to read: names to read back, or a
+        // stickiness to check.
         let check_sticky = fx.sticky.is_some() || self.pinned_for_good || self.was_pinned.is_some();
-        if names.is_empty() && !check_sticky {
-            return Ok(false);
-        }
         let mut sql = String::from("SELECT ");
         for name in &names {
             sql.push_str(&session_value_sql(name));

@@ -84,6 +84,21 @@ impl Config {
         db.name = name.to_owned();
         Some(db)
     }
+
+    /// A configuration with nothing in it but default settings (unit tests that need a `State`).
+    #[cfg(test)]
+    pub(crate) fn empty_for_tests() -> Self {
+        Self {
+            path: "x.ini".into(),
+            settings: Settings::default(),
+            databases: BTreeMap::new(),
+            fallback: None,
+            users: BTreeMap::new(),
+            auth_file: None,
+            plugins: Vec::new(),
+            plugin_cache_dir: Some(PathBuf::new()),
+        }
+    }
 }
 
 impl Config {
