@@ -46,11 +46,13 @@ impl Stream {
         }
     }
 
-    /// Waits until the socket has something to read (or is closed).
-    pub async fn readable(&self) -> io::Result<()> {
+    /// Ready once the socket has something to read (or is closed). Registers the task's waker in the
+    /// socket's one reader slot: the waiting state is a few bytes, not a waiter-list entry (an idle
+    /// client's task keeps it).
+    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
-            Self::Tcp(s) => s.readable().await,
-            Self::Unix(s) => s.readable().await,
+            Self::Tcp(s) => s.poll_read_ready(cx),
+            Self::Unix(s) => s.poll_read_ready(cx),
         }
     }
 

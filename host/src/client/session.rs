@@ -28,7 +28,7 @@ use crate::protocol::backend::{self, Severity};
 use crate::protocol::frontend::{self, Kind, tag as fe};
 use crate::protocol::{HEADER_LEN, frame};
 use crate::server::{ServerConn, ServerError};
-use crate::sql::session::Sticky;
+use crate::sql::session::{Effects, Sticky};
 use crate::state::{Runtime, State};
 
 /// PgBouncer's words for a client that has waited query_wait_notify for a server.
@@ -122,16 +122,19 @@ pub struct Session {
     timeouts: ClientTimeouts,
     /// Output queued for the linked server (kept here so its allocation is reused).
     to_server: OutQueue,
-    /// Protocol state of the current link, reset per link (kept here so its allocations are reused).
-    relay_state: Relay,
+    /// Protocol state of the current link, reset per link (kept here so its allocations are reused; boxed,
+    /// so that a link's future holds a pointer to it rather than a copy: that future is allocated per
+    /// transaction). `None` until the first link.
+    relay_state: Option<Box<Relay>>,
     /// The client's named prepared statements, when pgwarden maps them to servers' (max_prepared_statements
     /// in transaction and statement pooling).
     statements: ClientStatements,
     /// Session settings the client changed (beyond the reported parameters), as the server spells their
     /// values: put on whichever server it lands on in transaction and statement pooling.
     settings: BTreeMap<String, String>,
-    /// The client's server session holds state that cannot move (session_state=pin): it keeps its server.
-    pinned: Option<ServerConn>,
+    /// The client's server session holds state that cannot move (session_state=pin): it keeps its server
+    /// (boxed: few sessions pin one, and every session carries the field).
+    pinned: Option<Box<ServerConn>>,
     /// It ran set_config on a setting it computed: which one is unknown, so it keeps its server for good.
     pinned_for_good: bool,
     /// The last transaction ended with the client pinned: the next one checks whether it still must be.
@@ -220,7 +223,7 @@ impl Session {
             cancel,
             timeouts,
             to_server: OutQueue::default(),
-            relay_state: Relay::default(),
+            relay_state: None,
             statements: ClientStatements::default(),
             settings: BTreeMap::new(),
             pinned: None,
@@ -258,64 +261,73 @@ impl Session {
     ///
     /// Takes `&mut self` (the caller keeps the session boxed): an `async fn` taking `self` by value keeps
     /// two copies of it in its state, and a client's task keeps its largest state for as long as the client
-    /// stays. For the same reason the rare paths that wait (reading session state back, a reset query on
-    /// release, the pool's server check, queueing for a server) are boxed.
+    /// stays. For the same reason each transaction's state (the server, the relay) is boxed while it runs,
+    /// and the idle wait is a poll of a few bytes: an idle client's task is little more than its socket.
     pub async fn run(&mut self, conn: &mut ClientConn) -> End {
         loop {
             if let Err(end) = self.wait_for_message(conn).await {
                 if let Some(server) = self.pinned.take() {
                     // LISTEN, locks, temporary tables... go with the connection.
                     self.dispose(
-                        server,
+                        *server,
                         Disposal::Close("client with session state left", false),
                     );
                 }
                 return end;
             }
-            let mut server = match self.pinned.take() {
-                Some(server) => server,
-                None => match self.acquire(conn).await {
-                    Ok(server) => server,
-                    Err(end) => return end,
-                },
-            };
-            self.link(&server);
-            let end = self.relay(conn, &mut server).await;
-            self.unlink().await;
-            match end {
-                LinkEnd::Release => {
-                    let keep = if self.settle_transaction(&mut server) {
-                        Box::pin(self.after_transaction(&mut server, conn)).await
-                    } else {
-                        Ok(false)
-                    };
-                    match keep {
-                        Ok(true) => self.pinned = Some(server),
-                        Ok(false) => match self.pool.0.reset_query_always() {
-                            None => self.release(server),
-                            Some(reset) => Box::pin(self.reset_and_release(server, reset)).await,
-                        },
-                        Err(e) => {
-                            server.close(&format!("reading session state failed: {e}"));
-                            if self.pinned_for_good || self.relay_state.effects.sticky.is_some() {
-                                return End::pooler("server session state lost");
-                            }
+            if let Some(end) = Box::pin(self.transaction(conn)).await {
+                return end;
+            }
+        }
+    }
+
+    /// Serves what the client sent with a server (the pinned one, or one from the pool) until the server
+    /// can be given up; `Some` when the session is over. The rare paths that wait (reading session state
+    /// back, a reset query on release, the pool's server check, queueing for a server) are boxed again, to
+    /// keep this state (allocated per transaction) small.
+    async fn transaction(&mut self, conn: &mut ClientConn) -> Option<End> {
+        let mut server = match self.pinned.take() {
+            Some(server) => *server,
+            None => match self.acquire(conn).await {
+                Ok(server) => server,
+                Err(end) => return Some(end),
+            },
+        };
+        self.link(&server);
+        let end = self.relay(conn, &mut server).await;
+        self.unlink().await;
+        match end {
+            LinkEnd::Release => {
+                let keep = if self.settle_transaction(&mut server) {
+                    Box::pin(self.after_transaction(&mut server, conn)).await
+                } else {
+                    Ok(false)
+                };
+                match keep {
+                    Ok(true) => self.pinned = Some(Box::new(server)),
+                    Ok(false) => match self.pool.0.reset_query_always() {
+                        None => self.release(server),
+                        Some(reset) => Box::pin(self.reset_and_release(server, reset)).await,
+                    },
+                    Err(e) => {
+                        server.close(&format!("reading session state failed: {e}"));
+                        if self.pinned_for_good || self.sticky() {
+                            return Some(End::pooler("server session state lost"));
                         }
                     }
                 }
-                LinkEnd::Finish(end, disposal) => {
-                    let sticky = self.was_pinned.is_some()
-                        || self.pinned_for_good
-                        || self.relay_state.effects.sticky.is_some();
-                    let disposal = match disposal {
-                        Disposal::Reset | Disposal::Rollback if sticky => {
-                            Disposal::Close("client with session state left", false)
-                        }
-                        other => other,
-                    };
-                    self.dispose(server, disposal);
-                    return end;
-                }
+                None
+            }
+            LinkEnd::Finish(end, disposal) => {
+                let sticky = self.was_pinned.is_some() || self.pinned_for_good || self.sticky();
+                let disposal = match disposal {
+                    Disposal::Reset | Disposal::Rollback if sticky => {
+                        Disposal::Close("client with session state left", false)
+                    }
+                    other => other,
+                };
+                self.dispose(server, disposal);
+                Some(end)
             }
         }
     }
@@ -354,6 +366,10 @@ impl Session {
                 // Idle clients hold no buffer: thousands of them should cost next to nothing.
                 conn.rbuf = BytesMut::new();
             }
+            if conn.local.is_empty() && conn.local.capacity() > 0 {
+                // Nor what is left of the buffer pgwarden's own messages (the welcome) were built in.
+                conn.local = BytesMut::new();
+            }
             if self.wait_client_readable(conn, idle_since).await? == Wake::PinnedServer {
                 self.relay_pinned_server(conn).await?;
                 continue;
@@ -376,34 +392,44 @@ impl Session {
         idle_since: Instant,
     ) -> Result<Wake, End> {
         let idle_timeout = self.timeouts.client_idle_timeout;
-        let deadline = (!idle_timeout.is_zero())
-            .then(|| tokio::time::Instant::from(idle_since + idle_timeout));
-        let pinned = self.pinned.as_ref();
-        let live = Arc::clone(&self.live.record);
-        let pinned_readable = async {
-            match pinned {
-                Some(server) => server.stream.readable().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            // The client sent something (or closed).
-            res = conn.stream.readable() => res
-                .map(|()| Wake::Client)
-                .map_err(|e| End::Closed(format!("client read error: {e}"))),
-            // The server a pinned client keeps sent something: a notification for its LISTEN, a notice, or
-            // the news that it is going away.
-            _ = pinned_readable => Ok(Wake::PinnedServer),
-            // client_idle_timeout between transactions.
-            () = sleep_until_opt(deadline) => Err(End::pooler("client_idle_timeout")),
-            // A drain leaves clients between transactions alone until the process exits.
-            () = &mut self.stop, if !self.stop_seen => {
-                self.stop_seen = true;
-                Ok(Wake::Client)
-            }
-            // Immediate shutdown, KILL, KILL_CLIENT.
-            () = &mut self.terminate => Err(killed_end(&live)),
+        self.set_timer((!idle_timeout.is_zero()).then(|| idle_since + idle_timeout));
+        poll_fn(|cx| self.poll_idle(cx, conn)).await
+    }
+
+    /// One look at everything an idle client waits on. Written as a poll rather than a `select!` over
+    /// futures: its state is a few bytes, where the futures' were 600, kept by every idle client's task.
+    fn poll_idle(&mut self, cx: &mut Context<'_>, conn: &ClientConn) -> Poll<Result<Wake, End>> {
+        // The client sent something (or closed).
+        if let Poll::Ready(res) = conn.stream.poll_read_ready(cx) {
+            return Poll::Ready(
+                res.map(|()| Wake::Client)
+                    .map_err(|e| End::Closed(format!("client read error: {e}"))),
+            );
         }
+        // The server a pinned client keeps sent something: a notification for its LISTEN, a notice, or the
+        // news that it is going away (an error is read, and reported, there).
+        if let Some(server) = &self.pinned
+            && server.stream.poll_read_ready(cx).is_ready()
+        {
+            return Poll::Ready(Ok(Wake::PinnedServer));
+        }
+        // client_idle_timeout between transactions.
+        if let Some(timer) = self.timer.as_mut()
+            && timer.as_mut().poll(cx).is_ready()
+        {
+            self.timer = None;
+            return Poll::Ready(Err(End::pooler("client_idle_timeout")));
+        }
+        // A drain leaves clients between transactions alone until the process exits.
+        if !self.stop_seen && Pin::new(&mut self.stop).poll(cx).is_ready() {
+            self.stop_seen = true;
+            return Poll::Ready(Ok(Wake::Client));
+        }
+        // Immediate shutdown, KILL, KILL_CLIENT.
+        if Pin::new(&mut self.terminate).poll(cx).is_ready() {
+            return Poll::Ready(Err(killed_end(&self.live.record)));
+        }
+        Poll::Pending
     }
 
     /// Passes what the server of an idle pinned client sent (notifications, notices, parameter changes) to
@@ -570,12 +596,27 @@ impl Session {
     /// Relays between the client and the server until the pool mode lets the server go or the session ends.
     async fn relay(&mut self, conn: &mut ClientConn, server: &mut ServerConn) -> LinkEnd {
         // The relay state lives in the session so its allocations are reused link after link.
-        let mut relay = std::mem::take(&mut self.relay_state);
+        let mut relay = self.relay_state.take().unwrap_or_default();
         relay.reset();
         let end = self.relay_with(&mut relay, conn, server).await;
         self.pool.0.stats.add(&std::mem::take(&mut relay.counts));
-        self.relay_state = relay;
+        self.relay_state = Some(relay);
         end
+    }
+
+    /// Whether the last link left state in the server session that cannot move.
+    fn sticky(&self) -> bool {
+        self.relay_state
+            .as_ref()
+            .is_some_and(|r| r.effects.sticky.is_some())
+    }
+
+    /// What the last link's statements did to the session, taken (empty before the first link).
+    fn take_effects(&mut self) -> Effects {
+        self.relay_state
+            .as_mut()
+            .map(|r| std::mem::take(&mut r.effects))
+            .unwrap_or_default()
     }
 
     async fn relay_with(
@@ -827,21 +868,28 @@ impl Session {
             relay.tx_started.filter(|_| in_tx || relay.outstanding > 0),
             "transaction timeout",
         );
-        let Some((at, message)) = next else {
-            self.timer = None;
-            return Ok(());
-        };
-        if at <= Instant::now() {
+        if let Some((at, message)) = next
+            && at <= Instant::now()
+        {
             let disposal = Disposal::Close(message, true);
             return Err(LinkEnd::Finish(End::pooler(message), disposal));
         }
+        self.set_timer(next.map(|(at, _)| at));
+        Ok(())
+    }
+
+    /// Sets the session's one timer to fire at `at`, or disarms it.
+    fn set_timer(&mut self, at: Option<Instant>) {
+        let Some(at) = at else {
+            self.timer = None;
+            return;
+        };
         let at = tokio::time::Instant::from(at);
         match &mut self.timer {
             Some(sleep) if sleep.deadline() == at => {}
             Some(sleep) => sleep.as_mut().reset(at),
             None => self.timer = Some(Box::pin(tokio::time::sleep_until(at))),
         }
-        Ok(())
     }
 
     /// One step of I/O on both sockets: writes whatever is queued, then reads whichever side has data.
@@ -914,14 +962,15 @@ impl Session {
     /// back from the server. When it need not, this does what it would have done (the transaction changed
     /// nothing the session keeps, apart from a `RESET ALL`).
     fn settle_transaction(&mut self, server: &mut ServerConn) -> bool {
-        let fx = &self.relay_state.effects;
         let tracked = &self.state.tracked;
-        let must_read = fx.sticky.is_some()
-            || self.pinned_for_good
+        let must_read = self.pinned_for_good
             || self.was_pinned.is_some()
-            || fx.settings.iter().any(|n| tracked.index(n).is_none());
+            || self.relay_state.as_ref().is_some_and(|r| {
+                let fx = &r.effects;
+                fx.sticky.is_some() || fx.settings.iter().any(|n| tracked.index(n).is_none())
+            });
         if !must_read {
-            let fx = std::mem::take(&mut self.relay_state.effects);
+            let fx = self.take_effects();
             if fx.reset_all {
                 self.settings.clear();
                 server.settings.clear();
@@ -938,7 +987,7 @@ impl Session {
         server: &mut ServerConn,
         conn: &mut ClientConn,
     ) -> Result<bool, ServerError> {
-        let fx = std::mem::take(&mut self.relay_state.effects);
+        let fx = self.take_effects();
         if fx.sticky == Some(Sticky::UnknownSetting) {
             self.pinned_for_good = true;
         }
