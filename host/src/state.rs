@@ -196,6 +196,8 @@ pub struct Lifecycle {
     pub paused: watch::Sender<bool>,
     /// The same flag, readable without a lock on every transaction.
     paused_flag: AtomicBool,
+    /// `draining` as a flag, readable without the token's lock on every transaction.
+    draining_flag: AtomicBool,
     /// Every client task, so shutdown can wait for them.
     pub tracker: TaskTracker,
     mode: Mutex<Option<ShutdownMode>>,
@@ -209,6 +211,7 @@ impl Default for Lifecycle {
             draining: CancellationToken::new(),
             paused: watch::Sender::new(false),
             paused_flag: AtomicBool::new(false),
+            draining_flag: AtomicBool::new(false),
             tracker: TaskTracker::new(),
             mode: Mutex::new(None),
         }
@@ -228,10 +231,10 @@ impl Lifecycle {
         self.stop_accepting.cancel();
         match effective {
             ShutdownMode::Immediate => {
-                self.draining.cancel();
+                self.start_draining();
                 self.terminate.cancel();
             }
-            ShutdownMode::WaitForServers => self.draining.cancel(),
+            ShutdownMode::WaitForServers => self.start_draining(),
             ShutdownMode::WaitForClients => {}
         }
         effective
@@ -243,6 +246,16 @@ impl Lifecycle {
 
     pub fn is_paused(&self) -> bool {
         self.paused_flag.load(Ordering::Acquire)
+    }
+
+    fn start_draining(&self) {
+        self.draining_flag.store(true, Ordering::Release);
+        self.draining.cancel();
+    }
+
+    /// Whether a WAIT_FOR_SERVERS (or immediate) shutdown started: no server is handed out any more.
+    pub fn is_draining(&self) -> bool {
+        self.draining_flag.load(Ordering::Acquire)
     }
 }
 
