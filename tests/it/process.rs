@@ -417,6 +417,62 @@ async fn sigint_lets_an_open_transaction_commit_then_exits() -> anyhow::Result<(
     Ok(())
 }
 
+/// SIGINT drops the clients queued for a server at once ("server shutting down") and those held by a
+/// PAUSE, while the transaction holding the only server goes on to COMMIT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_drops_queued_and_paused_clients() -> anyhow::Result<()> {
+    let mut r = Running::start(
+        "sig_int_queued",
+        "pool_mode = transaction\ndefault_pool_size = 1",
+    )
+    .await?;
+    let in_tx = r.client().await?;
+    let queued = r.client().await?;
+    in_tx.batch_execute("begin; select 1").await?;
+    let mut waiting = tokio::spawn(async move { queued.simple_query("select 1").await.map(drop) });
+    let early = tokio::time::timeout(Duration::from_millis(300), &mut waiting).await;
+    assert!(early.is_err(), "the second client must queue: {early:?}");
+
+    r.p.signal(Signal::SIGINT)?;
+    let err = tokio::time::timeout(SIGNAL_EFFECT, waiting)
+        .await
+        .expect("the queued client is answered at once")?
+        .expect_err("no server for a queued client during SIGINT's drain");
+    let db = err.as_db_error().unwrap_or_else(|| panic!("{err:?}"));
+    assert_eq!(
+        (db.code().code(), db.message()),
+        ("08P01", "server shutting down")
+    );
+    in_tx.batch_execute("commit").await?;
+    r.expect_clean_exit(EXIT).await?;
+
+    // The same for a client held by a PAUSE.
+    let mut r = Running::start("sig_int_paused", "pool_mode = transaction").await?;
+    let paused = r.client().await?;
+    paused.simple_query("select 1").await?;
+    r.p.signal(Signal::SIGUSR1)?;
+    r.pg.wait_for_backend_count_async(&r.db.name, 0, SIGNAL_EFFECT)
+        .await?;
+    let mut waiting = tokio::spawn(async move { paused.simple_query("select 1").await.map(drop) });
+    let early = tokio::time::timeout(Duration::from_millis(300), &mut waiting).await;
+    assert!(
+        early.is_err(),
+        "the query must wait while paused: {early:?}"
+    );
+    r.p.signal(Signal::SIGINT)?;
+    let err = tokio::time::timeout(SIGNAL_EFFECT, waiting)
+        .await
+        .expect("the paused client is answered at once")?
+        .expect_err("no server for a paused client during SIGINT's drain");
+    let db = err.as_db_error().unwrap_or_else(|| panic!("{err:?}"));
+    assert_eq!(
+        (db.code().code(), db.message()),
+        ("08P01", "server shutting down")
+    );
+    r.expect_clean_exit(EXIT).await?;
+    Ok(())
+}
+
 /// SIGINT in session pooling: a connected client keeps its server and goes on working (its server is only
 /// released when it leaves), the Unix socket still serves the admin console while other logins are refused,
 /// SIGUSR2 does not undo the shutdown, and the process exits once the client has left — PgBouncer's

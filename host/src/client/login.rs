@@ -29,7 +29,7 @@ pub enum LoggedIn {
 pub async fn run(
     state: &Arc<State>,
     conn: &mut ClientConn,
-    info: &ClientInfo,
+    info: &Arc<ClientInfo>,
 ) -> Result<Option<LoggedIn>, End> {
     let total = ClientTotal::new(state);
     let timeout = state.runtime().config.settings.client_login_timeout;
@@ -67,7 +67,7 @@ fn log_login_failed(info: &ClientInfo, end: &End) {
 async fn login(
     state: &Arc<State>,
     conn: &mut ClientConn,
-    info: &ClientInfo,
+    info: &Arc<ClientInfo>,
     total: ClientTotal,
 ) -> Result<Option<LoggedIn>, End> {
     let msg = match read_first(conn).await? {
@@ -252,7 +252,7 @@ async fn attach(
     keys: Option<crate::auth::ScramKeys>,
     looked_up: Option<crate::auth::Secret>,
     total: ClientTotal,
-    info: &ClientInfo,
+    info: &Arc<ClientInfo>,
 ) -> Result<Session, End> {
     let settings = &runtime.config.settings;
     // A router's server_user acts as a forced user= for this client.
@@ -362,7 +362,7 @@ async fn attach(
     );
     Ok(Session::new(
         Arc::clone(state),
-        info.clone(),
+        Arc::clone(info),
         startup.user.clone(),
         pool_client,
         params,

@@ -114,7 +114,8 @@ pub type Guard = Box<dyn Debug + Send + Sync>;
 
 pub struct Session {
     state: Arc<State>,
-    info: ClientInfo,
+    /// Shared with the client's task, which logs with it after the session is gone.
+    info: Arc<ClientInfo>,
     user: String,
     pool: PoolClient,
     params: ParamValues,
@@ -142,13 +143,10 @@ pub struct Session {
     was_pinned: Option<PinnedGauge>,
     /// What policy plugins are told about this client (built once at login).
     plugin_info: SessionInfo,
-    /// Fires when the process starts draining or terminating; polled only until it fires once. It waits on
-    /// the process's token itself (a child token per session cost 120 bytes of every idle client): the
-    /// [`Signal`] registers with it once, not at every poll.
-    stop: Signal,
-    stop_seen: bool,
-    /// Fires on an immediate shutdown (a drain that fired `stop` may later turn into one). A per-session
-    /// child token, so polling it never contends with other sessions.
+    /// Fires on an immediate shutdown, KILL and KILL_CLIENT: the session's record's kill token (a child of
+    /// the process's terminate token, so polling it never contends with other sessions). A drain needs no
+    /// signal: it changes nothing for a linked or idle client, the next checkout reads it from a flag, and a
+    /// client queued for a server waits on the process's token while it waits.
     terminate: Signal,
     timer: Option<Pin<Box<Sleep>>>,
     /// Its record in the pool's registry of live clients (SHOW CLIENTS, KILL_CLIENT).
@@ -198,7 +196,7 @@ impl Session {
     #[allow(clippy::too_many_arguments, reason = "assembled once, at login")]
     pub fn new(
         state: Arc<State>,
-        info: ClientInfo,
+        info: Arc<ClientInfo>,
         user: String,
         pool: PoolClient,
         params: ParamValues,
@@ -212,7 +210,6 @@ impl Session {
         cancel.slot().set_owner(Arc::clone(&pool.0), user.clone());
         // Cancelled by an immediate shutdown and by KILL/KILL_CLIENT.
         let terminate_token: CancellationToken = live.record.kill_token().clone();
-        let stop = Signal::new(state.lifecycle.draining.clone());
         Self {
             state,
             info,
@@ -229,8 +226,6 @@ impl Session {
             pinned_for_good: false,
             was_pinned: None,
             plugin_info,
-            stop,
-            stop_seen: false,
             terminate: Signal::new(terminate_token),
             timer: None,
             live,
@@ -418,11 +413,8 @@ impl Session {
             self.timer = None;
             return Poll::Ready(Err(End::pooler("client_idle_timeout")));
         }
-        // A drain leaves clients between transactions alone until the process exits.
-        if !self.stop_seen && Pin::new(&mut self.stop).poll(cx).is_ready() {
-            self.stop_seen = true;
-            return Poll::Ready(Ok(Wake::Client));
-        }
+        // A drain (WAIT_FOR_SERVERS) is not watched here: it leaves clients between transactions alone
+        // until the process exits, and the next transaction's checkout sees it.
         // Immediate shutdown, KILL, KILL_CLIENT.
         if Pin::new(&mut self.terminate).poll(cx).is_ready() {
             return Poll::Ready(Err(killed_end(&self.live.record)));
@@ -523,6 +515,7 @@ impl Session {
         let notify_at = (!notify.is_zero()).then(|| tokio::time::Instant::now() + notify);
         let pool = Arc::clone(&self.pool.0);
         let live = Arc::clone(&self.live.record);
+        let state = Arc::clone(&self.state);
         let checkout = pool.checkout(self.timeouts.query_timeout);
         tokio::pin!(checkout);
         let mut notified = false;
@@ -536,9 +529,9 @@ impl Session {
                     conn.send(|b| backend::write_notice(b, Severity::Notice, "00000", QUEUED_NOTICE));
                     conn.flush().await?;
                 }
-                // WAIT_FOR_SERVERS drops clients still waiting for a server.
-                () = &mut self.stop, if !self.stop_seen => {
-                    self.stop_seen = true;
+                // WAIT_FOR_SERVERS drops clients still waiting for a server (the process's token, polled
+                // only by clients that wait).
+                () = state.lifecycle.draining.cancelled() => {
                     return Err(End::pooler("server shutting down"));
                 }
                 // KILL, KILL_CLIENT, immediate shutdown.
@@ -548,16 +541,14 @@ impl Session {
     }
 
     async fn wait_resumed(&mut self) -> Result<(), End> {
-        let mut paused = self.state.lifecycle.paused.subscribe();
+        let state = Arc::clone(&self.state);
+        let mut paused = state.lifecycle.paused.subscribe();
         let live = Arc::clone(&self.live.record);
         tokio::select! {
             // RESUME.
             _ = paused.wait_for(|p| !*p) => Ok(()),
             // Shutdown while paused.
-            () = &mut self.stop, if !self.stop_seen => {
-                self.stop_seen = true;
-                Err(End::pooler("server shutting down"))
-            }
+            () = state.lifecycle.draining.cancelled() => Err(End::pooler("server shutting down")),
             // KILL, KILL_CLIENT, immediate shutdown.
             () = &mut self.terminate => Err(killed_end(&live)),
         }
@@ -761,7 +752,6 @@ impl Session {
                 Io::ServerData | Io::Progress => {}
                 Io::Timer => {}
                 Io::Stop => {
-                    self.stop_seen = true;
                     // An immediate shutdown, KILL or KILL_CLIENT.
                     if self.live.record.killed().is_some() {
                         let disposal = if relay.quiet() {
@@ -942,9 +932,8 @@ impl Session {
         {
             return Poll::Ready(Io::Timer);
         }
-        if !self.stop_seen && Pin::new(&mut self.stop).poll(cx).is_ready() {
-            return Poll::Ready(Io::Stop);
-        }
+        // A drain is not watched while linked: it changes nothing for a linked client (the server goes
+        // back when the transaction ends, and the next checkout sees the drain).
         // Watched while linked too: KILL and KILL_CLIENT end a session mid-transaction.
         if Pin::new(&mut self.terminate).poll(cx).is_ready() {
             return Poll::Ready(Io::Stop);
