@@ -347,19 +347,7 @@ async fn attach(
         let name = format!("{given} - {}", info.peer);
         params.set(app, &name);
     }
-    let app = state
-        .tracked
-        .index("application_name")
-        .and_then(|i| params.get(i))
-        .unwrap_or("");
-    let plugin_info = crate::plugin::convert::session_info(
-        &startup.user,
-        &startup.database,
-        app,
-        info.peer,
-        startup_params,
-        pool.settings().mode,
-    );
+    let login_facts = crate::plugin::convert::LoginFacts::new(&startup.database, startup_params);
     Ok(Session::new(
         Arc::clone(state),
         Arc::clone(info),
@@ -368,7 +356,7 @@ async fn attach(
         params,
         state.cancels.register(),
         timeouts,
-        plugin_info,
+        login_facts,
         vec![Box::new(total), Box::new(db_count), Box::new(user_count)],
     ))
 }

@@ -22,7 +22,7 @@ use crate::cancel::{CancelHandle, CancelTarget};
 use crate::config::{PoolMode, SessionState};
 use crate::conns::{ClientRecord, ClientSpec, Registered, RegistryRef, ServerRecord};
 use crate::params::{ParamValues, quote_ident, quote_literal};
-use crate::plugin::convert::{self, SessionInfo};
+use crate::plugin::convert::{self, LoginFacts, SessionInfo};
 use crate::pool::Pool;
 use crate::protocol::backend::{self, Severity};
 use crate::protocol::frontend::{self, Kind, tag as fe};
@@ -141,8 +141,11 @@ pub struct Session {
     /// The last transaction ended with the client pinned: the next one checks whether it still must be.
     /// Counted in the pool's pinned clients while set.
     was_pinned: Option<PinnedGauge>,
-    /// What policy plugins are told about this client (built once at login).
-    plugin_info: SessionInfo,
+    /// What policy plugins are told about this client: made at its first policy check, then kept up to date
+    /// (boxed, and only for sessions a policy plugin applies to: every idle client carries the field).
+    plugin_info: Option<Box<SessionInfo>>,
+    /// What `plugin_info` is made from when a policy check first needs it.
+    login_facts: LoginFacts,
     /// Fires on an immediate shutdown, KILL and KILL_CLIENT: the session's record's kill token (a child of
     /// the process's terminate token, so polling it never contends with other sessions). A drain needs no
     /// signal: it changes nothing for a linked or idle client, the next checkout reads it from a flag, and a
@@ -202,7 +205,7 @@ impl Session {
         params: ParamValues,
         cancel: CancelHandle,
         timeouts: ClientTimeouts,
-        plugin_info: SessionInfo,
+        login_facts: LoginFacts,
         guards: Vec<Guard>,
     ) -> Self {
         let live = register_client(&state, &info, &user, &pool.0, &params);
@@ -225,7 +228,8 @@ impl Session {
             pinned: None,
             pinned_for_good: false,
             was_pinned: None,
-            plugin_info,
+            plugin_info: None,
+            login_facts,
             terminate: Signal::new(terminate_token),
             timer: None,
             live,
@@ -688,22 +692,36 @@ impl Session {
                     policy_runtime = self.policy_runtime();
                 }
             }
-            let mut policy = policy_runtime.as_deref().map(|runtime| SessionPolicy {
-                runtime,
-                database: &self.pool.0.key.database,
-                info: &mut self.plugin_info,
-                app: self
-                    .state
-                    .tracked
-                    .index("application_name")
-                    .and_then(|i| self.params.get(i)),
-                standard_strings: self
-                    .state
-                    .tracked
-                    .index("standard_conforming_strings")
-                    .and_then(|i| self.params.get(i))
-                    .is_none_or(|v| !v.eq_ignore_ascii_case("off")),
-            });
+            let app = self
+                .state
+                .tracked
+                .index("application_name")
+                .and_then(|i| self.params.get(i));
+            if policy_runtime.is_some() && self.plugin_info.is_none() {
+                // The first check of this session: its record is made now (the check keeps the
+                // application_name up to date from here on).
+                self.plugin_info = Some(Box::new(self.login_facts.session_info(
+                    &self.user,
+                    app.unwrap_or(""),
+                    self.info.peer,
+                    self.pool.0.settings().mode,
+                )));
+            }
+            let mut policy = match (policy_runtime.as_deref(), self.plugin_info.as_deref_mut()) {
+                (Some(runtime), Some(info)) => Some(SessionPolicy {
+                    runtime,
+                    database: &self.pool.0.key.database,
+                    info,
+                    app,
+                    standard_strings: self
+                        .state
+                        .tracked
+                        .index("standard_conforming_strings")
+                        .and_then(|i| self.params.get(i))
+                        .is_none_or(|v| !v.eq_ignore_ascii_case("off")),
+                }),
+                _ => None,
+            };
             let policy = policy.as_mut().map(|p| p as &mut dyn QueryPolicy);
             let mut stmts = track_statements.then_some(Statements {
                 client: &mut self.statements,

@@ -1,10 +1,10 @@
 //! A cancellation future a session may poll at every turn of its I/O loop for the cost of an atomic load.
 //!
 //! Polling tokio-util's `WaitForCancellationFutureOwned` takes the token's mutex and the `Notify`'s waiter
-//! lock every time, and a session polls two of them (drain, kill) several times per transaction: ~4% of
-//! pgwarden's CPU at pgbench -S with 100 clients, mostly cache misses on the locks. [`Signal`] polls the
-//! inner future once, with a waker of its own that raises a flag before waking the task, and polls it again
-//! only when that flag is up (or when the task's waker changed).
+//! lock every time, and a session polls its kill token several times per transaction (it polled a drain
+//! token too, then): ~4% of pgwarden's CPU at pgbench -S with 100 clients, mostly cache misses on the
+//! locks. [`Signal`] polls the inner future once, with a waker of its own that raises a flag before waking
+//! the task, and polls it again only when that flag is up (or when the task's waker changed).
 
 use std::future::Future;
 use std::pin::Pin;

@@ -36,6 +36,42 @@ pub fn session_info(
     }
 }
 
+/// What a session's record for policy plugins is made from, kept until a check first needs the record (most
+/// sessions never do: no policy plugin applies to them): the database the client asked for and its startup
+/// parameters, in one allocation. PostgreSQL's startup strings hold no NUL, so NUL separates them.
+#[derive(Debug)]
+pub struct LoginFacts(Box<str>);
+
+impl LoginFacts {
+    pub fn new(database: &str, startup: &[(String, String)]) -> Self {
+        let mut s = String::from(database);
+        for (name, value) in startup {
+            for part in [name, value] {
+                s.push('\0');
+                s.push_str(part);
+            }
+        }
+        Self(s.into_boxed_str())
+    }
+
+    /// The record [`session_info`] makes from these facts and the rest of what it needs.
+    pub fn session_info(
+        &self,
+        user: &str,
+        application_name: &str,
+        peer: Peer,
+        mode: PoolMode,
+    ) -> SessionInfo {
+        let mut parts = self.0.split('\0');
+        let database = parts.next().unwrap_or_default();
+        let mut startup = Vec::new();
+        while let (Some(name), Some(value)) = (parts.next(), parts.next()) {
+            startup.push((name.to_owned(), value.to_owned()));
+        }
+        session_info(user, database, application_name, peer, &startup, mode)
+    }
+}
+
 /// A session record with nothing in it: what a check's session is replaced with while a plugin call holds
 /// it (built without allocating).
 pub fn empty_session_info() -> SessionInfo {
@@ -160,6 +196,23 @@ mod tests {
         assert_eq!(sqlstate("2500", "XX000"), "XX000");
         assert_eq!(sqlstate("25006\0", "XX000"), "XX000");
         assert_eq!(sqlstate("abcde", "XX000"), "XX000");
+    }
+
+    #[test]
+    fn login_facts_make_the_same_record() {
+        let peer = Peer::Tcp("10.1.2.3:5555".parse().unwrap());
+        let startup: Vec<(String, String)> = vec![
+            ("user".into(), "u".into()),
+            ("options".into(), String::new()),
+            ("application_name".into(), "a b".into()),
+        ];
+        for params in [&startup[..], &[]] {
+            let direct = session_info("u", "db", "app", peer, params, PoolMode::Statement);
+            let facts =
+                LoginFacts::new("db", params).session_info("u", "app", peer, PoolMode::Statement);
+            // The record has no PartialEq (generated); its Debug shows every field.
+            assert_eq!(format!("{facts:?}"), format!("{direct:?}"));
+        }
     }
 
     #[test]
