@@ -429,20 +429,7 @@ async fn sigint_drops_queued_and_paused_clients() -> anyhow::Result<()> {
     let in_tx = r.client().await?;
     let queued = r.client().await?;
     in_tx.batch_execute("begin; select 1").await?;
-    let mut waiting = tokio::spawn(async move { queued.simple_query("select 1").await.map(drop) });
-    let early = tokio::time::timeout(Duration::from_millis(300), &mut waiting).await;
-    assert!(early.is_err(), "the second client must queue: {early:?}");
-
-    r.p.signal(Signal::SIGINT)?;
-    let err = tokio::time::timeout(SIGNAL_EFFECT, waiting)
-        .await
-        .expect("the queued client is answered at once")?
-        .expect_err("no server for a queued client during SIGINT's drain");
-    let db = err.as_db_error().unwrap_or_else(|| panic!("{err:?}"));
-    assert_eq!(
-        (db.code().code(), db.message()),
-        ("08P01", "server shutting down")
-    );
+    waits_until_sigint_refuses(&r, queued, "queued").await?;
     in_tx.batch_execute("commit").await?;
     r.expect_clean_exit(EXIT).await?;
 
@@ -453,23 +440,34 @@ async fn sigint_drops_queued_and_paused_clients() -> anyhow::Result<()> {
     r.p.signal(Signal::SIGUSR1)?;
     r.pg.wait_for_backend_count_async(&r.db.name, 0, SIGNAL_EFFECT)
         .await?;
-    let mut waiting = tokio::spawn(async move { paused.simple_query("select 1").await.map(drop) });
+    waits_until_sigint_refuses(&r, paused, "paused").await?;
+    r.expect_clean_exit(EXIT).await?;
+    Ok(())
+}
+
+/// Sends a query from `client` and checks that it waits (the client is `state`: queued, paused); then sends
+/// SIGINT and checks that the client is told "server shutting down" at once.
+async fn waits_until_sigint_refuses(
+    r: &Running,
+    client: tokio_postgres::Client,
+    state: &str,
+) -> anyhow::Result<()> {
+    let mut waiting = tokio::spawn(async move { client.simple_query("select 1").await.map(drop) });
     let early = tokio::time::timeout(Duration::from_millis(300), &mut waiting).await;
     assert!(
         early.is_err(),
-        "the query must wait while paused: {early:?}"
+        "a {state} client's query must wait: {early:?}"
     );
     r.p.signal(Signal::SIGINT)?;
     let err = tokio::time::timeout(SIGNAL_EFFECT, waiting)
         .await
-        .expect("the paused client is answered at once")?
-        .expect_err("no server for a paused client during SIGINT's drain");
+        .unwrap_or_else(|_| panic!("the {state} client is answered at once"))?
+        .expect_err("no server during SIGINT's drain");
     let db = err.as_db_error().unwrap_or_else(|| panic!("{err:?}"));
     assert_eq!(
         (db.code().code(), db.message()),
         ("08P01", "server shutting down")
     );
-    r.expect_clean_exit(EXIT).await?;
     Ok(())
 }
 

@@ -237,21 +237,22 @@ pub fn serve(state: Arc<State>, stream: Stream) -> impl Future<Output = ()> + Se
     async move {
         // The login's state (startup, authentication, perhaps a server login for the pool's welcome) and
         // the console's are boxed: a task's allocation is its largest state, and each idle client keeps it.
-        // The login's result lives in a block of its own, so that its space is not kept while the session
-        // runs.
-        let mut session = 'login: {
-            let end = match Box::pin(login::run(&state, &mut conn, &info)).await {
-                Ok(Some(LoggedIn::Pool(session))) => break 'login session,
-                Ok(Some(LoggedIn::Console(console))) => Box::pin((*console).run(&mut conn)).await,
+        // The login's result is gone (its statement over) before the session runs, so that its space is
+        // not kept meanwhile.
+        let end = 'session: {
+            let mut session = match Box::pin(login::run(&state, &mut conn, &info)).await {
+                Ok(Some(LoggedIn::Pool(session))) => session,
+                Ok(Some(LoggedIn::Console(console))) => {
+                    break 'session Box::pin((*console).run(&mut conn)).await;
+                }
                 Ok(None) => return, // a cancel request: nothing to log
-                Err(end) => end,
+                Err(end) => break 'session end,
             };
-            Box::pin(finish(&state, &mut conn, &info, end)).await;
-            return;
+            let end = session.run(&mut conn).await;
+            // Gone before the client hears why: its records and counts go with it.
+            drop(session);
+            end
         };
-        let end = session.run(&mut conn).await;
-        // Gone before the client hears why: its records and counts go with it.
-        drop(session);
         // Boxed as well: it runs once, at the end, and its state is larger than an idle client's.
         Box::pin(finish(&state, &mut conn, &info, end)).await;
     }
