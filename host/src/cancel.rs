@@ -179,7 +179,7 @@ impl CancelRegistry {
         let sent = match &listed {
             Some(l) => tokio::select! {
                 r = send => r,
-                () = l.record.kill_token().cancelled() => Err(std::io::Error::other(
+                () = l.record.until_killed() => Err(std::io::Error::other(
                     l.record.killed().unwrap_or("killed").to_owned(),
                 )),
             },
@@ -256,8 +256,8 @@ pub struct CancelFrom<'a> {
     pub peer: Peer,
     pub local: Option<SocketAddr>,
     pub unix_pid: u32,
-    /// The process's immediate-shutdown token (its record's kill token is a child of it).
-    pub terminate: &'a tokio_util::sync::CancellationToken,
+    /// The process's lifecycle (a request listed once an immediate shutdown began is abandoned).
+    pub lifecycle: &'a crate::state::Lifecycle,
 }
 
 impl CancelFrom<'_> {
@@ -272,12 +272,13 @@ impl CancelFrom<'_> {
             unix_pid: self.unix_pid,
             application_name: String::new(),
         };
-        let record = ClientRecord::new(spec, self.terminate);
+        let record = ClientRecord::new(spec);
         record.set_cancel_phase(CancelPhase::Waiting);
-        Registered::new(
+        Registered::client(
             record,
             self.id,
             RegistryRef::Pool(Arc::clone(pool), |p: &Pool| &p.live_clients),
+            self.lifecycle,
         )
     }
 }

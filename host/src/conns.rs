@@ -10,13 +10,15 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tokio_util::sync::CancellationToken;
+use futures_util::task::AtomicWaker;
 
 use crate::net::Peer;
+use crate::state::Lifecycle;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -114,13 +116,38 @@ pub struct ClientRecord {
     /// Micros since birth when it started waiting for a server (0: not waiting).
     wait_us: AtomicU64,
     prepared: AtomicU32,
-    /// Cancelled to end the session (KILL, KILL_CLIENT; a child of the immediate-shutdown token).
-    kill: CancellationToken,
+    /// Thrown to end the session: KILL, KILL_CLIENT, an immediate shutdown.
+    kill: KillSwitch,
     kill_reason: OnceLock<String>,
-    /// The console's cancel key (pid, secret), so a cancel request can interrupt a waiting command.
-    pub console_key: Option<(u32, u32)>,
-    /// Set by a cancel request for `console_key`.
+    /// A console client's cancel key and what a cancel request with it wakes (none for a pool's client).
+    pub console: Option<Arc<ConsoleCancel>>,
+}
+
+/// Ends a session from outside: a flag and the waker of the task that watches it (one task per record: the
+/// session's, the console's or the cancel request's). Two words in the record, where a child of a process-wide
+/// cancellation token and the future that waits on it took ~220 bytes per client in allocations of their own;
+/// an immediate shutdown throws every switch through the registries instead ([`crate::state::State::shutdown`]).
+#[derive(Debug, Default)]
+struct KillSwitch {
+    thrown: AtomicBool,
+    waker: AtomicWaker,
+}
+
+/// A console client's cancel key (pid, secret), so a cancel request can interrupt a waiting command.
+#[derive(Debug)]
+pub struct ConsoleCancel {
+    pub key: (u32, u32),
+    /// Notified by a cancel request with `key`.
     pub cancelled: tokio::sync::Notify,
+}
+
+impl ConsoleCancel {
+    pub fn new(key: (u32, u32)) -> Arc<Self> {
+        Arc::new(Self {
+            key,
+            cancelled: tokio::sync::Notify::new(),
+        })
+    }
 }
 
 /// What a client record is made from.
@@ -136,8 +163,8 @@ pub struct ClientSpec {
 }
 
 impl ClientRecord {
-    /// A record for a client that just logged in; `terminate` is the process's immediate-shutdown token.
-    pub fn new(spec: ClientSpec, terminate: &CancellationToken) -> Arc<Self> {
+    /// A record for a client that just logged in.
+    pub fn new(spec: ClientSpec) -> Arc<Self> {
         let born = Born::now();
         Arc::new(Self {
             id: spec.id,
@@ -153,18 +180,17 @@ impl ClientRecord {
             request_us: AtomicU64::new(0),
             wait_us: AtomicU64::new(0),
             prepared: AtomicU32::new(0),
-            kill: terminate.child_token(),
+            kill: KillSwitch::default(),
             kill_reason: OnceLock::new(),
-            console_key: None,
-            cancelled: tokio::sync::Notify::new(),
+            console: None,
         })
     }
 
     /// [`ClientRecord::new`] for a console client, with the cancel key it was given.
-    pub fn console(spec: ClientSpec, terminate: &CancellationToken, key: (u32, u32)) -> Arc<Self> {
-        let mut rec = Self::new(spec, terminate);
+    pub fn console(spec: ClientSpec, cancel: Arc<ConsoleCancel>) -> Arc<Self> {
+        let mut rec = Self::new(spec);
         if let Some(r) = Arc::get_mut(&mut rec) {
-            r.console_key = Some(key);
+            r.console = Some(cancel);
         }
         rec
     }
@@ -259,12 +285,37 @@ impl ClientRecord {
     /// Ends the session with `reason` (the client is told, as PgBouncer tells it); the first reason wins.
     pub fn kill(&self, reason: &str) {
         let _ = self.kill_reason.set(reason.to_owned());
-        self.kill.cancel();
+        self.throw();
     }
 
-    /// The token the session watches (cancelled by [`ClientRecord::kill`] and by an immediate shutdown).
-    pub fn kill_token(&self) -> &CancellationToken {
-        &self.kill
+    /// Ends the session for an immediate shutdown: the connection just closes.
+    pub fn shut_down(&self) {
+        self.throw();
+    }
+
+    fn throw(&self) {
+        self.kill.thrown.store(true, Ordering::Release);
+        self.kill.waker.wake();
+    }
+
+    /// Ready once the session must end ([`ClientRecord::kill`], [`ClientRecord::shut_down`]); while not,
+    /// the task polling it is the one woken then. Costs an atomic load when nothing changed.
+    pub fn poll_killed(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.kill.thrown.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        self.kill.waker.register(cx.waker());
+        // Thrown between the load and the registration: the wake may have found the old waker.
+        if self.kill.thrown.load(Ordering::Acquire) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Resolves once the session must end.
+    pub async fn until_killed(&self) {
+        std::future::poll_fn(|cx| self.poll_killed(cx)).await;
     }
 
     /// What KILL or KILL_CLIENT gave as the reason, if one ended the session.
@@ -274,7 +325,7 @@ impl ClientRecord {
 
     /// Why the session must end now, if it must: the KILL's reason, or the shutdown's.
     pub fn killed(&self) -> Option<&str> {
-        if !self.kill.is_cancelled() {
+        if !self.kill.thrown.load(Ordering::Acquire) {
             return None;
         }
         Some(
@@ -557,6 +608,25 @@ impl<T> Registered<T> {
     }
 }
 
+impl Registered<ClientRecord> {
+    /// Registers a client's record. One registered once an immediate shutdown has begun is shut down at
+    /// once: the shutdown's sweep through the registries may have passed its registry already. (The sweep
+    /// raises the lifecycle's flag before it takes any registry's lock, and this reads the flag after
+    /// inserting under that lock: one of the two sees the other.)
+    pub fn client(
+        record: Arc<ClientRecord>,
+        id: u64,
+        registry: RegistryRef<ClientRecord>,
+        lifecycle: &Lifecycle,
+    ) -> Self {
+        let registered = Self::new(record, id, registry);
+        if lifecycle.is_terminating() {
+            registered.record.shut_down();
+        }
+        registered
+    }
+}
+
 impl<T> RegistryRef<T> {
     fn get(&self) -> &Registry<T> {
         match self {
@@ -617,18 +687,15 @@ mod tests {
     use super::*;
 
     fn client(id: u64) -> Arc<ClientRecord> {
-        ClientRecord::new(
-            ClientSpec {
-                id,
-                user: "u".into(),
-                database: "d".into(),
-                peer: Peer::Unix,
-                local: None,
-                unix_pid: 0,
-                application_name: String::new(),
-            },
-            &CancellationToken::new(),
-        )
+        ClientRecord::new(ClientSpec {
+            id,
+            user: "u".into(),
+            database: "d".into(),
+            peer: Peer::Unix,
+            local: None,
+            unix_pid: 0,
+            application_name: String::new(),
+        })
     }
 
     fn server(id: u64) -> Arc<ServerRecord> {
@@ -697,7 +764,6 @@ mod tests {
 
     #[test]
     fn kill_gives_its_reason_and_shutdown_its_own() {
-        let terminate = CancellationToken::new();
         let spec = ClientSpec {
             id: 1,
             user: "u".into(),
@@ -707,15 +773,57 @@ mod tests {
             unix_pid: 0,
             application_name: String::new(),
         };
-        let a = ClientRecord::new(spec.clone(), &terminate);
-        let b = ClientRecord::new(spec, &terminate);
+        let a = ClientRecord::new(spec.clone());
+        let b = ClientRecord::new(spec);
         assert_eq!(a.killed(), None);
         a.kill("admin forced disconnect");
         a.kill("database removed");
         assert_eq!(a.killed(), Some("admin forced disconnect"));
         assert_eq!(b.killed(), None);
-        terminate.cancel();
+        b.shut_down();
         assert_eq!(b.killed(), Some("server shutting down"));
+        assert_eq!(b.kill_reason(), None);
+    }
+
+    #[tokio::test]
+    async fn a_thrown_switch_wakes_the_task_that_waits_on_it() {
+        let record = client(8);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(record.poll_killed(&mut cx).is_pending());
+        let waiter = tokio::spawn({
+            let record = Arc::clone(&record);
+            async move { record.until_killed().await }
+        });
+        tokio::task::yield_now().await;
+        record.kill("admin forced disconnect");
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken")
+            .expect("the task ran");
+        assert!(record.poll_killed(&mut cx).is_ready(), "stays thrown");
+    }
+
+    #[test]
+    fn a_client_registered_after_an_immediate_shutdown_began_is_shut_down() {
+        let lifecycle = Lifecycle::default();
+        let reg = Arc::new(Registry::default());
+        let before = Registered::client(
+            client(1),
+            1,
+            RegistryRef::Shared(Arc::clone(&reg)),
+            &lifecycle,
+        );
+        assert_eq!(before.record.killed(), None);
+        lifecycle.shutdown(crate::state::ShutdownMode::Immediate);
+        let after = Registered::client(
+            client(2),
+            2,
+            RegistryRef::Shared(Arc::clone(&reg)),
+            &lifecycle,
+        );
+        assert_eq!(after.record.killed(), Some("server shutting down"));
+        // The sweep is State::shutdown's, not the lifecycle's: the one registered before is untouched here.
+        assert_eq!(before.record.killed(), None);
     }
 
     #[test]

@@ -221,7 +221,7 @@ pub async fn run(listeners: Listeners, state: Arc<State>) {
         let _ = accept.await;
         drop(file);
     }
-    lifecycle.shutdown(ShutdownMode::Immediate);
+    state.shutdown(ShutdownMode::Immediate);
     lifecycle.tracker.close();
     let _ = tokio::time::timeout(GOODBYE, lifecycle.tracker.wait()).await;
     janitor.abort();

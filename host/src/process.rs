@@ -163,14 +163,14 @@ async fn on_signal(state: &Arc<State>, kind: SignalKind) {
                 "waiting for all servers connections to be released",
             )
         };
-        if lifecycle.shutdown(wanted) == ShutdownMode::Immediate {
+        if state.shutdown(wanted) == ShutdownMode::Immediate {
             tracing::info!("got {name} while shutting down, fast exit");
         } else {
             tracing::info!("got {name}, shutting down, {waiting}");
         }
     } else if kind == SignalKind::quit() {
         tracing::info!("got SIGQUIT, fast exit");
-        lifecycle.shutdown(ShutdownMode::Immediate);
+        state.shutdown(ShutdownMode::Immediate);
     } else if kind == SignalKind::user_defined1() {
         if lifecycle.is_paused() {
             tracing::info!("got SIGUSR1, but already paused/suspended");

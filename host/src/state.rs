@@ -127,6 +127,24 @@ impl State {
         }
     }
 
+    /// Starts (or escalates) a shutdown ([`Lifecycle::shutdown`]); an immediate one ends every client's
+    /// session now, through the registries of live clients (every pool's, the console's). A pool leaves
+    /// the map only once it has no clients, so no session is out of reach; one registering during the sweep
+    /// sees the lifecycle's flag itself.
+    pub fn shutdown(&self, requested: ShutdownMode) -> ShutdownMode {
+        let effective = self.lifecycle.shutdown(requested);
+        if effective == ShutdownMode::Immediate {
+            for pool in self.pools.all() {
+                pool.live_clients
+                    .each(crate::conns::ClientRecord::shut_down);
+            }
+            self.console
+                .live
+                .each(crate::conns::ClientRecord::shut_down);
+        }
+        effective
+    }
+
     /// SUSPEND (`true`) or its end (`false`): like PAUSE no server is handed out while it holds, but no pool
     /// closes its servers.
     pub fn hold_clients(&self, hold: bool) {
@@ -198,6 +216,9 @@ pub struct Lifecycle {
     paused_flag: AtomicBool,
     /// `draining` as a flag, readable without the token's lock on every transaction.
     draining_flag: AtomicBool,
+    /// `terminate` as a flag, raised before the token is cancelled: a client registering after it is shut
+    /// down at once ([`crate::conns::Registered::client`]).
+    terminating: AtomicBool,
     /// Every client task, so shutdown can wait for them.
     pub tracker: TaskTracker,
     mode: Mutex<Option<ShutdownMode>>,
@@ -212,6 +233,7 @@ impl Default for Lifecycle {
             paused: watch::Sender::new(false),
             paused_flag: AtomicBool::new(false),
             draining_flag: AtomicBool::new(false),
+            terminating: AtomicBool::new(false),
             tracker: TaskTracker::new(),
             mode: Mutex::new(None),
         }
@@ -220,8 +242,8 @@ impl Default for Lifecycle {
 
 impl Lifecycle {
     /// Starts (or escalates) a shutdown. A second request while one is running means "now", as in
-    /// PgBouncer 1.23+.
-    pub fn shutdown(&self, requested: ShutdownMode) -> ShutdownMode {
+    /// PgBouncer 1.23+. Sessions are ended by [`State::shutdown`], which calls this.
+    pub(crate) fn shutdown(&self, requested: ShutdownMode) -> ShutdownMode {
         let mut mode = self.mode.lock().unwrap_or_else(|e| e.into_inner());
         let effective = match *mode {
             None => requested,
@@ -232,6 +254,7 @@ impl Lifecycle {
         match effective {
             ShutdownMode::Immediate => {
                 self.start_draining();
+                self.terminating.store(true, Ordering::SeqCst);
                 self.terminate.cancel();
             }
             ShutdownMode::WaitForServers => self.start_draining(),
@@ -251,6 +274,11 @@ impl Lifecycle {
     fn start_draining(&self) {
         self.draining_flag.store(true, Ordering::Release);
         self.draining.cancel();
+    }
+
+    /// Whether an immediate shutdown started.
+    pub fn is_terminating(&self) -> bool {
+        self.terminating.load(Ordering::SeqCst)
     }
 
     /// Whether a WAIT_FOR_SERVERS (or immediate) shutdown started: no server is handed out any more.

@@ -698,6 +698,42 @@ async fn shutdown_stops_the_pooler() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An immediate shutdown (SHUTDOWN, SIGQUIT, a second SIGINT) ends every session at once, wherever it is: a
+/// client idle between transactions, one inside a transaction, one queued for the pool's only server, and a
+/// console client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn immediate_shutdown_ends_every_session_at_once() -> anyhow::Result<()> {
+    let (db, pooler) = start(
+        "adm_shut_all",
+        "pool_mode = transaction\ndefault_pool_size = 1",
+    )
+    .await?;
+    let idle = pooler.connect_as(&db).await?;
+    idle.simple_query("select 1").await?;
+    let busy = pooler.connect_as(&db).await?;
+    busy.batch_execute("begin; select 1").await?;
+    let queued = pooler.connect_as(&db).await?;
+    let waiting = tokio::spawn(async move { queued.simple_query("select 2").await.map(drop) });
+    let admin = console(&pooler).await?;
+    eventually("the third client to queue", || async {
+        Ok(table(&admin, "SHOW POOLS")
+            .await?
+            .get(&db.name, "cl_waiting")
+            == "1")
+    })
+    .await?;
+
+    pooler
+        .state
+        .shutdown(pgwarden::state::ShutdownMode::Immediate);
+    eventually("every session to end", || async {
+        Ok(idle.is_closed() && busy.is_closed() && admin.is_closed() && waiting.is_finished())
+    })
+    .await?;
+    assert!(waiting.await?.is_err(), "the queued query got no answer");
+    Ok(())
+}
+
 /// Console clients count against max_user_client_connections and max_db_client_connections like any
 /// client (SHOW USERS and SHOW DATABASES show them), but admins are never refused (PgBouncer's rule).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -242,7 +242,7 @@ impl Pooler {
 
     /// Shuts down as `mode` and waits for `run` to return.
     pub async fn shutdown(mut self, mode: ShutdownMode) -> anyhow::Result<()> {
-        self.state.lifecycle.shutdown(mode);
+        self.state.shutdown(mode);
         if let Some(task) = self.task.take() {
             match tokio::time::timeout(std::time::Duration::from_secs(30), task).await {
                 Ok(res) => res?,
@@ -255,7 +255,7 @@ impl Pooler {
 
 impl Drop for Pooler {
     fn drop(&mut self) {
-        self.state.lifecycle.shutdown(ShutdownMode::Immediate);
+        self.state.shutdown(ShutdownMode::Immediate);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

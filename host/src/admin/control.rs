@@ -303,7 +303,7 @@ fn shutdown(
         return None;
     }
     tracing::info!("SHUTDOWN command issued ({mode:?})");
-    state.lifecycle.shutdown(mode);
+    state.shutdown(mode);
     match mode {
         // PgBouncer does not answer: the connection ends with the process.
         ShutdownMode::Immediate => Some(End::Closed("SHUTDOWN".into())),

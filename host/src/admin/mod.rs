@@ -34,7 +34,7 @@ pub use stats::{StatsWindow, rotate_window};
 use crate::cancel::CancelHandle;
 use crate::client::{ClientConn, ClientInfo, End};
 use crate::config::{AuthType, RESERVED_DATABASE_NAMES, Settings};
-use crate::conns::{ClientRecord, ClientSpec, Registered, Registry, RegistryRef};
+use crate::conns::{ClientRecord, ClientSpec, ConsoleCancel, Registered, Registry, RegistryRef};
 use crate::net::Stream;
 use crate::protocol::PROTOCOL_VIOLATION;
 use crate::protocol::backend::{self, ErrorFields, Severity, TransactionStatus};
@@ -76,8 +76,10 @@ pub fn is_disabled(state: &State, database: &str) -> bool {
 /// WAIT_CLOSE, KILL), as ^C in psql does in PgBouncer.
 pub fn cancel_request(state: &State, pid: u32, secret: u32) {
     for c in state.console.live.snapshot() {
-        if c.console_key == Some((pid, secret)) {
-            c.cancelled.notify_waiters();
+        if let Some(console) = &c.console
+            && console.key == (pid, secret)
+        {
+            console.cancelled.notify_waiters();
         }
     }
 }
@@ -128,6 +130,8 @@ pub struct Console {
     live: Registered<ClientRecord>,
     /// Its cancel key, reserved among every client's so a cancel request finds this console.
     cancel: CancelHandle,
+    /// What a cancel request with this session's key wakes (its record points here too).
+    interrupt: Arc<ConsoleCancel>,
     /// This client issued the SUSPEND in effect: if it leaves, the pooler resumes (PgBouncer's rule).
     suspended_here: AtomicBool,
     /// Client counts held while connected (max_client_conn, max_db_client_connections,
@@ -166,11 +170,13 @@ impl Console {
             unix_pid: info.unix_pid,
             application_name: String::new(),
         };
-        let record = ClientRecord::console(spec, &state.lifecycle.terminate, key);
-        let live = Registered::new(
+        let interrupt = ConsoleCancel::new(key);
+        let record = ClientRecord::console(spec, Arc::clone(&interrupt));
+        let live = Registered::client(
             record,
             info.id,
             RegistryRef::Shared(Arc::clone(&state.console.live)),
+            &state.lifecycle,
         );
         Self {
             state: Arc::clone(state),
@@ -179,6 +185,7 @@ impl Console {
             info,
             live,
             cancel,
+            interrupt,
             suspended_here: AtomicBool::new(false),
             _guards: guards,
         }
@@ -207,14 +214,14 @@ impl Console {
 
     /// Serves queries until the client leaves or the process stops.
     pub async fn run(self, conn: &mut ClientConn) -> End {
-        let kill = self.live.record.kill_token().clone();
+        let record = Arc::clone(&self.live.record);
         let mut ext = extended::Extended::default();
         loop {
             let max = self.state.runtime().config.settings.max_packet_size;
             let frame = tokio::select! {
                 biased;
                 // Immediate shutdown (SIGQUIT, SHUTDOWN), KILL_CLIENT.
-                () = kill.cancelled() => return self.killed_end(),
+                () = record.until_killed() => return self.killed_end(),
                 // The next message.
                 f = conn.read_frame(max) => f,
             };
@@ -283,18 +290,17 @@ impl Console {
         out: &mut BytesMut,
     ) -> Result<(), End> {
         let record = Arc::clone(&self.live.record);
-        let cancelled = record.cancelled.notified();
+        let cancelled = self.interrupt.cancelled.notified();
         tokio::pin!(cancelled);
         // Registered now, so a cancel sent while the command runs is not missed.
         cancelled.as_mut().enable();
-        let kill = record.kill_token().clone();
         let mut work = Box::pin(self.execute(query, out));
         let stopped = tokio::select! {
             biased;
             // The command finished (or ends the session: SHUTDOWN).
             end = &mut work => return end.map_or(Ok(()), Err),
             // Immediate shutdown, KILL_CLIENT.
-            () = kill.cancelled() => Err(self.killed_end()),
+            () = record.until_killed() => Err(self.killed_end()),
             // psql's ^C.
             () = &mut cancelled => Ok(()),
             // The client left: nobody waits for the answer.

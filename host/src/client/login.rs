@@ -78,7 +78,7 @@ async fn login(
                 peer: info.peer,
                 local: info.local,
                 unix_pid: info.unix_pid,
-                terminate: &state.lifecycle.terminate,
+                lifecycle: &state.lifecycle,
             };
             if !state
                 .cancels

@@ -11,7 +11,6 @@ mod outq;
 pub mod prepared;
 mod relay;
 mod session;
-mod signal;
 mod startup;
 
 use std::borrow::Cow;

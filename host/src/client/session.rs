@@ -12,11 +12,9 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
 use tokio::time::Sleep;
-use tokio_util::sync::CancellationToken;
 
 use super::prepared::{ClientStatements, Statements};
 use super::relay::{Counts, Denial, QueryPolicy, Relay, RelayError, STREAM_MIN, ServerCtx};
-use super::signal::Signal;
 use super::{ClientConn, ClientInfo, End, OutQueue, login::checkout_end};
 use crate::cancel::{CancelHandle, CancelTarget};
 use crate::config::{PoolMode, SessionState};
@@ -146,11 +144,6 @@ pub struct Session {
     plugin_info: Option<Box<SessionInfo>>,
     /// What `plugin_info` is made from when a policy check first needs it.
     login_facts: LoginFacts,
-    /// Fires on an immediate shutdown, KILL and KILL_CLIENT: the session's record's kill token (a child of
-    /// the process's terminate token, so polling it never contends with other sessions). A drain needs no
-    /// signal: it changes nothing for a linked or idle client, the next checkout reads it from a flag, and a
-    /// client queued for a server waits on the process's token while it waits.
-    terminate: Signal,
     timer: Option<Pin<Box<Sleep>>>,
     /// Its record in the pool's registry of live clients (SHOW CLIENTS, KILL_CLIENT).
     live: Registered<ClientRecord>,
@@ -211,8 +204,6 @@ impl Session {
         let live = register_client(&state, &info, &user, &pool.0, &params);
         // A cancel request for this client is listed under its pool while it is forwarded.
         cancel.slot().set_owner(Arc::clone(&pool.0), user.clone());
-        // Cancelled by an immediate shutdown and by KILL/KILL_CLIENT.
-        let terminate_token: CancellationToken = live.record.kill_token().clone();
         Self {
             state,
             info,
@@ -230,7 +221,6 @@ impl Session {
             was_pinned: None,
             plugin_info: None,
             login_facts,
-            terminate: Signal::new(terminate_token),
             timer: None,
             live,
             linked: None,
@@ -419,8 +409,10 @@ impl Session {
         }
         // A drain (WAIT_FOR_SERVERS) is not watched here: it leaves clients between transactions alone
         // until the process exits, and the next transaction's checkout sees it.
-        // Immediate shutdown, KILL, KILL_CLIENT.
-        if Pin::new(&mut self.terminate).poll(cx).is_ready() {
+        // Immediate shutdown, KILL, KILL_CLIENT: the record's kill switch. (A drain needs no watching: it
+        // changes nothing for a linked or idle client, the next checkout reads it from a flag, and a client
+        // queued for a server waits on the process's token while it waits.)
+        if self.live.record.poll_killed(cx).is_ready() {
             return Poll::Ready(Err(killed_end(&self.live.record)));
         }
         Poll::Pending
@@ -539,7 +531,7 @@ impl Session {
                     return Err(End::pooler("server shutting down"));
                 }
                 // KILL, KILL_CLIENT, immediate shutdown.
-                () = &mut self.terminate => return Err(killed_end(&live)),
+                () = live.until_killed() => return Err(killed_end(&live)),
             }
         }
     }
@@ -554,7 +546,7 @@ impl Session {
             // Shutdown while paused.
             () = state.lifecycle.draining.cancelled() => Err(End::pooler("server shutting down")),
             // KILL, KILL_CLIENT, immediate shutdown.
-            () = &mut self.terminate => Err(killed_end(&live)),
+            () = live.until_killed() => Err(killed_end(&live)),
         }
     }
 
@@ -953,7 +945,7 @@ impl Session {
         // A drain is not watched while linked: it changes nothing for a linked client (the server goes
         // back when the transaction ends, and the next checkout sees the drain).
         // Watched while linked too: KILL and KILL_CLIENT end a session mid-transaction.
-        if Pin::new(&mut self.terminate).poll(cx).is_ready() {
+        if self.live.record.poll_killed(cx).is_ready() {
             return Poll::Ready(Io::Stop);
         }
         if progress {
@@ -1216,9 +1208,9 @@ fn register_client(
         unix_pid: info.unix_pid,
         application_name: app.to_owned(),
     };
-    let record = ClientRecord::new(spec, &state.lifecycle.terminate);
+    let record = ClientRecord::new(spec);
     let registry = RegistryRef::Pool(Arc::clone(pool), |p: &Pool| &p.live_clients);
-    Registered::new(record, info.id, registry)
+    Registered::client(record, info.id, registry, &state.lifecycle)
 }
 
 /// The statements that make a server whose session settings are `server` hold the client's: RESET what the
