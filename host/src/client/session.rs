@@ -358,7 +358,9 @@ impl Session {
                 conn.local = BytesMut::new();
             }
             if self.wait_client_readable(conn, idle_since).await? == Wake::PinnedServer {
-                self.relay_pinned_server(conn).await?;
+                // Boxed: only a pinned client's server ever speaks between transactions, and the state of
+                // this wait is kept by every idle client.
+                Box::pin(self.relay_pinned_server(conn)).await?;
                 continue;
             }
             if conn.rbuf.capacity() - conn.rbuf.len() < HEADER_LEN {
@@ -373,14 +375,16 @@ impl Session {
         }
     }
 
-    async fn wait_client_readable(
-        &mut self,
-        conn: &ClientConn,
+    /// Arms client_idle_timeout, then waits on what an idle client waits on. Not an `async fn`: its state
+    /// would keep its arguments twice; the poll keeps two references.
+    fn wait_client_readable<'a>(
+        &'a mut self,
+        conn: &'a ClientConn,
         idle_since: Instant,
-    ) -> Result<Wake, End> {
+    ) -> impl Future<Output = Result<Wake, End>> + 'a {
         let idle_timeout = self.timeouts.client_idle_timeout;
         self.set_timer((!idle_timeout.is_zero()).then(|| idle_since + idle_timeout));
-        poll_fn(|cx| self.poll_idle(cx, conn)).await
+        poll_fn(move |cx| self.poll_idle(cx, conn))
     }
 
     /// One look at everything an idle client waits on. Written as a poll rather than a `select!` over
