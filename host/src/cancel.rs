@@ -51,7 +51,7 @@ pub struct CancelSlot {
     settled: Notify,
     /// The pool and user of the client this key belongs to (a pool client's; none for the console), so a
     /// cancel request in flight is listed under that pool in SHOW CLIENTS and counted in SHOW POOLS.
-    owner: OnceLock<(Arc<Pool>, String)>,
+    owner: OnceLock<(Arc<Pool>, Arc<str>)>,
 }
 
 impl CancelSlot {
@@ -60,7 +60,7 @@ impl CancelSlot {
     }
 
     /// The key belongs to a client of `pool` logged in as `user`.
-    pub fn set_owner(&self, pool: Arc<Pool>, user: String) {
+    pub fn set_owner(&self, pool: Arc<Pool>, user: Arc<str>) {
         let _ = self.owner.set((pool, user));
     }
 
@@ -262,11 +262,11 @@ pub struct CancelFrom<'a> {
 
 impl CancelFrom<'_> {
     /// Lists the request among `pool`'s clients, as `user`'s, waiting to be forwarded; unlisted on drop.
-    fn list(&self, pool: &Arc<Pool>, user: &str) -> Registered<ClientRecord> {
+    fn list(&self, pool: &Arc<Pool>, user: &Arc<str>) -> Registered<ClientRecord> {
         let spec = ClientSpec {
             id: self.id,
-            user: user.to_owned(),
-            database: pool.key.database.to_string(),
+            user: Arc::clone(user),
+            database: Arc::clone(&pool.key.database),
             peer: self.peer,
             local: self.local,
             unix_pid: self.unix_pid,

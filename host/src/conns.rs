@@ -96,9 +96,9 @@ impl Born {
 pub struct ClientRecord {
     pub id: u64,
     /// The user it logged in as.
-    pub user: String,
+    pub user: Arc<str>,
     /// The database (alias) it asked for: its pool's, or the console's.
-    pub database: String,
+    pub database: Arc<str>,
     pub peer: Peer,
     pub local: Option<SocketAddr>,
     /// The process at the other end of a Unix socket, when the kernel says (0 otherwise).
@@ -154,8 +154,9 @@ impl ConsoleCancel {
 #[derive(Debug, Clone)]
 pub struct ClientSpec {
     pub id: u64,
-    pub user: String,
-    pub database: String,
+    /// Shared, not copied: the client's identity and its pool's key hold the same names.
+    pub user: Arc<str>,
+    pub database: Arc<str>,
     pub peer: Peer,
     pub local: Option<SocketAddr>,
     pub unix_pid: u32,

@@ -292,8 +292,9 @@ impl Lifecycle {
 #[derive(Debug, Default)]
 pub struct ClientCounts {
     pub total: AtomicU32,
-    per_db: Mutex<HashMap<String, u32>>,
-    per_user: Mutex<HashMap<String, u32>>,
+    /// Keyed by shared names: each client's guard holds the key, not a copy of the name.
+    per_db: Mutex<HashMap<Arc<str>, u32>>,
+    per_user: Mutex<HashMap<Arc<str>, u32>>,
 }
 
 /// Which count a limit applies to.
@@ -308,7 +309,11 @@ impl ClientCounts {
     pub fn try_add(self: &Arc<Self>, kind: CountKind, name: &str, max: u32) -> Option<CountGuard> {
         let map = self.map(kind);
         let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
-        let n = map.entry(name.to_owned()).or_default();
+        let key = match map.get_key_value(name) {
+            Some((key, _)) => Arc::clone(key),
+            None => Arc::from(name),
+        };
+        let n = map.entry(Arc::clone(&key)).or_default();
         if max != 0 && *n >= max {
             return None;
         }
@@ -316,7 +321,7 @@ impl ClientCounts {
         Some(CountGuard {
             counts: Arc::clone(self),
             kind,
-            name: name.to_owned(),
+            name: key,
         })
     }
 
@@ -326,7 +331,7 @@ impl ClientCounts {
         map.get(name).copied().unwrap_or(0)
     }
 
-    fn map(&self, kind: CountKind) -> &Mutex<HashMap<String, u32>> {
+    fn map(&self, kind: CountKind) -> &Mutex<HashMap<Arc<str>, u32>> {
         match kind {
             CountKind::Database => &self.per_db,
             CountKind::User => &self.per_user,
@@ -339,7 +344,7 @@ impl ClientCounts {
 pub struct CountGuard {
     counts: Arc<ClientCounts>,
     kind: CountKind,
-    name: String,
+    name: Arc<str>,
 }
 
 impl Drop for CountGuard {
@@ -349,10 +354,10 @@ impl Drop for CountGuard {
             .map(self.kind)
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = map.get_mut(&self.name) {
+        if let Some(n) = map.get_mut(&*self.name) {
             *n -= 1;
             if *n == 0 {
-                map.remove(&self.name);
+                map.remove(&*self.name);
             }
         }
     }

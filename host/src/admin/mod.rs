@@ -163,8 +163,8 @@ impl Console {
         let key = (cancel.slot().pid, cancel.slot().secret);
         let spec = ClientSpec {
             id: info.id,
-            user: user.clone(),
-            database: CONSOLE_NAME.to_owned(),
+            user: user.as_str().into(),
+            database: CONSOLE_NAME.into(),
             peer: info.peer,
             local: info.local,
             unix_pid: info.unix_pid,

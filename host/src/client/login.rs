@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use tokio::io::AsyncReadExt;
 
 use super::hooks::{self, Routing};
-use super::session::{ClientTimeouts, PoolClient, Session};
+use super::session::{ClientCounted, ClientTimeouts, PoolClient, Session};
 use super::startup::{self as client_startup, ClientStartup};
 use super::{ClientConn, ClientInfo, End, auth};
 use crate::config::{AuthType, Database};
@@ -351,13 +351,15 @@ async fn attach(
     Ok(Session::new(
         Arc::clone(state),
         Arc::clone(info),
-        startup.user.clone(),
+        // The name the identity holds (set from this startup packet), shared rather than copied.
+        info.user()
+            .map_or_else(|| Arc::from(startup.user.as_str()), Arc::clone),
         pool_client,
         params,
         state.cancels.register(),
         timeouts,
         login_facts,
-        vec![Box::new(total), Box::new(db_count), Box::new(user_count)],
+        ClientCounted::new(total, db_count, user_count),
     ))
 }
 
