@@ -70,50 +70,85 @@ fn canonical(name: &str) -> &str {
 }
 
 /// One value per tracked parameter; `None` when unknown.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+///
+/// Packed into one string, slot by slot: a slot is empty (unknown) or `=` and the value, and NUL (which no
+/// parameter value can hold: the protocol ends them with it) separates the slots. Every client and server
+/// keeps one, and values change rarely (a `SET` of a tracked parameter): one small allocation, where a
+/// vector of optional strings took ~100 bytes and one more allocation per value.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParamValues {
-    values: Vec<Option<Box<str>>>,
+    packed: Box<str>,
 }
 
 impl ParamValues {
     pub fn new(tracked: &Tracked) -> Self {
         Self {
-            values: vec![None; tracked.len()],
+            packed: "\0".repeat(tracked.len().saturating_sub(1)).into(),
         }
     }
 
+    /// Each slot's value, in order.
+    fn slots(&self) -> impl Iterator<Item = Option<&str>> {
+        self.packed.split('\0').map(|s| s.strip_prefix('='))
+    }
+
+    /// Packs `slots` anew.
+    fn repack<'a>(slots: impl Iterator<Item = Option<&'a str>>) -> Box<str> {
+        let mut packed = String::new();
+        for (i, slot) in slots.enumerate() {
+            if i > 0 {
+                packed.push('\0');
+            }
+            if let Some(value) = slot {
+                debug_assert!(!value.contains('\0'), "a parameter value with a NUL");
+                packed.push('=');
+                packed.push_str(value);
+            }
+        }
+        packed.into()
+    }
+
     pub fn get(&self, index: usize) -> Option<&str> {
-        self.values.get(index).and_then(|v| v.as_deref())
+        self.slots().nth(index).flatten()
     }
 
     /// Sets a value; returns whether it changed.
     pub fn set(&mut self, index: usize, value: &str) -> bool {
-        let Some(slot) = self.values.get_mut(index) else {
-            return false;
-        };
-        if slot.as_deref() == Some(value) {
-            return false;
+        match self.slots().nth(index) {
+            None => return false,
+            Some(old) if old == Some(value) => return false,
+            Some(_) => {}
         }
-        *slot = Some(value.into());
+        self.packed = Self::repack(
+            self.slots()
+                .enumerate()
+                .map(|(i, old)| if i == index { Some(value) } else { old }),
+        );
         true
     }
 
     /// Copies every known value of `other` over ours.
     pub fn merge_from(&mut self, other: &Self) {
-        for (mine, theirs) in self.values.iter_mut().zip(&other.values) {
-            if theirs.is_some() {
-                mine.clone_from(theirs);
-            }
+        if other.slots().all(|v| v.is_none()) {
+            return;
         }
+        self.packed = Self::repack(
+            self.slots()
+                .zip(other.slots())
+                .map(|(mine, theirs)| theirs.or(mine)),
+        );
     }
 
     /// The `SET` statements that make a server with `server` values match `self` (the client's), or `None`
     /// when they already agree. Parameters the client has no value for are left alone.
     pub fn sync_sql(&self, server: &Self, tracked: &Tracked) -> Option<String> {
+        if self.packed == server.packed {
+            return None;
+        }
         let mut sql = String::new();
-        for (i, (want, have)) in self.values.iter().zip(&server.values).enumerate() {
+        for (i, (want, have)) in self.slots().zip(server.slots()).enumerate() {
             let Some(want) = want else { continue };
-            if have.as_deref() == Some(&**want) {
+            if have == Some(want) {
                 continue;
             }
             let _ = write!(
@@ -128,10 +163,9 @@ impl ParamValues {
 
     /// Iterates `(index, value)` over known values.
     pub fn iter(&self) -> impl Iterator<Item = (usize, &str)> {
-        self.values
-            .iter()
+        self.slots()
             .enumerate()
-            .filter_map(|(i, v)| v.as_deref().map(|v| (i, v)))
+            .filter_map(|(i, v)| v.map(|v| (i, v)))
     }
 }
 
@@ -203,6 +237,36 @@ mod tests {
         assert!(
             !client.set(t.index("TimeZone").unwrap(), "Europe/Berlin"),
             "unchanged"
+        );
+    }
+
+    #[test]
+    fn values_keep_unknown_empty_and_set_apart() {
+        let t = Tracked::new(&["search_path".to_owned()]);
+        let mut v = ParamValues::new(&t);
+        assert_eq!(v.iter().count(), 0);
+        let (app, path) = (
+            t.index("application_name").unwrap(),
+            t.index("search_path").unwrap(),
+        );
+        assert!(v.set(app, ""), "empty is a value");
+        assert_eq!(v.get(app), Some(""));
+        assert_eq!(v.get(path), None);
+        assert!(v.set(path, "a, \"b=c\""));
+        assert!(!v.set(path, "a, \"b=c\""), "unchanged");
+        assert!(!v.set(t.len(), "x"), "no such slot");
+        assert_eq!(v.get(t.len()), None);
+        assert_eq!(
+            v.iter().collect::<Vec<_>>(),
+            [(app, ""), (path, "a, \"b=c\"")]
+        );
+        let mut other = ParamValues::new(&t);
+        other.set(0, "UTF8");
+        other.set(app, "svc");
+        v.merge_from(&other);
+        assert_eq!(
+            v.iter().collect::<Vec<_>>(),
+            [(0, "UTF8"), (app, "svc"), (path, "a, \"b=c\"")]
         );
     }
 

@@ -315,7 +315,7 @@ async fn attach(
     if pool.welcome().is_none() {
         // The first client of a pool waits for a server login, which also proves the pool can log in.
         let server = pool
-            .checkout_uncounted(timeouts.query_timeout)
+            .checkout_uncounted(timeouts.query_timeout())
             .await
             .map_err(|e| checkout_end(&e))?;
         pool.checkin_unused(server);

@@ -39,12 +39,30 @@ const HIGH_WATER: usize = 256 * 1024;
 const READ_CHUNK: usize = 8 * 1024;
 
 /// Client-side timeouts, resolved for the login user ([users] → global). Zero disables one.
+///
+/// Whole milliseconds (a fraction rounds up, so a tiny timeout never becomes "none"; beyond 49 days they
+/// saturate): 16 bytes in every session rather than 64.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ClientTimeouts {
-    pub query_timeout: Duration,
-    pub idle_transaction_timeout: Duration,
-    pub transaction_timeout: Duration,
-    pub client_idle_timeout: Duration,
+    query: Millis,
+    idle_transaction: Millis,
+    transaction: Millis,
+    client_idle: Millis,
+}
+
+/// A timeout in whole milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Millis(u32);
+
+impl Millis {
+    fn from_duration(d: Duration) -> Self {
+        let ms = d.as_nanos().div_ceil(1_000_000);
+        Self(u32::try_from(ms).unwrap_or(u32::MAX))
+    }
+
+    fn get(self) -> Duration {
+        Duration::from_millis(u64::from(self.0))
+    }
 }
 
 impl ClientTimeouts {
@@ -52,24 +70,38 @@ impl ClientTimeouts {
         let s = &runtime.config.settings;
         let u = runtime.config.users.get(user);
         let pick = |user: Option<Duration>, global: Duration| {
-            user.filter(|d| !d.is_zero()).unwrap_or(global)
+            Millis::from_duration(user.filter(|d| !d.is_zero()).unwrap_or(global))
         };
         Self {
-            query_timeout: pick(u.and_then(|u| u.query_timeout), s.query_timeout),
-            idle_transaction_timeout: pick(
+            query: pick(u.and_then(|u| u.query_timeout), s.query_timeout),
+            idle_transaction: pick(
                 u.and_then(|u| u.idle_transaction_timeout),
                 s.idle_transaction_timeout,
             ),
-            transaction_timeout: pick(u.and_then(|u| u.transaction_timeout), s.transaction_timeout),
-            client_idle_timeout: pick(u.and_then(|u| u.client_idle_timeout), s.client_idle_timeout),
+            transaction: pick(u.and_then(|u| u.transaction_timeout), s.transaction_timeout),
+            client_idle: pick(u.and_then(|u| u.client_idle_timeout), s.client_idle_timeout),
         }
+    }
+
+    pub fn query_timeout(&self) -> Duration {
+        self.query.get()
+    }
+
+    pub fn idle_transaction_timeout(&self) -> Duration {
+        self.idle_transaction.get()
+    }
+
+    pub fn transaction_timeout(&self) -> Duration {
+        self.transaction.get()
+    }
+
+    pub fn client_idle_timeout(&self) -> Duration {
+        self.client_idle.get()
     }
 
     /// Whether any timeout applies while the client holds a server (client_idle_timeout does not).
     fn any_while_linked(&self) -> bool {
-        !(self.query_timeout.is_zero()
-            && self.idle_transaction_timeout.is_zero()
-            && self.transaction_timeout.is_zero())
+        [self.query, self.idle_transaction, self.transaction] != [Millis(0); 3]
     }
 }
 
@@ -405,7 +437,7 @@ impl Session {
         conn: &'a ClientConn,
         idle_since: Instant,
     ) -> impl Future<Output = Result<Wake, End>> + 'a {
-        let idle_timeout = self.timeouts.client_idle_timeout;
+        let idle_timeout = self.timeouts.client_idle_timeout();
         self.set_timer((!idle_timeout.is_zero()).then(|| idle_since + idle_timeout));
         poll_fn(move |cx| self.poll_idle(cx, conn))
     }
@@ -539,7 +571,7 @@ impl Session {
         let pool = Arc::clone(&self.pool.0);
         let live = Arc::clone(&self.live.record);
         let state = Arc::clone(&self.state);
-        let checkout = pool.checkout(self.timeouts.query_timeout);
+        let checkout = pool.checkout(self.timeouts.query_timeout());
         tokio::pin!(checkout);
         let mut notified = false;
         loop {
@@ -878,18 +910,18 @@ impl Session {
                 }
             }
         };
-        consider(t.query_timeout, relay.query_started, "query timeout");
+        consider(t.query_timeout(), relay.query_started, "query timeout");
         // client_idle_timeout is not checked here: like PgBouncer, it only applies to clients that hold
         // no server (between transactions, see wait_client_readable).
         let waiting_for_client = relay.quiet().then_some(relay.last_ready);
         let in_tx = relay.tx != backend::TransactionStatus::Idle;
         consider(
-            t.idle_transaction_timeout,
+            t.idle_transaction_timeout(),
             waiting_for_client.filter(|_| in_tx),
             "idle transaction timeout",
         );
         consider(
-            t.transaction_timeout,
+            t.transaction_timeout(),
             relay.tx_started.filter(|_| in_tx || relay.outstanding > 0),
             "transaction timeout",
         );
@@ -1295,6 +1327,19 @@ fn sticky_probe(login_user: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timeouts_keep_whole_milliseconds_rounding_up() {
+        let ms = |d: Duration| Millis::from_duration(d).get();
+        assert_eq!(ms(Duration::ZERO), Duration::ZERO);
+        assert_eq!(ms(Duration::from_micros(1)), Duration::from_millis(1));
+        assert_eq!(ms(Duration::from_micros(1500)), Duration::from_millis(2));
+        assert_eq!(ms(Duration::from_secs(7200)), Duration::from_secs(7200));
+        assert_eq!(
+            ms(Duration::from_secs(u64::MAX)),
+            Duration::from_millis(u64::from(u32::MAX))
+        );
+    }
 
     #[test]
     fn only_values_the_session_set_are_read_back() {
