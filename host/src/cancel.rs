@@ -7,7 +7,6 @@
 //! which it does after signalling the backend).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -17,8 +16,8 @@ use subtle::ConstantTimeEq;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 
-use crate::conns::{CancelPhase, ClientRecord, ClientSpec, Registered, RegistryRef};
-use crate::net::{Peer, Stream};
+use crate::conns::{CancelPhase, ClientRecord, Registered, RegistryRef};
+use crate::net::Stream;
 use crate::pool::Pool;
 use crate::protocol::startup;
 
@@ -252,10 +251,8 @@ async fn send_cancel(target: &CancelTarget, sent: impl FnOnce()) -> std::io::Res
 /// The connection a cancel request came on, to list it while the cancel is forwarded.
 #[derive(Debug, Clone, Copy)]
 pub struct CancelFrom<'a> {
-    pub id: u64,
-    pub peer: Peer,
-    pub local: Option<SocketAddr>,
-    pub unix_pid: u32,
+    /// The request's connection (its record, listed while the cancel is forwarded).
+    pub record: &'a Arc<ClientRecord>,
     /// The process's lifecycle (a request listed once an immediate shutdown began is abandoned).
     pub lifecycle: &'a crate::state::Lifecycle,
 }
@@ -263,20 +260,14 @@ pub struct CancelFrom<'a> {
 impl CancelFrom<'_> {
     /// Lists the request among `pool`'s clients, as `user`'s, waiting to be forwarded; unlisted on drop.
     fn list(&self, pool: &Arc<Pool>, user: &Arc<str>) -> Registered<ClientRecord> {
-        let spec = ClientSpec {
-            id: self.id,
-            user: Arc::clone(user),
-            database: Arc::clone(&pool.key.database),
-            peer: self.peer,
-            local: self.local,
-            unix_pid: self.unix_pid,
-            application_name: String::new(),
-        };
-        let record = ClientRecord::new(spec);
+        let record = self.record;
+        // A cancel request names no database or user: it is listed as its target's.
+        record.set_shared_names(Arc::clone(&pool.key.database), Arc::clone(user));
+        record.list_as(Arc::clone(&pool.key.database), "");
         record.set_cancel_phase(CancelPhase::Waiting);
         Registered::client(
-            record,
-            self.id,
+            Arc::clone(record),
+            record.id,
             RegistryRef::Pool(Arc::clone(pool), |p: &Pool| &p.live_clients),
             self.lifecycle,
         )

@@ -91,18 +91,23 @@ impl Born {
     }
 }
 
-/// One logged-in client.
+/// One client connection, from accept to close: who it is (for its log lines) and, while it is listed in a
+/// registry (logged in, or a cancel request being forwarded), what SHOW CLIENTS shows of it. One allocation
+/// shared by the client's task, its session and the registry.
 #[derive(Debug)]
 pub struct ClientRecord {
     pub id: u64,
-    /// The user it logged in as.
-    pub user: Arc<str>,
-    /// The database (alias) it asked for: its pool's, or the console's.
-    pub database: Arc<str>,
     pub peer: Peer,
+    /// The local end of the connection (TCP).
     pub local: Option<SocketAddr>,
     /// The process at the other end of a Unix socket, when the kernel says (0 otherwise).
     pub unix_pid: u32,
+    /// Database and user, once the startup packet named them (PgBouncer's `(nodb)/(nouser)` until then); a
+    /// cancel request's are those of the client it cancels for.
+    names: OnceLock<(Arc<str>, Arc<str>)>,
+    /// The database it is listed under: its pool's (a router may have chosen another than the one it asked
+    /// for), or the console's.
+    listed_database: OnceLock<Arc<str>>,
     /// Its application_name as the client last heard it from a server (ParameterStatus), so SHOW CLIENTS
     /// follows `SET application_name` and `RESET`, as PgBouncer's does. Written when it changes, read by
     /// the console: an uncontended lock.
@@ -120,7 +125,7 @@ pub struct ClientRecord {
     kill: KillSwitch,
     kill_reason: OnceLock<String>,
     /// A console client's cancel key and what a cancel request with it wakes (none for a pool's client).
-    pub console: Option<Arc<ConsoleCancel>>,
+    console: OnceLock<Arc<ConsoleCancel>>,
 }
 
 /// Ends a session from outside: a flag and the waker of the task that watches it (one task per record: the
@@ -150,32 +155,18 @@ impl ConsoleCancel {
     }
 }
 
-/// What a client record is made from.
-#[derive(Debug, Clone)]
-pub struct ClientSpec {
-    pub id: u64,
-    /// Shared, not copied: the client's identity and its pool's key hold the same names.
-    pub user: Arc<str>,
-    pub database: Arc<str>,
-    pub peer: Peer,
-    pub local: Option<SocketAddr>,
-    pub unix_pid: u32,
-    pub application_name: String,
-}
-
 impl ClientRecord {
-    /// A record for a client that just logged in.
-    pub fn new(spec: ClientSpec) -> Arc<Self> {
-        let born = Born::now();
-        Arc::new(Self {
-            id: spec.id,
-            user: spec.user,
-            database: spec.database,
-            peer: spec.peer,
-            local: spec.local,
-            unix_pid: spec.unix_pid,
-            application_name: Mutex::new(spec.application_name.into()),
-            born,
+    /// The record of a connection just accepted.
+    pub fn new(id: u64, peer: Peer, local: Option<SocketAddr>, unix_pid: u32) -> Self {
+        Self {
+            id,
+            peer,
+            local,
+            unix_pid,
+            names: OnceLock::new(),
+            listed_database: OnceLock::new(),
+            application_name: Mutex::new(Arc::from("")),
+            born: Born::now(),
             state: AtomicU8::new(ClientState::Idle as u8),
             link: AtomicUsize::new(0),
             request_us: AtomicU64::new(0),
@@ -183,17 +174,71 @@ impl ClientRecord {
             prepared: AtomicU32::new(0),
             kill: KillSwitch::default(),
             kill_reason: OnceLock::new(),
-            console: None,
-        })
+            console: OnceLock::new(),
+        }
     }
 
-    /// [`ClientRecord::new`] for a console client, with the cancel key it was given.
-    pub fn console(spec: ClientSpec, cancel: Arc<ConsoleCancel>) -> Arc<Self> {
-        let mut rec = Self::new(spec);
-        if let Some(r) = Arc::get_mut(&mut rec) {
-            r.console = Some(cancel);
+    /// Records the database and user the client asked for (the first call wins).
+    pub fn set_names(&self, database: &str, user: &str) {
+        if self.names.get().is_none() {
+            self.set_shared_names(database.into(), user.into());
         }
-        rec
+    }
+
+    /// [`ClientRecord::set_names`] with names shared with their owner (a pool's key, a session).
+    pub fn set_shared_names(&self, database: Arc<str>, user: Arc<str>) {
+        let _ = self.names.set((database, user));
+    }
+
+    /// Whether the startup packet named a database and user yet.
+    pub fn has_names(&self) -> bool {
+        self.names.get().is_some()
+    }
+
+    /// The user the startup packet named (shared with the session), once it has.
+    pub fn user_name(&self) -> Option<&Arc<str>> {
+        self.names.get().map(|(_, user)| user)
+    }
+
+    /// The database and user for log lines: `(nodb)` and `(nouser)` until the startup packet named them.
+    pub fn log_names(&self) -> (&str, &str) {
+        self.names
+            .get()
+            .map_or(("(nodb)", "(nouser)"), |(d, u)| (&**d, &**u))
+    }
+
+    /// The user it logged in as (SHOW CLIENTS).
+    pub fn user(&self) -> &str {
+        self.names.get().map_or("", |(_, u)| &**u)
+    }
+
+    /// The database it is listed under (SHOW CLIENTS): its pool's or the console's.
+    pub fn database(&self) -> &str {
+        match self.listed_database.get() {
+            Some(db) => db,
+            None => self.names.get().map_or("", |(d, _)| &**d),
+        }
+    }
+
+    /// What it is listed as once it logs in (or is forwarded as a cancel request): the database of its pool
+    /// (or the console's) and its application_name.
+    pub fn list_as(&self, database: Arc<str>, application_name: &str) {
+        let _ = self.listed_database.set(database);
+        self.set_application_name(application_name);
+    }
+
+    /// A console client's cancel key (set once, at its login).
+    pub fn set_console(&self, cancel: Arc<ConsoleCancel>) {
+        let _ = self.console.set(cancel);
+    }
+
+    pub fn console(&self) -> Option<&Arc<ConsoleCancel>> {
+        self.console.get()
+    }
+
+    /// When it connected (monotonic).
+    pub fn connected(&self) -> Instant {
+        self.born.mono
     }
 
     pub fn state(&self) -> ClientState {
@@ -688,15 +733,9 @@ mod tests {
     use super::*;
 
     fn client(id: u64) -> Arc<ClientRecord> {
-        ClientRecord::new(ClientSpec {
-            id,
-            user: "u".into(),
-            database: "d".into(),
-            peer: Peer::Unix,
-            local: None,
-            unix_pid: 0,
-            application_name: String::new(),
-        })
+        let record = ClientRecord::new(id, Peer::Unix, None, 0);
+        record.set_names("d", "u");
+        Arc::new(record)
     }
 
     fn server(id: u64) -> Arc<ServerRecord> {
@@ -765,17 +804,7 @@ mod tests {
 
     #[test]
     fn kill_gives_its_reason_and_shutdown_its_own() {
-        let spec = ClientSpec {
-            id: 1,
-            user: "u".into(),
-            database: "d".into(),
-            peer: Peer::Unknown,
-            local: None,
-            unix_pid: 0,
-            application_name: String::new(),
-        };
-        let a = ClientRecord::new(spec.clone());
-        let b = ClientRecord::new(spec);
+        let (a, b) = (client(1), client(2));
         assert_eq!(a.killed(), None);
         a.kill("admin forced disconnect");
         a.kill("database removed");

@@ -125,7 +125,7 @@ async fn kill_client(state: &State, arg: &str, out: &mut BytesMut) {
     client.kill("admin forced disconnect");
     let deadline = tokio::time::Instant::now() + GONE_WAIT;
     // The console's own client (killing itself) is not waited for: its answer would never come.
-    let console = &*client.database == super::CONSOLE_NAME;
+    let console = client.database() == super::CONSOLE_NAME;
     while !console && is_registered(state, &client) && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(POLL).await;
     }

@@ -34,7 +34,7 @@ pub use stats::{StatsWindow, rotate_window};
 use crate::cancel::CancelHandle;
 use crate::client::{ClientConn, ClientInfo, End};
 use crate::config::{AuthType, RESERVED_DATABASE_NAMES, Settings};
-use crate::conns::{ClientRecord, ClientSpec, ConsoleCancel, Registered, Registry, RegistryRef};
+use crate::conns::{ClientRecord, ConsoleCancel, Registered, Registry, RegistryRef};
 use crate::net::Stream;
 use crate::protocol::PROTOCOL_VIOLATION;
 use crate::protocol::backend::{self, ErrorFields, Severity, TransactionStatus};
@@ -76,7 +76,7 @@ pub fn is_disabled(state: &State, database: &str) -> bool {
 /// WAIT_CLOSE, KILL), as ^C in psql does in PgBouncer.
 pub fn cancel_request(state: &State, pid: u32, secret: u32) {
     for c in state.console.live.snapshot() {
-        if let Some(console) = &c.console
+        if let Some(console) = c.console()
             && console.key == (pid, secret)
         {
             console.cancelled.notify_waiters();
@@ -125,7 +125,7 @@ pub struct Console {
     state: Arc<State>,
     access: Access,
     user: String,
-    info: ClientInfo,
+    info: Arc<ClientInfo>,
     /// Its record among the console's live clients (SHOW CLIENTS, KILL_CLIENT).
     live: Registered<ClientRecord>,
     /// Its cancel key, reserved among every client's so a cancel request finds this console.
@@ -154,26 +154,18 @@ impl Console {
         state: &Arc<State>,
         access: Access,
         user: String,
-        info: ClientInfo,
+        info: Arc<ClientInfo>,
         guards: Vec<Guard>,
     ) -> Self {
         state.console.clients.fetch_add(1, Ordering::AcqRel);
         state.console.logins.fetch_add(1, Ordering::Relaxed);
         let cancel = state.cancels.register();
         let key = (cancel.slot().pid, cancel.slot().secret);
-        let spec = ClientSpec {
-            id: info.id,
-            user: user.as_str().into(),
-            database: CONSOLE_NAME.into(),
-            peer: info.peer,
-            local: info.local,
-            unix_pid: info.unix_pid,
-            application_name: String::new(),
-        };
         let interrupt = ConsoleCancel::new(key);
-        let record = ClientRecord::console(spec, Arc::clone(&interrupt));
+        info.set_console(Arc::clone(&interrupt));
+        info.list_as(CONSOLE_NAME.into(), "");
         let live = Registered::client(
-            record,
+            Arc::clone(&info),
             info.id,
             RegistryRef::Shared(Arc::clone(&state.console.live)),
             &state.lifecycle,
@@ -431,7 +423,7 @@ pub async fn login(
     state: &Arc<State>,
     runtime: &Runtime,
     conn: &mut ClientConn,
-    info: &ClientInfo,
+    info: &Arc<ClientInfo>,
     user: &str,
     total: Guard,
 ) -> Result<Console, End> {
@@ -446,7 +438,7 @@ pub async fn login(
     } else if settings.auth_type != AuthType::Any {
         crate::client::authenticate_user(conn, runtime, user).await?;
     }
-    let console = Console::new(state, access, user.to_owned(), info.clone(), guards);
+    let console = Console::new(state, access, user.to_owned(), Arc::clone(info), guards);
     console.welcome(conn);
     conn.flush().await?;
     Ok(console)

@@ -157,8 +157,8 @@ fn client_row(c: &Arc<ClientRecord>, which: Listing, listen_port: u16, debug: bo
     let wait = c.waited();
     let mut row = row![
         "C",
-        &*c.user,
-        &*c.database,
+        c.user(),
+        c.database(),
         "none",
         state,
         addr,

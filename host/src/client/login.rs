@@ -74,10 +74,7 @@ async fn login(
         First::Cancel { pid, secret } => {
             let timeout = state.runtime().config.settings.cancel_wait_timeout;
             let from = crate::cancel::CancelFrom {
-                id: info.id,
-                peer: info.peer,
-                local: info.local,
-                unix_pid: info.unix_pid,
+                record: info,
                 lifecycle: &state.lifecycle,
             };
             if !state
@@ -352,7 +349,7 @@ async fn attach(
         Arc::clone(state),
         Arc::clone(info),
         // The name the identity holds (set from this startup packet), shared rather than copied.
-        info.user()
+        info.user_name()
             .map_or_else(|| Arc::from(startup.user.as_str()), Arc::clone),
         pool_client,
         params,

@@ -83,12 +83,22 @@ impl OutQueue {
         }
     }
 
-    /// Writes everything.
-    pub async fn flush<W: AsyncWrite + Unpin>(&mut self, w: &mut W) -> std::io::Result<()> {
+    /// Writes everything, as far as `w` takes it now; `Ready` once the queue is empty.
+    pub fn poll_flush<W: AsyncWrite + Unpin>(
+        &mut self,
+        w: &mut W,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
         while !self.is_empty() {
-            std::future::poll_fn(|cx| self.poll_write_some(w, cx)).await?;
+            std::task::ready!(self.poll_write_some(w, cx))?;
         }
-        Ok(())
+        Poll::Ready(Ok(()))
+    }
+
+    /// Writes everything.
+    #[cfg(test)]
+    pub async fn flush<W: AsyncWrite + Unpin>(&mut self, w: &mut W) -> std::io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_flush(w, cx)).await
     }
 
     /// Frees the queue's memory once it is empty (idle clients should cost as little as possible).

@@ -18,7 +18,7 @@ use super::relay::{Counts, Denial, QueryPolicy, Relay, RelayError, STREAM_MIN, S
 use super::{ClientConn, ClientInfo, End, OutQueue, login::checkout_end};
 use crate::cancel::{CancelHandle, CancelTarget};
 use crate::config::{PoolMode, SessionState};
-use crate::conns::{ClientRecord, ClientSpec, Registered, RegistryRef, ServerRecord};
+use crate::conns::{ClientRecord, Registered, RegistryRef, ServerRecord};
 use crate::params::{ParamValues, quote_ident, quote_literal};
 use crate::plugin::convert::{self, LoginFacts, SessionInfo};
 use crate::pool::Pool;
@@ -254,7 +254,7 @@ impl Session {
         login_facts: LoginFacts,
         counted: ClientCounted,
     ) -> Self {
-        let live = register_client(&state, &info, &user, &pool.0, &params);
+        let live = register_client(&state, &info, &pool.0, &params);
         // A cancel request for this client is listed under its pool while it is forwarded.
         cancel
             .slot()
@@ -575,7 +575,10 @@ impl Session {
         tokio::pin!(checkout);
         let mut notified = false;
         loop {
+            // In this order: a drain is told to the client ("server shutting down") even when the immediate
+            // shutdown that ends it lands at the same time (SIGINT with no server in use exits at once).
             tokio::select! {
+                biased;
                 // The pool's answer: a server, or why there is none.
                 res = &mut checkout => return res.map_err(|e| checkout_end(&e)),
                 // query_wait_notify: tell a client that has waited this long that it is queued.
@@ -599,7 +602,9 @@ impl Session {
         let state = Arc::clone(&self.state);
         let mut paused = state.lifecycle.paused.subscribe();
         let live = Arc::clone(&self.live.record);
+        // In this order, for the reason in wait_for_server.
         tokio::select! {
+            biased;
             // RESUME.
             _ = paused.wait_for(|p| !*p) => Ok(()),
             // Shutdown while paused.
@@ -1248,8 +1253,7 @@ fn killed_end(live: &ClientRecord) -> End {
 /// Puts a client that just logged in into its pool's registry of live clients.
 fn register_client(
     state: &State,
-    info: &ClientInfo,
-    user: &Arc<str>,
+    info: &Arc<ClientInfo>,
     pool: &Arc<Pool>,
     params: &ParamValues,
 ) -> Registered<ClientRecord> {
@@ -1258,18 +1262,9 @@ fn register_client(
         .index("application_name")
         .and_then(|i| params.get(i))
         .unwrap_or("");
-    let spec = ClientSpec {
-        id: info.id,
-        user: Arc::clone(user),
-        database: Arc::clone(&pool.key.database),
-        peer: info.peer,
-        local: info.local,
-        unix_pid: info.unix_pid,
-        application_name: app.to_owned(),
-    };
-    let record = ClientRecord::new(spec);
+    info.list_as(Arc::clone(&pool.key.database), app);
     let registry = RegistryRef::Pool(Arc::clone(pool), |p: &Pool| &p.live_clients);
-    Registered::client(record, info.id, registry, &state.lifecycle)
+    Registered::client(Arc::clone(info), info.id, registry, &state.lifecycle)
 }
 
 /// The statements that make a server whose session settings are `server` hold the client's: RESET what the
