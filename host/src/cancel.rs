@@ -29,7 +29,7 @@ const CANCEL_SETTLE: Duration = Duration::from_secs(15);
 /// Where a cancel for a linked client goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CancelTarget {
-    pub host: String,
+    pub host: Arc<str>,
     pub port: u16,
     pub pid: u32,
     pub secret: u32,

@@ -621,7 +621,7 @@ impl Session {
         }
         if let Some((pid, secret)) = server.backend_key {
             self.cancel.slot().link(CancelTarget {
-                host: server.host.clone(),
+                host: Arc::clone(&server.host),
                 port: server.port,
                 pid,
                 secret,
@@ -1176,7 +1176,7 @@ async fn dispose(state: Arc<State>, pool: Arc<Pool>, mut server: ServerConn, dis
         Disposal::Close(reason, cancel) => {
             if cancel && let Some((pid, secret)) = server.backend_key {
                 let target = CancelTarget {
-                    host: server.host.clone(),
+                    host: Arc::clone(&server.host),
                     port: server.port,
                     pid,
                     secret,

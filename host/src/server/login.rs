@@ -80,7 +80,7 @@ async fn connect_inner(
             source,
         })?;
     stream.set_keepalive(&spec.keepalive)?;
-    let mut conn = ServerConn::new(stream, spec.host.clone(), spec.port, tracked);
+    let mut conn = ServerConn::new(stream, Arc::from(&*spec.host), spec.port, tracked);
 
     let mut out = BytesMut::with_capacity(256);
     let mut params: Vec<(&str, &str)> = vec![("user", &spec.user), ("database", &spec.database)];

@@ -38,8 +38,9 @@ pub struct ServerConn {
     pub id: u64,
     /// PostgreSQL's pid and cancel secret, for forwarding CancelRequests.
     pub backend_key: Option<(u32, u32)>,
-    /// Host (or socket dir) and port this connection went to, for CancelRequests.
-    pub host: String,
+    /// Host (or socket dir) and port this connection went to, for CancelRequests (shared with the cancel
+    /// slot of each client it serves: a reference count per transaction, not a copy).
+    pub host: Arc<str>,
     pub port: u16,
     /// Current values of the tracked parameters on this connection.
     pub params: ParamValues,
@@ -64,7 +65,7 @@ pub struct ServerConn {
 }
 
 impl ServerConn {
-    fn new(stream: Stream, host: String, port: u16, tracked: &Arc<Tracked>) -> Self {
+    fn new(stream: Stream, host: Arc<str>, port: u16, tracked: &Arc<Tracked>) -> Self {
         let now = Instant::now();
         Self {
             stream,
