@@ -1,8 +1,10 @@
 //! The live connections, for the console's SHOW CLIENTS, SERVERS and SOCKETS and its KILL, KILL_CLIENT and
-//! RECONNECT: one record per logged-in client and per open server connection.
+//! RECONNECT: one record per client connection (made at accept, the client's identity in its log lines) and
+//! per open server connection.
 //!
 //! Cheap on the hot path: a record is an `Arc` of atomics, put in a map (one per pool, so the maps are
-//! sharded by pool) when the connection logs in and taken out when it closes. A transaction's link and
+//! sharded by pool) when the connection logs in (a client's: or is forwarded as a cancel request) and taken
+//! out when it closes. A transaction's link and
 //! unlink are a handful of relaxed atomic stores on the two records; nothing takes a lock per query.
 //!
 //! Client and server ids come from one counter, as PgBouncer's socket ids do.
