@@ -47,7 +47,6 @@ pub struct CancelSlot {
     pub pid: u32,
     pub secret: u32,
     state: Mutex<TargetState>,
-    settled: Notify,
     /// The pool and user of the client this key belongs to (a pool client's; none for the console), so a
     /// cancel request in flight is listed under that pool in SHOW CLIENTS and counted in SHOW POOLS.
     owner: OnceLock<(Arc<Pool>, Arc<str>)>,
@@ -69,8 +68,8 @@ impl CancelSlot {
     }
 
     /// The client gives its server up. Returns once no cancel aimed at that server is still in flight, so
-    /// the server can safely go to someone else.
-    pub async fn unlink(&self) {
+    /// the server can safely go to someone else; `settled` is the registry's, notified as any cancel ends.
+    async fn unlink(&self, settled: &Notify) {
         {
             let mut st = self.lock();
             st.target = None;
@@ -80,7 +79,7 @@ impl CancelSlot {
         }
         let wait = async {
             loop {
-                let notified = self.settled.notified();
+                let notified = settled.notified();
                 if self.lock().in_flight == 0 {
                     return;
                 }
@@ -97,9 +96,9 @@ impl CancelSlot {
         Some(target)
     }
 
-    fn end(&self) {
+    fn end(&self, settled: &Notify) {
         self.lock().in_flight -= 1;
-        self.settled.notify_waiters();
+        settled.notify_waiters();
     }
 }
 
@@ -107,6 +106,9 @@ impl CancelSlot {
 pub struct CancelRegistry {
     shards: [Mutex<HashMap<u32, Arc<CancelSlot>>>; SHARDS],
     next_pid: AtomicU32,
+    /// Notified whenever a forwarded cancel ends, for a client waiting in [`CancelHandle::unlink`] (one for
+    /// all keys, each waiter checks its own: cancels are rare, and every client's slot is 32 bytes smaller).
+    settled: Notify,
 }
 
 impl Default for CancelRegistry {
@@ -115,6 +117,7 @@ impl Default for CancelRegistry {
             shards: std::array::from_fn(|_| Mutex::default()),
             // Start somewhere random so keys do not look like a counter from zero across restarts.
             next_pid: AtomicU32::new(rand::random::<u32>() | 1),
+            settled: Notify::new(),
         }
     }
 }
@@ -141,7 +144,6 @@ impl CancelRegistry {
                 pid,
                 secret: rand::random(),
                 state: Mutex::default(),
-                settled: Notify::new(),
                 owner: OnceLock::new(),
             });
             shard.insert(pid, Arc::clone(&slot));
@@ -192,7 +194,7 @@ impl CancelRegistry {
                 target.port
             );
         }
-        slot.end();
+        slot.end(&self.settled);
         sent.is_ok()
     }
 }
@@ -284,6 +286,11 @@ impl CancelHandle {
     pub fn slot(&self) -> &CancelSlot {
         &self.slot
     }
+
+    /// See [`CancelSlot::unlink`].
+    pub async fn unlink(&self) {
+        self.slot.unlink(&self.registry.settled).await;
+    }
 }
 
 impl Drop for CancelHandle {
@@ -360,7 +367,7 @@ mod tests {
         });
         tokio::time::sleep(Duration::from_millis(30)).await;
         let started = std::time::Instant::now();
-        h.slot().unlink().await;
+        h.unlink().await;
         assert!(
             started.elapsed() >= Duration::from_millis(40),
             "unlink returned while the cancel was in flight"

@@ -634,7 +634,7 @@ impl Session {
         self.live
             .record
             .unlink(server.as_deref(), self.statements.len());
-        self.cancel.slot().unlink().await;
+        self.cancel.unlink().await;
     }
 
     /// How a session killed by KILL, KILL_CLIENT or an immediate shutdown ends.
