@@ -348,9 +348,6 @@ async fn attach(
     Ok(Session::new(
         Arc::clone(state),
         Arc::clone(info),
-        // The name the identity holds (set from this startup packet), shared rather than copied.
-        info.user_name()
-            .map_or_else(|| Arc::from(startup.user.as_str()), Arc::clone),
         pool_client,
         params,
         state.cancels.register(),

@@ -167,7 +167,6 @@ pub struct Session {
     state: Arc<State>,
     /// Shared with the client's task, which logs with it after the session is gone.
     info: Arc<ClientInfo>,
-    user: Arc<str>,
     pool: PoolClient,
     params: ParamValues,
     cancel: CancelHandle,
@@ -246,7 +245,6 @@ impl Session {
     pub fn new(
         state: Arc<State>,
         info: Arc<ClientInfo>,
-        user: Arc<str>,
         pool: PoolClient,
         params: ParamValues,
         cancel: CancelHandle,
@@ -256,13 +254,12 @@ impl Session {
     ) -> Self {
         let live = register_client(&state, &info, &pool.0, &params);
         // A cancel request for this client is listed under its pool while it is forwarded.
-        cancel
-            .slot()
-            .set_owner(Arc::clone(&pool.0), Arc::clone(&user));
+        // The user is the one the startup packet named (the record holds it, shared).
+        let user = info.user_name().map_or_else(|| Arc::from(""), Arc::clone);
+        cancel.slot().set_owner(Arc::clone(&pool.0), user);
         Self {
             state,
             info,
-            user,
             pool,
             params,
             cancel,
@@ -757,7 +754,7 @@ impl Session {
                 // The first check of this session: its record is made now (the check keeps the
                 // application_name up to date from here on).
                 self.plugin_info = Some(Box::new(self.login_facts.session_info(
-                    &self.user,
+                    self.info.user(),
                     app.unwrap_or(""),
                     self.info.peer,
                     self.pool.0.settings().mode,
@@ -850,7 +847,7 @@ impl Session {
                     tracing::warn!(
                         "{} user={}: server connection S-{} lost: {reason}",
                         self.info,
-                        self.user,
+                        self.info.user(),
                         server.id
                     );
                     let end = if relay.server_fatal {
