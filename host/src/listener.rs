@@ -291,12 +291,10 @@ async fn janitor(state: Arc<State>) {
     // A third of a second, as PgBouncer's maintenance: idle timeouts of 1 s act within about that.
     let mut tick = tokio::time::interval(Duration::from_millis(333));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    for round in 0u32.. {
+    loop {
         tick.tick().await;
-        if round % 3 == 0 {
-            // Each second: clients quiet for a second or more give their tasks up.
-            crate::client::park::request_parking(&state);
-        }
+        // Clients quiet for a while give their tasks up.
+        crate::client::park::request_parking(&state);
         let runtime = state.runtime();
         create_forced_user_pools(&state, &runtime);
         let autodb_idle = runtime.config.settings.autodb_idle_timeout;

@@ -89,6 +89,11 @@ async fn idle_clients_park_and_come_back_with_their_session() -> anyhow::Result<
     );
     let pools = table(&admin, "SHOW POOLS").await?;
     assert_eq!(pools.get(&db.name, "cl_active"), "2", "{pools:?}");
+    let metrics = pgwarden::metrics::render(&pooler.state);
+    assert!(
+        metrics.contains("\npgwarden_clients_parked 2\n"),
+        "{metrics}"
+    );
 
     // Back on the first byte, with everything it had.
     let n: i32 = tcp.query_one(&stmt, &[&41i32]).await?.get(0);

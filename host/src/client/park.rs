@@ -1,11 +1,12 @@
 //! The parking lot: idle clients without a task.
 //!
 //! A logged-in client that holds no server and has nothing buffered either way needs nothing but its socket
-//! watched, yet as a task it keeps a tokio task cell (~510 bytes) and the reactor's registration of its
-//! socket (~260). Once a client has been quiet for [`PARK_AFTER`], the janitor asks it to park
-//! ([`ClientRecord::request_park`]): its task ends, handing the session and the socket (deregistered from
-//! the runtime's reactor) to the lot, which watches every parked socket with an epoll instance of its own
-//! (mio's `Poll`) from a thread of its own. Whichever comes first resumes the client in a new task:
+//! watched, yet as a task it keeps a tokio task cell (~400 bytes), the reactor's registration of its socket
+//! (~260) and the buffers kept for its next transaction. Once a client has been quiet for [`PARK_AFTER`],
+//! the janitor asks it to park ([`ClientRecord::request_park`]): its task ends, handing the session and the
+//! socket (deregistered from the runtime's reactor) to the lot, which watches every parked socket with an
+//! epoll instance of its own (mio's `Poll`) from a thread of its own. Whichever comes first resumes the
+//! client in a new task:
 //! - the client sends something, or closes: it is served as before;
 //! - its client_idle_timeout expires: it ends as it would have in its task;
 //! - its kill switch is thrown (KILL, KILL_CLIENT, an immediate shutdown): the new task ends it.
@@ -13,7 +14,7 @@
 //! A parked client is still a client everywhere else: its record stays in the registries (SHOW CLIENTS,
 //! KILL), its session keeps its counts and cancel key, and the lot keeps its place in the tracker that a
 //! WAIT_FOR_CLIENTS shutdown waits on. Parking costs two `epoll_ctl` calls and a task each way, paid once
-//! per idle spell of a second or more.
+//! per idle spell of half a second or more.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -31,10 +32,12 @@ use crate::conns::{ClientRecord, ClientState};
 use crate::net::StdStream;
 use crate::state::State;
 
-/// How long a client must have sent nothing before it is asked to park. Long enough that a client between
-/// the statements of a busy session never pays for it (the janitor passes each second, so a client parks
-/// between one and two seconds into its idle spell).
-pub const PARK_AFTER: Duration = Duration::from_secs(1);
+/// How long a client must have sent nothing before it is asked to park: long enough that a client between
+/// the statements of a busy session never pays for it, short enough that a login storm's clients park
+/// while it goes on (what they leave behind is reused by the next ones; memory malloc got for all of them
+/// at once would stay with the process). The janitor passes three times a second, so a client parks half a
+/// second to a second into its idle spell.
+pub const PARK_AFTER: Duration = Duration::from_millis(500);
 
 /// Parked clients, by client id (the id is the socket's epoll token).
 pub struct Lot {
@@ -276,8 +279,8 @@ fn token(id: u64) -> usize {
     usize::try_from(id).unwrap_or(usize::MAX)
 }
 
-/// Asks every pool client quiet for [`PARK_AFTER`] and holding no server to park (the janitor, each
-/// second). Cheap for the rest: parked clients and those asked already are not woken again.
+/// Asks every pool client quiet for [`PARK_AFTER`] and holding no server to park (the janitor, three
+/// times a second). Cheap for the rest: parked clients and those asked already are not woken again.
 pub fn request_parking(state: &State) {
     if !state.parking.as_ref().is_some_and(Lot::is_open) {
         return;

@@ -448,8 +448,12 @@ impl Session {
                     continue;
                 }
                 Wake::Park => {
-                    // The lot keeps the deadline; the timer goes (and the task its waker holds).
+                    // The lot keeps the deadline; the timer goes (and the task its waker holds). So do the
+                    // buffers kept for the next link (~700 bytes once a client ran a query): the next link
+                    // after a second's rest can make them again.
                     self.timer = None;
+                    self.relay_state = None;
+                    self.to_server = OutQueue::default();
                     let idle_timeout = self.timeouts.client_idle_timeout();
                     return Ok(Next::Park(
                         (!idle_timeout.is_zero()).then(|| idle_since + idle_timeout),
