@@ -386,7 +386,7 @@ impl ClientRecord {
         self.kill.park.store(false, Ordering::Release);
     }
 
-    /// Whom a kill wakes while the session is parked (the lot's task); `false` when the switch was already
+    /// Whom a kill wakes while the session is parked (the lot's thread); `false` when the switch was already
     /// thrown (its wake may have gone to the task that is parking: it must see the kill itself).
     pub fn watch_kill_with(&self, waker: &std::task::Waker) -> bool {
         self.kill.waker.register(waker);

@@ -134,7 +134,7 @@ impl Lot {
         })
     }
 
-    /// Whether clients can park (the lot's task is running).
+    /// Whether clients can park (the lot's thread is running).
     pub fn is_open(&self) -> bool {
         self.open.load(Ordering::Acquire)
     }
