@@ -208,6 +208,36 @@ async fn parked_clients_time_out_and_are_killed() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A client that comes back and parks again gets a new client_idle_timeout from its new last message: the
+/// deadline it parked with the first time is not held against it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_parked_again_keeps_only_its_new_deadline() -> anyhow::Result<()> {
+    let timeout = Duration::from_secs(3);
+    let (db, pooler) = start(
+        "park_again",
+        "pool_mode = transaction\nclient_idle_timeout = 3",
+    )
+    .await?;
+    let (client, task) = app_client(&pooler, "127.0.0.1", &db, "park-again").await?;
+    scalar(&client, "SELECT 1").await?;
+    let first = Instant::now();
+    wait_parked(&pooler, 1).await?;
+    tokio::time::sleep_until((first + Duration::from_millis(1500)).into()).await;
+    assert_eq!(scalar(&client, "SELECT 2").await?, "2");
+    let last_query = Instant::now();
+    let end = watch_end(task);
+    wait_parked(&pooler, 1).await?;
+    let (at, error) = ended(end, Duration::from_secs(10)).await?;
+    let after = at - last_query;
+    assert!(
+        after >= timeout.mul_f64(0.9) && after < timeout + Duration::from_secs(2),
+        "client_idle_timeout fired {after:?} after the last query ({:?} after the first)",
+        at - first
+    );
+    assert_fatal(&error, "08P01", "client_idle_timeout");
+    Ok(())
+}
+
 /// A WAIT_FOR_CLIENTS shutdown (SIGTERM's) waits for a parked client as for any other: it is still served meanwhile, and
 /// the pooler exits once it leaves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
