@@ -378,6 +378,15 @@ mod tests {
         // with the connection held inline. tokio's task cell is 128-byte aligned: a future of 232 bytes
         // makes a 384-byte cell (header and trailer included), a few bytes more a 512-byte one.
         assert!(size <= 232, "a client's task future is {size} bytes");
+        // A parked client's new task is no larger.
+        fn returned<A, B, C, D, R>(_: &impl Fn(A, B, C, D) -> R) -> usize {
+            size_of::<R>()
+        }
+        let resumed = returned(&resume);
+        assert!(
+            resumed <= 232,
+            "a resumed client's task future is {resumed} bytes"
+        );
         // The session itself is boxed beside it, not in it (1,424 bytes before the relay state and a pinned
         // server were boxed and the drain and kill signals went; it holds its client counts inline, 80 bytes
         // where three boxed guards took ~250 of heap; its timeouts are whole milliseconds and its named
