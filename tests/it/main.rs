@@ -18,7 +18,6 @@ mod lifecycle;
 mod logs;
 mod metrics;
 mod params;
-mod parking;
 mod plugins;
 mod polyglot;
 mod pool_support;
