@@ -137,6 +137,8 @@ pub struct ClientRecord {
 #[derive(Debug, Default)]
 struct KillSwitch {
     thrown: AtomicBool,
+    /// The janitor asked the idle session to park (see [`crate::client::park`]); set until it resumes.
+    park: AtomicBool,
     waker: AtomicWaker,
 }
 
@@ -364,6 +366,37 @@ impl ClientRecord {
     /// Resolves once the session must end.
     pub async fn until_killed(&self) {
         std::future::poll_fn(|cx| self.poll_killed(cx)).await;
+    }
+
+    /// Asks an idle session to park: its task is woken to hand the connection to the parking lot. Once per
+    /// idle spell: a request stands until [`ClientRecord::clear_park_request`] (the session woke for its
+    /// client, or resumed from the lot), so a client that cannot park now, or that is parked, is not woken
+    /// again each time the janitor passes.
+    pub fn request_park(&self) {
+        if !self.kill.park.swap(true, Ordering::AcqRel) {
+            self.kill.waker.wake();
+        }
+    }
+
+    pub fn park_requested(&self) -> bool {
+        self.kill.park.load(Ordering::Acquire)
+    }
+
+    pub fn clear_park_request(&self) {
+        self.kill.park.store(false, Ordering::Release);
+    }
+
+    /// Whom a kill wakes while the session is parked (the lot's thread); `false` when the switch was already
+    /// thrown (its wake may have gone to the task that is parking: it must see the kill itself).
+    pub fn watch_kill_with(&self, waker: &std::task::Waker) -> bool {
+        self.kill.waker.register(waker);
+        !self.kill.thrown.load(Ordering::Acquire)
+    }
+
+    /// For how long it has sent nothing: since its latest request, or since it connected.
+    pub fn quiet_for(&self) -> Duration {
+        let since = self.request_us.load(Ordering::Relaxed);
+        Duration::from_micros(self.born.offset().saturating_sub(since))
     }
 
     /// What KILL or KILL_CLIENT gave as the reason, if one ended the session.

@@ -9,7 +9,8 @@
 //! - [`params`]: tracked session parameters (client_encoding, DateStyle, TimeZone, …) per client and server.
 //! - [`server`]: a connection to PostgreSQL: login, parameters, health, reset.
 //! - [`pool`]: pools per (database, user): fair queue, pool_size + reserve, shared limits, reaping.
-//! - [`client`]: one task per client: startup, authentication, welcome, the query loop and pool modes.
+//! - [`client`]: one task per client: startup, authentication, welcome, the query loop and pool modes;
+//!   idle clients parked without a task.
 //! - [`cancel`]: pgwarden's cancel keys, forwarding a CancelRequest to the right server only.
 //! - [`state`]: the one shared [`State`] (config generation, pools, counts, lifecycle).
 //! - [`listener`]: listening sockets, the accept loop, [`run`], maintenance.

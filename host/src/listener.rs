@@ -185,6 +185,7 @@ pub async fn run(listeners: Listeners, state: Arc<State>) {
         ));
     }
     let janitor = tokio::spawn(janitor(Arc::clone(&state)));
+    crate::client::park::start(&state);
     let stats = tokio::spawn(crate::stats::log_periodically(Arc::clone(&state)));
     // Serves until the end, through a drain: /healthz stays 200 while clients are served, /readyz says 503.
     let metrics = tokio::spawn(crate::metrics::serve(listeners.metrics, Arc::clone(&state)));
@@ -225,6 +226,7 @@ pub async fn run(listeners: Listeners, state: Arc<State>) {
     lifecycle.tracker.close();
     let _ = tokio::time::timeout(GOODBYE, lifecycle.tracker.wait()).await;
     janitor.abort();
+    crate::client::park::close(&state);
     stats.abort();
     metrics.abort();
     for pool in state.pools.all() {
@@ -291,6 +293,8 @@ async fn janitor(state: Arc<State>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        // Clients quiet for a while give their tasks up.
+        crate::client::park::request_parking(&state);
         let runtime = state.runtime();
         create_forced_user_pools(&state, &runtime);
         let autodb_idle = runtime.config.settings.autodb_idle_timeout;

@@ -171,6 +171,42 @@ impl Stream {
     }
 }
 
+/// A connected socket taken out of the runtime's reactor (a parked client's, see [`crate::client::park`]):
+/// still non-blocking, watched by whoever registers its descriptor.
+#[derive(Debug)]
+pub enum StdStream {
+    Tcp(std::net::TcpStream),
+    Unix(std::os::unix::net::UnixStream),
+}
+
+impl Stream {
+    /// Deregisters the socket from the runtime's reactor (its registration is freed).
+    pub fn into_std(self) -> io::Result<StdStream> {
+        Ok(match self {
+            Self::Tcp(s) => StdStream::Tcp(s.into_std()?),
+            Self::Unix(s) => StdStream::Unix(s.into_std()?),
+        })
+    }
+}
+
+impl StdStream {
+    /// Registers the socket with the runtime's reactor again (must run inside the runtime).
+    pub fn into_tokio(self) -> io::Result<Stream> {
+        Ok(match self {
+            Self::Tcp(s) => Stream::Tcp(TcpStream::from_std(s)?),
+            Self::Unix(s) => Stream::Unix(UnixStream::from_std(s)?),
+        })
+    }
+
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        match self {
+            Self::Tcp(s) => s.as_raw_fd(),
+            Self::Unix(s) => s.as_raw_fd(),
+        }
+    }
+}
+
 /// Keepalive settings for TCP sockets.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Keepalive {

@@ -74,6 +74,8 @@ pub struct State {
     /// Errors reported, by kind (`pgwarden_errors_total`); the same counters every plugin generation counts
     /// its refusals in.
     pub errors: Arc<crate::metrics::ErrorCounts>,
+    /// Idle clients without a task (none when the system refused an epoll instance: they keep their tasks).
+    pub parking: Option<crate::client::park::Lot>,
     next_generation: AtomicU64,
 }
 
@@ -105,6 +107,9 @@ impl State {
             pools: Pools::new(Arc::clone(&tracked)),
             tracked,
             cancels: Arc::new(CancelRegistry::default()),
+            parking: crate::client::park::Lot::new()
+                .inspect_err(|e| tracing::warn!("idle clients will not be parked: {e}"))
+                .ok(),
             clients: Arc::default(),
             lifecycle: Lifecycle::default(),
             console: crate::admin::ConsoleStats::default(),

@@ -18,6 +18,7 @@ mod lifecycle;
 mod logs;
 mod metrics;
 mod params;
+mod parking;
 mod plugins;
 mod polyglot;
 mod pool_support;

@@ -8,6 +8,7 @@ mod auth;
 mod hooks;
 mod login;
 mod outq;
+pub mod park;
 pub mod prepared;
 mod relay;
 mod session;
@@ -27,6 +28,7 @@ pub use relay::{Counts, Denial, QueryPolicy, Relay, RelayError, ServerCtx};
 pub use startup::ClientStartup;
 
 use login::LoggedIn;
+use session::{Session, Stop};
 
 use crate::logging::{ConnAddr, ConnLabel, conn_log};
 use crate::net::Stream;
@@ -200,7 +202,9 @@ pub fn serve(state: Arc<State>, stream: Stream) -> impl Future<Output = ()> + Se
         stream.local(),
         stream.peer_pid().unwrap_or(0),
     );
-    let mut conn = ClientConn::new(stream);
+    // Boxed: its owner changes when the client parks, and a task that moves a connection held inline keeps
+    // the space twice.
+    let mut conn = Box::new(ClientConn::new(stream));
     // One record from accept to close, shared by the task, the session and the registry of live clients.
     let info = Arc::new(info);
     async move {
@@ -208,27 +212,104 @@ pub fn serve(state: Arc<State>, stream: Stream) -> impl Future<Output = ()> + Se
         // the console's are boxed: a task's allocation is its largest state, and each idle client keeps it.
         // The login's result is gone (its statement over) before the session runs, so that its space is
         // not kept meanwhile.
-        let end = 'session: {
+        let end = 'ended: {
             let logged_in = match Box::pin(login::run(&state, &mut conn, &info)).await {
                 Ok(Some(logged_in)) => logged_in,
                 Ok(None) => return, // a cancel request: nothing to log
-                Err(end) => break 'session end,
+                Err(end) => break 'ended end,
             };
             // Matched apart from the login's result: a console session awaited inside that match kept the
             // result's space reserved beside the pool session's state, in every client's task.
-            let mut session = match logged_in {
+            let session = match logged_in {
                 LoggedIn::Pool(session) => session,
-                LoggedIn::Console(console) => {
-                    break 'session Box::pin(console.run(&mut conn)).await;
-                }
+                LoggedIn::Console(console) => break 'ended Box::pin(console.run(&mut conn)).await,
             };
-            let end = session.run(&mut conn).await;
-            // Gone before the client hears why: its records and counts go with it.
-            drop(session);
-            end
+            // The connection moves on: one kept here for the end as well would be two in the state.
+            return live(state, info, conn, session).await;
         };
         // Boxed as well: it runs once, at the end, and its state is larger than an idle client's.
         Box::pin(finish(&state, &mut conn, &info, end)).await;
+    }
+}
+
+/// Serves a parked client again, in a new task (see [`park`]).
+fn resume(
+    state: Arc<State>,
+    stream: Stream,
+    session: Box<Session>,
+    why: park::Resume,
+) -> impl Future<Output = ()> + Send {
+    let info = Arc::clone(session.info());
+    let mut conn = Box::new(ClientConn::new(stream));
+    async move {
+        match why {
+            park::Resume::Serve => live(state, info, conn, session).await,
+            park::Resume::IdleTimeout => {
+                // As in its task: the session (its records and counts) goes before the client hears why.
+                drop(session);
+                let end = End::pooler("client_idle_timeout");
+                Box::pin(finish(&state, &mut conn, &info, end)).await;
+            }
+        }
+    }
+}
+
+/// A pool client's session, then its end; or its session until it parks.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its arguments twice: 272 bytes of task, where this is 232"
+)]
+fn live(
+    state: Arc<State>,
+    info: Arc<ClientInfo>,
+    conn: Box<ClientConn>,
+    session: Box<Session>,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        // A `let … else`, not an `if let`: the latter's scrutinee (the connection and the End) would be
+        // kept through the body, beside the session's state.
+        let Some((mut conn, end)) = run_session(&state, conn, session).await else {
+            return; // parked
+        };
+        // Boxed: it runs once, at the end, and its state is larger than an idle client's.
+        Box::pin(finish(&state, &mut conn, &info, end)).await;
+    }
+}
+
+/// Runs a pool client's session until it ends (the connection back, and why) or parks (`None`: the lot has
+/// the connection and the session, and the task ends).
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its arguments twice, in every client's task"
+)]
+fn run_session(
+    state: &Arc<State>,
+    mut conn: Box<ClientConn>,
+    mut session: Box<Session>,
+) -> impl Future<Output = Option<(Box<ClientConn>, End)>> + Send + '_ {
+    async move {
+        loop {
+            let deadline = match session.run(&mut conn).await {
+                Stop::End(end) => {
+                    // Gone before the client hears why: its records and counts go with it.
+                    drop(session);
+                    return Some((conn, end));
+                }
+                Stop::Park(deadline) => deadline,
+            };
+            let Some(lot) = state.parking.as_ref() else {
+                session.info().clear_park_request();
+                continue;
+            };
+            match lot.park(conn, session, deadline, state.lifecycle.tracker.token()) {
+                Ok(park::Parking::Parked) => return None,
+                Ok(park::Parking::Refused(c, s)) => (conn, session) = (c, s),
+                Err(e) => {
+                    tracing::debug!("parking a client failed, its socket is gone: {e}");
+                    return None;
+                }
+            }
+        }
     }
 }
 
@@ -293,13 +374,24 @@ mod tests {
         let (accepted, _) = listener.accept().await.expect("accept");
         let task = serve(state, Stream::Tcp(accepted));
         let size = size_of_val(&task);
-        // 528 bytes before the idle wait's state was trimmed (1,776 before the transaction's was boxed).
-        assert!(size <= 330, "a client's task future is {size} bytes");
+        // 528 bytes before the idle wait's state was trimmed (1,776 before the transaction's was boxed), 312
+        // with the connection held inline. tokio's task cell is 128-byte aligned: a future of 232 bytes
+        // makes a 384-byte cell (header and trailer included), a few bytes more a 512-byte one.
+        assert!(size <= 232, "a client's task future is {size} bytes");
+        // A parked client's new task is no larger.
+        fn returned<A, B, C, D, R>(_: &impl Fn(A, B, C, D) -> R) -> usize {
+            size_of::<R>()
+        }
+        let resumed = returned(&resume);
+        assert!(
+            resumed <= 232,
+            "a resumed client's task future is {resumed} bytes"
+        );
         // The session itself is boxed beside it, not in it (1,424 bytes before the relay state and a pinned
         // server were boxed and the drain and kill signals went; it holds its client counts inline, 80 bytes
         // where three boxed guards took ~250 of heap; its timeouts are whole milliseconds and its named
         // statements' map is made when first needed).
-        let session = size_of::<session::Session>();
+        let session = size_of::<Session>();
         assert!(session <= 368, "a session is {session} bytes");
     }
 }

@@ -209,6 +209,24 @@ pub struct Session {
 enum Wake {
     Client,
     PinnedServer,
+    /// The janitor asked it to park, and it can: no server kept, nothing buffered either way.
+    Park,
+}
+
+/// Why [`Session::run`] returned.
+#[derive(Debug)]
+pub enum Stop {
+    /// The session is over.
+    End(End),
+    /// Idle and asked to park: the connection goes to the parking lot, with its client_idle_timeout's
+    /// deadline if it has one (see [`super::park`]).
+    Park(Option<Instant>),
+}
+
+/// What the wait between transactions ended with.
+enum Next {
+    Message,
+    Park(Option<Instant>),
 }
 
 /// How a link ends.
@@ -292,6 +310,11 @@ impl Session {
         &self.params
     }
 
+    /// The client's record (shared with its task and the registry of live clients).
+    pub fn info(&self) -> &Arc<ClientInfo> {
+        &self.info
+    }
+
     pub fn cancel_key(&self) -> (u32, u32) {
         (self.cancel.slot().pid, self.cancel.slot().secret)
     }
@@ -302,20 +325,24 @@ impl Session {
     /// two copies of it in its state, and a client's task keeps its largest state for as long as the client
     /// stays. For the same reason each transaction's state (the server, the relay) is boxed while it runs,
     /// and the idle wait is a poll of a few bytes: an idle client's task is little more than its socket.
-    pub async fn run(&mut self, conn: &mut ClientConn) -> End {
+    pub async fn run(&mut self, conn: &mut ClientConn) -> Stop {
         loop {
-            if let Err(end) = self.wait_for_message(conn).await {
-                if let Some(server) = self.pinned.take() {
-                    // LISTEN, locks, temporary tables... go with the connection.
-                    self.dispose(
-                        *server,
-                        Disposal::Close("client with session state left", false),
-                    );
+            match self.wait_for_message(conn).await {
+                Ok(Next::Message) => {}
+                Ok(Next::Park(deadline)) => return Stop::Park(deadline),
+                Err(end) => {
+                    if let Some(server) = self.pinned.take() {
+                        // LISTEN, locks, temporary tables... go with the connection.
+                        self.dispose(
+                            *server,
+                            Disposal::Close("client with session state left", false),
+                        );
+                    }
+                    return Stop::End(end);
                 }
-                return end;
             }
             if let Some(end) = Box::pin(self.transaction(conn)).await {
-                return end;
+                return Stop::End(end);
             }
         }
     }
@@ -374,7 +401,7 @@ impl Session {
     /// Waits, holding no server, until the client has sent the start of its next message. A Terminate ends
     /// the session; messages are awaited whole so that no server waits on a slow client, except large ones
     /// of the kinds the relay streams (Bind, CopyData, FunctionCall).
-    async fn wait_for_message(&mut self, conn: &mut ClientConn) -> Result<(), End> {
+    async fn wait_for_message(&mut self, conn: &mut ClientConn) -> Result<Next, End> {
         conn.flush().await?;
         conn.out.shrink_when_empty();
         let max = self.state.runtime.load().config.settings.max_packet_size;
@@ -396,7 +423,7 @@ impl Session {
                         || (h.frame_len > STREAM_MIN
                             && matches!(h.tag, fe::BIND | fe::COPY_DATA | fe::FUNCTION_CALL)) =>
                     {
-                        return Ok(());
+                        return Ok(Next::Message);
                     }
                     _ => {}
                 }
@@ -409,11 +436,29 @@ impl Session {
                 // Nor what is left of the buffer pgwarden's own messages (the welcome) were built in.
                 conn.local = BytesMut::new();
             }
-            if self.wait_client_readable(conn, idle_since).await? == Wake::PinnedServer {
-                // Boxed: only a pinned client's server ever speaks between transactions, and the state of
-                // this wait is kept by every idle client.
-                Box::pin(self.relay_pinned_server(conn)).await?;
-                continue;
+            // Bound first: a `match` on the `?` would keep the `Result` (an `End`'s size) through the
+            // pinned server's relay below, in every idle client's task.
+            let wake = self.wait_client_readable(conn, idle_since).await?;
+            match wake {
+                Wake::Client => {}
+                Wake::PinnedServer => {
+                    // Boxed: only a pinned client's server ever speaks between transactions, and the state
+                    // of this wait is kept by every idle client.
+                    Box::pin(self.relay_pinned_server(conn)).await?;
+                    continue;
+                }
+                Wake::Park => {
+                    // The lot keeps the deadline; the timer goes (and the task its waker holds). So do the
+                    // buffers kept for the next link (~700 bytes once a client ran a query): the next link
+                    // after a second's rest can make them again.
+                    self.timer = None;
+                    self.relay_state = None;
+                    self.to_server = OutQueue::default();
+                    let idle_timeout = self.timeouts.client_idle_timeout();
+                    return Ok(Next::Park(
+                        (!idle_timeout.is_zero()).then(|| idle_since + idle_timeout),
+                    ));
+                }
             }
             if conn.rbuf.capacity() - conn.rbuf.len() < HEADER_LEN {
                 conn.rbuf.reserve(READ_CHUNK);
@@ -444,6 +489,10 @@ impl Session {
     fn poll_idle(&mut self, cx: &mut Context<'_>, conn: &ClientConn) -> Poll<Result<Wake, End>> {
         // The client sent something (or closed).
         if let Poll::Ready(res) = conn.stream.poll_read_ready(cx) {
+            if self.live.record.park_requested() {
+                // Not idle any more: a later idle spell is asked about again.
+                self.live.record.clear_park_request();
+            }
             return Poll::Ready(
                 res.map(|()| Wake::Client)
                     .map_err(|e| End::Closed(format!("client read error: {e}"))),
@@ -470,6 +519,16 @@ impl Session {
         // queued for a server waits on the process's token while it waits.)
         if self.live.record.poll_killed(cx).is_ready() {
             return Poll::Ready(Err(killed_end(&self.live.record)));
+        }
+        // The janitor's request to park (woken through the kill switch's waker). One that cannot be met now
+        // (a kept server, a message half read) stands until the client next sends something.
+        if self.live.record.park_requested()
+            && self.pinned.is_none()
+            && conn.rbuf.is_empty()
+            && conn.out.is_empty()
+            && conn.local.is_empty()
+        {
+            return Poll::Ready(Ok(Wake::Park));
         }
         Poll::Pending
     }

@@ -114,6 +114,20 @@ fn global(e: &mut Exposition, state: &State) {
         state.clients.total.load(Ordering::Relaxed),
     );
     e.family(
+        "pgwarden_clients_parked",
+        Kind::Gauge,
+        "Idle pool clients parked without a task of their own (quiet for half a second or more, holding no \
+         server); counted in pgwarden_clients too.",
+    );
+    e.sample(
+        "pgwarden_clients_parked",
+        &[],
+        state
+            .parking
+            .as_ref()
+            .map_or(0, |lot| u64::try_from(lot.len()).unwrap_or(u64::MAX)),
+    );
+    e.family(
         "pgwarden_console_clients",
         Kind::Gauge,
         "Clients of the admin console now.",
