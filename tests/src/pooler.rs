@@ -3,7 +3,8 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use pgwarden::config;
@@ -21,6 +22,68 @@ pub struct Pooler {
     pub port: u16,
     pub dir: PathBuf,
     task: Option<JoinHandle<()>>,
+    /// Cleared on drop: the test is over (see [`watch_for_a_hang`]).
+    running: Arc<AtomicBool>,
+}
+
+/// Longer than any test takes with its pooler (none passes 60 s, the whole suite takes ~2 minutes).
+const HANG_AFTER: Duration = Duration::from_secs(300);
+
+/// A test still holding its pooler after [`HANG_AFTER`] is hung: what the pooler's pools, servers and clients
+/// are doing is printed, then the test process aborts. Without this a hang (a lost wake-up, a deadlock) holds
+/// CI until its own limit and says nothing about where it stopped.
+fn watch_for_a_hang(state: &Arc<State>, running: &Arc<AtomicBool>) {
+    let test = std::thread::current().name().unwrap_or("a test").to_owned();
+    let state = Arc::downgrade(state);
+    let running = Arc::clone(running);
+    let watch = move || {
+        let started = std::time::Instant::now();
+        while started.elapsed() < HANG_AFTER {
+            std::thread::sleep(Duration::from_secs(1));
+            if !running.load(Ordering::Acquire) {
+                return;
+            }
+        }
+        let Some(state) = state.upgrade() else {
+            return;
+        };
+        // Straight to stderr: the test harness captures `eprintln!`, and the abort would lose what it held.
+        let mut dump = format!(
+            "\n{test}: its pooler has run for {} s, the test is taken as hung\n",
+            HANG_AFTER.as_secs()
+        );
+        for pool in state.pools.all() {
+            dump += &format!(
+                "pool {}/{}: {} servers in use, {} clients waiting\n",
+                pool.key.database,
+                pool.key.user,
+                pool.in_use(),
+                pool.waiting()
+            );
+            pool.live_servers
+                .each(|s| dump += &format!("  server {:?}\n", s.state()));
+            pool.live_clients.each(|c| {
+                dump += &format!(
+                    "  client {} {:?}, quiet for {:?}, asked to park {}, killed {:?}\n",
+                    c.id,
+                    c.state(),
+                    c.quiet_for(),
+                    c.park_requested(),
+                    c.killed()
+                );
+            });
+        }
+        if let Some(lot) = state.parking.as_ref() {
+            dump += &format!("parked clients: {}\n", lot.len());
+        }
+        use std::io::Write;
+        let _ = std::io::stderr().write_all(dump.as_bytes());
+        std::process::abort();
+    };
+    // Without a thread to spare the test runs unwatched, as it did before.
+    let _ = std::thread::Builder::new()
+        .name("pooler-watchdog".into())
+        .spawn(watch);
 }
 
 /// A test's own database on the shared cluster, with its own login role.
@@ -177,11 +240,14 @@ impl Pooler {
             .with_context(|| format!("binding port {port}"))?;
         let state = State::new(loaded.config).map_err(|e| anyhow::anyhow!("{e}"))?;
         let task = tokio::spawn(pgwarden::run(listeners, Arc::clone(&state)));
+        let running = Arc::new(AtomicBool::new(true));
+        watch_for_a_hang(&state, &running);
         Ok(Self {
             state,
             port,
             dir,
             task: Some(task),
+            running,
         })
     }
 
@@ -244,7 +310,7 @@ impl Pooler {
     pub async fn shutdown(mut self, mode: ShutdownMode) -> anyhow::Result<()> {
         self.state.shutdown(mode);
         if let Some(task) = self.task.take() {
-            match tokio::time::timeout(std::time::Duration::from_secs(30), task).await {
+            match tokio::time::timeout(Duration::from_secs(30), task).await {
                 Ok(res) => res?,
                 Err(_) => bail!("pooler did not finish shutting down within 30 s"),
             }
@@ -255,6 +321,7 @@ impl Pooler {
 
 impl Drop for Pooler {
     fn drop(&mut self) {
+        self.running.store(false, Ordering::Release);
         self.state.shutdown(ShutdownMode::Immediate);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
