@@ -137,7 +137,7 @@ pub struct ClientRecord {
 #[derive(Debug, Default)]
 struct KillSwitch {
     thrown: AtomicBool,
-    /// The janitor asked the idle session to park (see [`crate::client::park`]); set until it resumes.
+    /// The parking lot asked the idle session to park (see [`crate::client::park`]); set until it resumes.
     park: AtomicBool,
     waker: AtomicWaker,
 }
@@ -261,7 +261,7 @@ impl ClientRecord {
             CancelPhase::Waiting => ClientState::CancelWaiting,
             CancelPhase::Active => ClientState::CancelActive,
         };
-        self.request_us.store(self.born.offset(), Ordering::Relaxed);
+        self.mark_request();
         self.state.store(state as u8, Ordering::Relaxed);
     }
 
@@ -275,7 +275,7 @@ impl ClientRecord {
 
     /// It queues for a server (or waits out a PAUSE).
     pub fn set_waiting(&self) {
-        let now = self.born.offset();
+        let now = self.born.offset().max(1);
         self.wait_us.store(now, Ordering::Relaxed);
         self.request_us.store(now, Ordering::Relaxed);
         self.state
@@ -289,7 +289,7 @@ impl ClientRecord {
         self.wait_us.store(0, Ordering::Relaxed);
         self.state
             .store(ClientState::Active as u8, Ordering::Relaxed);
-        self.request_us.store(self.born.offset(), Ordering::Relaxed);
+        self.mark_request();
         server.link(self);
     }
 
@@ -329,7 +329,7 @@ impl ClientRecord {
 
     /// It sent something.
     pub fn touch(&self) {
-        self.request_us.store(self.born.offset(), Ordering::Relaxed);
+        self.mark_request();
     }
 
     /// Ends the session with `reason` (the client is told, as PgBouncer tells it); the first reason wins.
@@ -371,7 +371,7 @@ impl ClientRecord {
     /// Asks an idle session to park: its task is woken to hand the connection to the parking lot. Once per
     /// idle spell: a request stands until [`ClientRecord::clear_park_request`] (the session woke for its
     /// client, or resumed from the lot), so a client that cannot park now, or that is parked, is not woken
-    /// again each time the janitor passes.
+    /// again each time the lot looks.
     pub fn request_park(&self) {
         if !self.kill.park.swap(true, Ordering::AcqRel) {
             self.kill.waker.wake();
@@ -391,6 +391,17 @@ impl ClientRecord {
     pub fn watch_kill_with(&self, waker: &std::task::Waker) -> bool {
         self.kill.waker.register(waker);
         !self.kill.thrown.load(Ordering::Acquire)
+    }
+
+    /// Records a request now (never 0, which means none yet).
+    fn mark_request(&self) {
+        self.request_us
+            .store(self.born.offset().max(1), Ordering::Relaxed);
+    }
+
+    /// Whether it has sent anything since its login (a query, or a cancel request's connection).
+    pub fn has_sent(&self) -> bool {
+        self.request_us.load(Ordering::Relaxed) != 0
     }
 
     /// For how long it has sent nothing: since its latest request, or since it connected.

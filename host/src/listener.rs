@@ -293,8 +293,6 @@ async fn janitor(state: Arc<State>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        // Clients quiet for a while give their tasks up.
-        crate::client::park::request_parking(&state);
         let runtime = state.runtime();
         create_forced_user_pools(&state, &runtime);
         let autodb_idle = runtime.config.settings.autodb_idle_timeout;

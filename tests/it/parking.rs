@@ -1,7 +1,8 @@
-//! Idle clients parked without a task (`pgwarden::client::park`): a client quiet for a second or more gives
-//! its task up, and comes back on its next byte as if nothing happened: same session (its settings, its
-//! prepared statements, its place in SHOW CLIENTS and in the pool's counts), over TCP or the Unix socket.
-//! While parked it still closes, times out, can be killed, and a WAIT_FOR_CLIENTS shutdown waits for it.
+//! Idle clients parked without a task (`pgwarden::client::park`): a client quiet for half a second (a tenth
+//! if it has sent nothing since its login) gives its task up, and comes back on its next byte as if nothing
+//! happened: same session (its settings, its prepared statements, its place in SHOW CLIENTS and in the
+//! pool's counts), over TCP or the Unix socket. While parked it still closes, times out, can be killed, and
+//! a WAIT_FOR_CLIENTS shutdown waits for it.
 
 use std::time::{Duration, Instant};
 
@@ -12,7 +13,7 @@ use pgwarden_tests::raw::{RawClient, frame_bytes};
 use super::admin::{console, start, table};
 use crate::pool_support::{assert_fatal, ended, scalar, wait_until, watch_end};
 
-/// Long enough for a client to be asked (the janitor passes each second) and to park.
+/// Long enough for a client to be asked (the lot looks ten times a second) and to park.
 const PARKS_WITHIN: Duration = Duration::from_secs(10);
 
 fn parked(pooler: &Pooler) -> usize {

@@ -2,8 +2,9 @@
 //!
 //! A logged-in client that holds no server and has nothing buffered either way needs nothing but its socket
 //! watched, yet as a task it keeps a tokio task cell (~400 bytes), the reactor's registration of its socket
-//! (~260) and the buffers kept for its next transaction. Once a client has been quiet for [`PARK_AFTER`],
-//! the janitor asks it to park ([`ClientRecord::request_park`]): its task ends, handing the session and the
+//! (~260) and the buffers kept for its next transaction. Once a client has been quiet for [`PARK_AFTER`]
+//! ([`PARK_NEW_AFTER`] if it has sent nothing since its login), the lot's thread asks it to park
+//! ([`ClientRecord::request_park`]): its task ends, handing the session and the
 //! socket (deregistered from the runtime's reactor) to the lot, which watches every parked socket with an
 //! epoll instance of its own (mio's `Poll`) from a thread of its own. Whichever comes first resumes the
 //! client in a new task:
@@ -14,7 +15,7 @@
 //! A parked client is still a client everywhere else: its record stays in the registries (SHOW CLIENTS,
 //! KILL), its session keeps its counts and cancel key, and the lot keeps its place in the tracker that a
 //! WAIT_FOR_CLIENTS shutdown waits on. Parking costs two `epoll_ctl` calls and a task each way, paid once
-//! per idle spell of half a second or more.
+//! per idle spell of half a second or more (and once by a client that waits a while before its first query).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -33,11 +34,17 @@ use crate::net::StdStream;
 use crate::state::State;
 
 /// How long a client must have sent nothing before it is asked to park: long enough that a client between
-/// the statements of a busy session never pays for it, short enough that a login storm's clients park
-/// while it goes on (what they leave behind is reused by the next ones; memory malloc got for all of them
-/// at once would stay with the process). The janitor passes three times a second, so a client parks half a
-/// second to a second into its idle spell.
+/// the statements of a busy session never pays for it. The lot's thread asks every [`ASK_EVERY`].
 pub const PARK_AFTER: Duration = Duration::from_millis(500);
+
+/// The same for a client that has sent nothing since its login (a pool's connection made ahead of use, a
+/// login storm's): it pays a park and a resume once, not at each pause. Short, so that a login storm's
+/// clients park while it goes on: what they leave behind is reused by the next ones, where memory malloc got
+/// for all of them at once would stay with the process (10,000 md5 logins take ~1.7 s here).
+pub const PARK_NEW_AFTER: Duration = Duration::from_millis(100);
+
+/// How often the lot's thread looks for clients to ask.
+const ASK_EVERY: Duration = Duration::from_millis(100);
 
 /// Parked clients.
 pub struct Lot {
@@ -199,7 +206,7 @@ impl Lot {
     ) -> std::io::Result<Parking> {
         let record = Arc::clone(session.info());
         if !self.is_open() || !record.watch_kill_with(&self.kill_waker) {
-            // Its next wait sees the kill (or waits as before: the janitor does not ask while closed).
+            // Its next wait sees the kill (or waits as before: the lot does not ask while closed).
             record.clear_park_request();
             return Ok(Parking::Refused(conn, session));
         }
@@ -319,9 +326,10 @@ impl Lot {
     }
 }
 
-/// Asks every pool client quiet for [`PARK_AFTER`] and holding no server to park (the janitor, three
-/// times a second). Cheap for the rest: parked clients and those asked already are not woken again.
-pub fn request_parking(state: &State) {
+/// Asks every pool client quiet for [`PARK_AFTER`] (or [`PARK_NEW_AFTER`]) and holding no server to park
+/// (the lot's thread, every [`ASK_EVERY`]). Cheap for the rest: parked clients and those asked already are
+/// not woken again.
+fn request_parking(state: &State) {
     if !state.parking.as_ref().is_some_and(Lot::is_open) {
         return;
     }
@@ -329,11 +337,20 @@ pub fn request_parking(state: &State) {
         pool.live_clients.each(|record: &ClientRecord| {
             if record.state() == ClientState::Idle
                 && !record.park_requested()
-                && record.quiet_for() >= PARK_AFTER
+                && record.quiet_for() >= park_after(record)
             {
                 record.request_park();
             }
         });
+    }
+}
+
+/// How long `record`'s client must be quiet before it is asked to park.
+fn park_after(record: &ClientRecord) -> Duration {
+    if record.has_sent() {
+        PARK_AFTER
+    } else {
+        PARK_NEW_AFTER
     }
 }
 
@@ -372,14 +389,13 @@ pub fn close(state: &State) {
 
 fn watch(mut poll: mio::Poll, state: &Weak<State>) {
     const BATCH: usize = 256;
-    // At most this long between looks at whether the state is still there (tests drop theirs).
-    const LOOK: Duration = Duration::from_secs(1);
     let mut events = mio::Events::with_capacity(BATCH);
     let mut next_deadline: Option<Instant> = None;
+    let mut next_ask = Instant::now() + ASK_EVERY;
     loop {
-        let timeout = next_deadline.map_or(LOOK, |at| {
-            at.saturating_duration_since(Instant::now()).min(LOOK)
-        });
+        // Also the longest sleep between looks at whether the state is still there (tests drop theirs).
+        let wake_at = next_deadline.map_or(next_ask, |at| at.min(next_ask));
+        let timeout = wake_at.saturating_duration_since(Instant::now());
         if let Err(e) = poll.poll(&mut events, Some(timeout)) {
             if e.kind() != std::io::ErrorKind::Interrupted {
                 tracing::error!("parked clients' poll failed: {e}");
@@ -404,6 +420,26 @@ fn watch(mut poll: mio::Poll, state: &Weak<State>) {
         if lot.signal.killed.swap(false, Ordering::AcqRel) {
             lot.resume_killed(&state);
         }
-        next_deadline = lot.resume_expired(&state, Instant::now());
+        let now = Instant::now();
+        next_deadline = lot.resume_expired(&state, now);
+        if now >= next_ask {
+            request_parking(&state);
+            next_ask = now + ASK_EVERY;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::Peer;
+
+    #[test]
+    fn a_client_that_has_sent_nothing_since_its_login_is_asked_sooner() {
+        let record = ClientRecord::new(1, Peer::Unix, None, 0);
+        assert_eq!(park_after(&record), PARK_NEW_AFTER);
+        record.touch();
+        assert_eq!(park_after(&record), PARK_AFTER);
+        assert!(PARK_NEW_AFTER < PARK_AFTER);
     }
 }

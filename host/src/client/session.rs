@@ -209,7 +209,7 @@ pub struct Session {
 enum Wake {
     Client,
     PinnedServer,
-    /// The janitor asked it to park, and it can: no server kept, nothing buffered either way.
+    /// The parking lot asked it to park, and it can: no server kept, nothing buffered either way.
     Park,
 }
 
@@ -520,7 +520,7 @@ impl Session {
         if self.live.record.poll_killed(cx).is_ready() {
             return Poll::Ready(Err(killed_end(&self.live.record)));
         }
-        // The janitor's request to park (woken through the kill switch's waker). One that cannot be met now
+        // The parking lot's request (woken through the kill switch's waker). One that cannot be met now
         // (a kept server, a message half read) stands until the client next sends something.
         if self.live.record.park_requested()
             && self.pinned.is_none()
