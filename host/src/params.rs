@@ -23,6 +23,11 @@ pub struct Tracked {
 }
 
 impl Tracked {
+    /// Where `standard_conforming_strings` is, in every tracked set.
+    pub const STANDARD_CONFORMING_STRINGS: usize = 3;
+    /// Where `application_name` is, in every tracked set.
+    pub const APPLICATION_NAME: usize = 4;
+
     /// The always-tracked set plus `track_extra_parameters`.
     pub fn new(extra: &[String]) -> Self {
         let mut names: Vec<Box<str>> = ALWAYS_TRACKED.iter().map(|s| Box::from(*s)).collect();
@@ -209,6 +214,11 @@ mod tests {
         ]);
         assert_eq!(t.len(), 7);
         assert_eq!(t.index("datestyle"), Some(1));
+        assert_eq!(t.index("Application_Name"), Some(Tracked::APPLICATION_NAME));
+        assert_eq!(
+            t.index("standard_conforming_strings"),
+            Some(Tracked::STANDARD_CONFORMING_STRINGS)
+        );
         assert_eq!(t.name(t.index("INTERVALSTYLE").unwrap()), "IntervalStyle");
         assert_eq!(t.name(t.index("search_path").unwrap()), "search_path");
         assert_eq!(t.index("work_mem"), None);

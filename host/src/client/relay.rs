@@ -74,6 +74,9 @@ pub struct Relay {
     pub client_terminated: bool,
     /// The server sent a FATAL error: it is going away.
     pub server_fatal: bool,
+    /// The server reported an application_name the client had not been told yet (cleared by the session,
+    /// which shows it in SHOW CLIENTS).
+    pub app_reported: bool,
     /// When the oldest unanswered query was sent (query_timeout).
     pub query_started: Option<Instant>,
     /// When the last ReadyForQuery arrived (idle_transaction_timeout, client_idle_timeout).
@@ -134,6 +137,7 @@ impl Relay {
             server_stream_hidden: false,
             client_terminated: false,
             server_fatal: false,
+            app_reported: false,
             query_started: None,
             last_ready: Instant::now(),
             tx_started: None,
@@ -1030,6 +1034,10 @@ impl Relay {
         };
         ctx.server_params.set(i, value);
         let changed_for_client = ctx.client_params.set(i, value);
+        self.app_reported |= changed_for_client && i == Tracked::APPLICATION_NAME;
+        if i == Tracked::STANDARD_CONFORMING_STRINGS {
+            self.standard_strings = !value.eq_ignore_ascii_case("off");
+        }
         Ok(verdict(self.hidden == 0 || changed_for_client))
     }
 }

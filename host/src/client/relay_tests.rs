@@ -898,3 +898,43 @@ fn bytes_and_times_are_counted() {
     assert!(r.counts.xact_us >= 2000, "{}", r.counts.xact_us);
     assert_eq!(r.counts.transactions, 1);
 }
+
+#[test]
+fn a_reported_application_name_and_string_style_reach_the_session() {
+    let mut r = Relay::new();
+    let mut fx = Fixture::new();
+    let mut input = BytesMut::new();
+    write_query(
+        &mut input,
+        "set application_name = 'etl'; set standard_conforming_strings = off",
+    );
+    let mut out = OutQueue::default();
+    r.process_client(
+        &mut input,
+        &mut out,
+        &mut OutQueue::default(),
+        u32::MAX,
+        None,
+        None,
+    )
+    .unwrap();
+    drain(&mut out);
+    assert!(r.standard_strings);
+    let mut s = BytesMut::new();
+    write_parameter_status(&mut s, "application_name", "etl");
+    s.put_slice(&frame(b'C', b"SET\0"));
+    write_parameter_status(&mut s, "standard_conforming_strings", "off");
+    s.put_slice(&frame(b'C', b"SET\0"));
+    write_ready_for_query(&mut s, TransactionStatus::Idle);
+    r.process_server(&mut s, &mut out, &mut fx.ctx()).unwrap();
+    assert!(r.app_reported, "the session must update SHOW CLIENTS");
+    assert!(!r.standard_strings, "the lexer follows the server's report");
+    assert_eq!(fx.client.get(Tracked::APPLICATION_NAME), Some("etl"));
+
+    // The same value reported again (pgwarden's own sync, say) is nothing new for the client.
+    r.app_reported = false;
+    let mut s = BytesMut::new();
+    write_parameter_status(&mut s, "application_name", "etl");
+    r.process_server(&mut s, &mut out, &mut fx.ctx()).unwrap();
+    assert!(!r.app_reported);
+}

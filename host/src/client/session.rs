@@ -19,7 +19,7 @@ use super::{ClientConn, ClientInfo, End, OutQueue, login::checkout_end};
 use crate::cancel::{CancelHandle, CancelTarget};
 use crate::config::{PoolMode, SessionState};
 use crate::conns::{ClientRecord, Registered, RegistryRef, ServerRecord};
-use crate::params::{ParamValues, quote_ident, quote_literal};
+use crate::params::{ParamValues, Tracked, quote_ident, quote_literal};
 use crate::plugin::convert::{self, LoginFacts, SessionInfo};
 use crate::pool::Pool;
 use crate::protocol::backend::{self, Severity};
@@ -428,8 +428,10 @@ impl Session {
                     _ => {}
                 }
             }
-            if conn.rbuf.is_empty() {
-                // Idle clients hold no buffer: thousands of them should cost next to nothing.
+            if conn.rbuf.is_empty() && !keeps_read_buffer(conn.rbuf.capacity(), &self.live.record) {
+                // A fresh client gives up what its login read into: thousands of them logging in should
+                // cost next to nothing. One that has run something keeps an ordinary buffer (an
+                // allocation and a free fewer per transaction) until it parks, which drops it.
                 conn.rbuf = BytesMut::new();
             }
             if conn.local.is_empty() && conn.local.capacity() > 0 {
@@ -709,6 +711,13 @@ impl Session {
         end
     }
 
+    /// The client's `standard_conforming_strings`: on unless the server said off.
+    fn standard_strings(&self) -> bool {
+        self.params
+            .get(Tracked::STANDARD_CONFORMING_STRINGS)
+            .is_none_or(|v| !v.eq_ignore_ascii_case("off"))
+    }
+
     /// Whether the last link left state in the server session that cannot move.
     fn sticky(&self) -> bool {
         self.relay_state
@@ -742,15 +751,9 @@ impl Session {
         // The plugins a transaction starts with are the ones it finishes with, whatever a reload swaps in
         // meanwhile; a session-mode client picks up a new generation between transactions.
         let mut policy_runtime = self.policy_runtime();
-        let app_index = self.state.tracked.index("application_name");
         let track_session = mode != PoolMode::Session;
         relay.track_session = track_session;
-        relay.standard_strings = self
-            .state
-            .tracked
-            .index("standard_conforming_strings")
-            .and_then(|i| self.params.get(i))
-            .is_none_or(|v| !v.eq_ignore_ascii_case("off"));
+        relay.standard_strings = self.standard_strings();
         if track_session {
             let settings = self.pool.0.settings_guard();
             relay.ignore_sticky = settings.session_state == SessionState::Allow;
@@ -804,11 +807,10 @@ impl Session {
                     policy_runtime = self.policy_runtime();
                 }
             }
-            let app = self
-                .state
-                .tracked
-                .index("application_name")
-                .and_then(|i| self.params.get(i));
+            let app = policy_runtime
+                .is_some()
+                .then(|| self.params.get(Tracked::APPLICATION_NAME))
+                .flatten();
             if policy_runtime.is_some() && self.plugin_info.is_none() {
                 // The first check of this session: its record is made now (the check keeps the
                 // application_name up to date from here on).
@@ -825,12 +827,7 @@ impl Session {
                     database: &self.pool.0.key.database,
                     info,
                     app,
-                    standard_strings: self
-                        .state
-                        .tracked
-                        .index("standard_conforming_strings")
-                        .and_then(|i| self.params.get(i))
-                        .is_none_or(|v| !v.eq_ignore_ascii_case("off")),
+                    standard_strings: relay.standard_strings,
                 }),
                 _ => None,
             };
@@ -860,13 +857,15 @@ impl Session {
             if let Err(e) = relay.process_server(&mut server.rbuf, &mut conn.out, &mut ctx) {
                 return finish_relay_error(&e);
             }
+            if std::mem::take(&mut relay.app_reported)
+                && let Some(app) = self.params.get(Tracked::APPLICATION_NAME)
+            {
+                // SHOW CLIENTS follows the application_name the server reported (SET, RESET).
+                self.live.record.set_application_name(app);
+            }
             if relay.quiet() && relay.counts != Counts::default() {
                 // Totals move at every answered request, also for a session-mode client's long link.
                 self.pool.0.stats.add(&std::mem::take(&mut relay.counts));
-                // SHOW CLIENTS follows the application_name the server reported (SET, RESET).
-                if let Some(app) = app_index.and_then(|i| self.params.get(i)) {
-                    self.live.record.set_application_name(app);
-                }
             }
             if let Some(end) = self.decide(mode, relay) {
                 return end;
@@ -1279,6 +1278,12 @@ fn finish_relay_error(e: &RelayError) -> LinkEnd {
     LinkEnd::Finish(end, Disposal::Close("protocol error", true))
 }
 
+/// Whether an idle client keeps its empty read buffer between transactions: once it has run something,
+/// and while the buffer is an ordinary one (not one a large message grew).
+fn keeps_read_buffer(capacity: usize, record: &ClientRecord) -> bool {
+    record.has_sent() && capacity <= 2 * READ_CHUNK
+}
+
 fn poll_read(
     stream: &mut crate::net::Stream,
     buf: &mut BytesMut,
@@ -1313,11 +1318,7 @@ fn register_client(
     pool: &Arc<Pool>,
     params: &ParamValues,
 ) -> Registered<ClientRecord> {
-    let app = state
-        .tracked
-        .index("application_name")
-        .and_then(|i| params.get(i))
-        .unwrap_or("");
+    let app = params.get(Tracked::APPLICATION_NAME).unwrap_or("");
     info.list_as(Arc::clone(&pool.key.database), app);
     let registry = RegistryRef::Pool(Arc::clone(pool), |p: &Pool| &p.live_clients);
     Registered::client(Arc::clone(info), info.id, registry, &state.lifecycle)
