@@ -66,8 +66,10 @@ impl ClientConn {
                 Ok(None) => {}
                 Err(e) => return Err(End::protocol(&e)),
             }
-            if self.rbuf.capacity() - self.rbuf.len() < 1024 {
-                self.rbuf.reserve(4096);
+            // Small steps: what a login reads (a password message, a SCRAM response) is a few hundred bytes,
+            // and in a storm of logins every buffer taken here is part of the process's high-water mark.
+            if self.rbuf.capacity() - self.rbuf.len() < 256 {
+                self.rbuf.reserve(512);
             }
             match self.stream.read_buf(&mut self.rbuf).await {
                 Ok(0) => return Ok(None),
