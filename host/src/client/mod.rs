@@ -66,10 +66,15 @@ impl ClientConn {
                 Ok(None) => {}
                 Err(e) => return Err(End::protocol(&e)),
             }
-            // Small steps: what a login reads (a password message, a SCRAM response) is a few hundred bytes,
-            // and in a storm of logins every buffer taken here is part of the process's high-water mark.
-            if self.rbuf.capacity() - self.rbuf.len() < 256 {
-                self.rbuf.reserve(512);
+            // Room for the rest of the frame when its header is here, else a small step: what a login reads
+            // (a password message, a SCRAM response) is a few hundred bytes, and in a storm of logins every
+            // buffer taken here is part of the process's high-water mark.
+            let rest = match frame::peek(&self.rbuf, max) {
+                Ok(Some(h)) => h.frame_len.saturating_sub(self.rbuf.len()),
+                _ => 0,
+            };
+            if self.rbuf.capacity() - self.rbuf.len() < rest.max(256) {
+                self.rbuf.reserve(rest.max(512));
             }
             match self.stream.read_buf(&mut self.rbuf).await {
                 Ok(0) => return Ok(None),
