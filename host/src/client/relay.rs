@@ -639,11 +639,16 @@ impl Relay {
     }
 
     fn query_sent(&mut self, what: Pending) {
-        if self.outstanding == 0 {
-            self.query_started = Some(Instant::now());
-        }
-        if self.tx == TransactionStatus::Idle && self.tx_started.is_none() {
-            self.tx_started = Some(Instant::now());
+        let starts_tx = self.tx == TransactionStatus::Idle && self.tx_started.is_none();
+        if self.outstanding == 0 || starts_tx {
+            // One reading of the clock for both (they usually start together).
+            let now = Instant::now();
+            if self.outstanding == 0 {
+                self.query_started = Some(now);
+            }
+            if starts_tx {
+                self.tx_started = Some(now);
+            }
         }
         self.outstanding += 1;
         self.pending.push_back(what);

@@ -312,7 +312,7 @@ impl Pool {
             return Ok(conn);
         }
         let started = Instant::now();
-        let conn = self.wait_checkout_inner(query_timeout).await?;
+        let conn = self.wait_checkout_inner(query_timeout, started).await?;
         self.stats.waited(micros(started));
         Ok(conn)
     }
@@ -333,15 +333,18 @@ impl Pool {
         query_timeout: Duration,
     ) -> Result<ServerConn, CheckoutError> {
         let started = Instant::now();
-        let conn = self.wait_checkout_inner(query_timeout).await?;
+        let conn = self.wait_checkout_inner(query_timeout, started).await?;
         self.stats.waited(micros(started));
         self.stats.assignments.fetch_add(1, Ordering::Relaxed);
         Ok(conn)
     }
 
+    /// The queue's wait, begun at `started` (its deadlines count from there: one reading of the clock for the
+    /// waiter's place and its timers).
     async fn wait_checkout_inner(
         &self,
         query_timeout: Duration,
+        started: Instant,
     ) -> Result<ServerConn, CheckoutError> {
         // Copied out of a guard (no reference count touched: this runs for every waiting transaction).
         let (query_wait_timeout, reserve_pool_size, reserve_pool_timeout) = {
@@ -357,10 +360,7 @@ impl Pool {
             {
                 let mut inner = self.lock();
                 if inner.idle.is_empty() {
-                    inner.waiters.push_back(Waiter {
-                        tx,
-                        since: Instant::now(),
-                    });
+                    inner.waiters.push_back(Waiter { tx, since: started });
                     break rx;
                 }
             }
@@ -377,13 +377,13 @@ impl Pool {
         .into_iter()
         .filter(|(d, _)| !d.is_zero())
         .min_by_key(|(d, _)| *d)
-        .map(|(d, e)| (tokio::time::Instant::now() + d, e));
+        .map(|(d, e)| (tokio::time::Instant::from_std(started) + d, e));
         let (wait_at, wait_error) = match wait_deadline {
             Some((at, e)) => (Some(at), e),
             None => (None, CheckoutError::WaitTimeout),
         };
         let reserve_at = (reserve_pool_size > 0 && !reserve_pool_timeout.is_zero())
-            .then(|| tokio::time::Instant::now() + reserve_pool_timeout);
+            .then(|| tokio::time::Instant::from_std(started) + reserve_pool_timeout);
         let mut reserve = None;
         loop {
             tokio::select! {
