@@ -40,7 +40,8 @@ use crate::state::State;
 #[derive(Debug)]
 pub struct ClientConn {
     pub stream: Stream,
-    /// Received and not yet processed. Allocated on demand and freed while the client idles.
+    /// Received and not yet processed. Allocated on demand; freed when a fresh client first idles (what its
+    /// login read into) and when the client parks, kept between transactions otherwise.
     pub rbuf: BytesMut,
     /// Waiting to be written to the client.
     pub out: OutQueue,
