@@ -121,8 +121,11 @@ impl TestDb {
 
 static NEXT_DIR: AtomicU64 = AtomicU64::new(0);
 
-/// A fresh directory for a pooler's files.
+/// A fresh directory for a pooler's files. The first call also removes what earlier test processes left
+/// behind (a pooler that failed to start, the process-wide plugin cache, which no destructor removes).
 pub fn fresh_dir(prefix: &str) -> anyhow::Result<PathBuf> {
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(sweep_stale_dirs);
     let dir = std::env::temp_dir().join(format!(
         "pgwarden-test-{prefix}-{}-{}",
         std::process::id(),
@@ -133,6 +136,30 @@ pub fn fresh_dir(prefix: &str) -> anyhow::Result<PathBuf> {
     }
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
+}
+
+/// Removes `pgwarden-test-<prefix>-<pid>-<n>` directories whose process is gone.
+fn sweep_stale_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("pgwarden-test-")) else {
+            continue;
+        };
+        // The pid is the second field from the end (prefixes may hold '-').
+        let mut fields = rest.rsplitn(3, '-');
+        let (Some(_n), Some(pid)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<u32>() else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// A TCP port that was free a moment ago.
