@@ -58,6 +58,12 @@ impl Tracked {
     }
 }
 
+/// Whether a `standard_conforming_strings` value means on (only `off` turns it off; PostgreSQL reports
+/// `on` or `off`).
+pub fn standard_strings_on(value: &str) -> bool {
+    !value.eq_ignore_ascii_case("off")
+}
+
 /// PostgreSQL's canonical spelling for the mixed-case reported GUCs, so our ParameterStatus matches the server's.
 fn canonical(name: &str) -> &str {
     for known in [

@@ -13,7 +13,7 @@ use super::{ClientConn, ClientInfo, End, auth};
 use crate::config::{AuthType, Database};
 use crate::logging::conn_log;
 use crate::metrics::ErrorKind;
-use crate::params::ParamValues;
+use crate::params::{ParamValues, Tracked};
 use crate::pool::{CheckoutError, Pool, PoolKey, PoolSettings};
 use crate::protocol::backend::{self, TransactionStatus};
 use crate::protocol::startup::{self, StartupMessage, StartupRequest};
@@ -329,10 +329,7 @@ async fn attach(
         params.set(*i, value);
     }
     if settings.application_name_add_host {
-        let app = state
-            .tracked
-            .index("application_name")
-            .expect("always tracked");
+        let app = Tracked::APPLICATION_NAME;
         // The client's own name, not the server's default that `params` starts from; PgBouncer calls a
         // client that sent none "app".
         let given = startup

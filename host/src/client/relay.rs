@@ -1041,7 +1041,7 @@ impl Relay {
         let changed_for_client = ctx.client_params.set(i, value);
         self.app_reported |= changed_for_client && i == Tracked::APPLICATION_NAME;
         if i == Tracked::STANDARD_CONFORMING_STRINGS {
-            self.standard_strings = !value.eq_ignore_ascii_case("off");
+            self.standard_strings = crate::params::standard_strings_on(value);
         }
         Ok(verdict(self.hidden == 0 || changed_for_client))
     }

@@ -715,7 +715,7 @@ impl Session {
     fn standard_strings(&self) -> bool {
         self.params
             .get(Tracked::STANDARD_CONFORMING_STRINGS)
-            .is_none_or(|v| !v.eq_ignore_ascii_case("off"))
+            .is_none_or(crate::params::standard_strings_on)
     }
 
     /// Whether the last link left state in the server session that cannot move.
