@@ -378,6 +378,11 @@ impl ClientRecord {
         }
     }
 
+    /// The session itself decided to park (a fresh client quiet for a while): the request without the wake.
+    pub fn mark_park(&self) {
+        self.kill.park.store(true, Ordering::Release);
+    }
+
     pub fn park_requested(&self) -> bool {
         self.kill.park.load(Ordering::Acquire)
     }

@@ -1,5 +1,5 @@
-//! Idle clients parked without a task (`pgwarden::client::park`): a client quiet for half a second (a tenth
-//! if it has sent nothing since its login) gives its task up, and comes back on its next byte as if nothing
+//! Idle clients parked without a task (`pgwarden::client::park`): a client quiet for half a second (20 ms,
+//! by itself, if it has sent nothing since its login) gives its task up, and comes back on its next byte as if nothing
 //! happened: same session (its settings, its prepared statements, its place in SHOW CLIENTS and in the
 //! pool's counts), over TCP or the Unix socket. While parked it still closes, times out, can be killed, and
 //! a WAIT_FOR_CLIENTS shutdown waits for it.
@@ -179,6 +179,22 @@ async fn parked_clients_time_out_and_are_killed() -> anyhow::Result<()> {
     assert_fatal(&error, "08P01", "client_idle_timeout");
     assert_eq!(parked(&pooler), 0);
     drop(sleeper);
+
+    // One that has sent nothing since its login parks by itself (the lot asks only clients that have sent
+    // something), and its timeout still counts from its login.
+    let connecting = Instant::now();
+    let (fresh, fresh_task) = app_client(&pooler, "127.0.0.1", &db, "park-fresh").await?;
+    let fresh_end = watch_end(fresh_task);
+    wait_parked(&pooler, 1).await?;
+    let (at, error) = ended(fresh_end, Duration::from_secs(10)).await?;
+    let after = at - connecting;
+    assert!(
+        after >= timeout.mul_f64(0.9) && after < timeout + Duration::from_secs(2),
+        "client_idle_timeout of a fresh client fired after {after:?}"
+    );
+    assert_fatal(&error, "08P01", "client_idle_timeout");
+    assert_eq!(parked(&pooler), 0);
+    drop(fresh);
 
     // KILL_CLIENT: the client hears PgBouncer's words.
     let (victim, victim_task) = app_client(&pooler, "127.0.0.1", &db, "park-victim").await?;
