@@ -310,10 +310,20 @@ pub enum CountKind {
 }
 
 impl ClientCounts {
-    /// Counts a client against `name` if that stays within `max` (0 = unlimited).
+    /// Counts a client against `name` if that stays within `max` (0 = unlimited); uncounted when the guard
+    /// drops.
     pub fn try_add(self: &Arc<Self>, kind: CountKind, name: &str, max: u32) -> Option<CountGuard> {
-        let map = self.map(kind);
-        let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+        Some(CountGuard {
+            counts: Arc::clone(self),
+            kind,
+            name: self.try_count(kind, name, max)?,
+        })
+    }
+
+    /// Counts a client against `name` if that stays within `max` (0 = unlimited), returning the shared key
+    /// to [`ClientCounts::uncount`] it with.
+    pub fn try_count(&self, kind: CountKind, name: &str, max: u32) -> Option<Arc<str>> {
+        let mut map = self.map(kind).lock().unwrap_or_else(|e| e.into_inner());
         let key = match map.get_key_value(name) {
             Some((key, _)) => Arc::clone(key),
             None => Arc::from(name),
@@ -323,11 +333,18 @@ impl ClientCounts {
             return None;
         }
         *n += 1;
-        Some(CountGuard {
-            counts: Arc::clone(self),
-            kind,
-            name: key,
-        })
+        Some(key)
+    }
+
+    /// Gives back a place [`ClientCounts::try_count`] took.
+    pub fn uncount(&self, kind: CountKind, name: &str) {
+        let mut map = self.map(kind).lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(name) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(name);
+            }
+        }
     }
 
     /// Clients counted against `name` now.
@@ -354,16 +371,6 @@ pub struct CountGuard {
 
 impl Drop for CountGuard {
     fn drop(&mut self) {
-        let mut map = self
-            .counts
-            .map(self.kind)
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = map.get_mut(&*self.name) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&*self.name);
-            }
-        }
+        self.counts.uncount(self.kind, &self.name);
     }
 }

@@ -282,20 +282,23 @@ async fn attach(
     let max_db = db
         .max_db_client_connections
         .unwrap_or(settings.max_db_client_connections);
-    let db_count = state
-        .clients
-        .try_add(CountKind::Database, &db.name, max_db)
-        .ok_or_else(|| End::pooler("client connections exceeded (max_db_client_connections)"))?;
+    let mut counted = ClientCounted::new(total);
+    if !counted.count(CountKind::Database, &db.name, max_db) {
+        return Err(End::pooler(
+            "client connections exceeded (max_db_client_connections)",
+        ));
+    }
     let max_user = runtime
         .config
         .users
         .get(&startup.user)
         .and_then(|u| u.max_user_client_connections)
         .unwrap_or(settings.max_user_client_connections);
-    let user_count = state
-        .clients
-        .try_add(CountKind::User, &startup.user, max_user)
-        .ok_or_else(|| End::pooler("client connections exceeded (max_user_client_connections)"))?;
+    if !counted.count(CountKind::User, &startup.user, max_user) {
+        return Err(End::pooler(
+            "client connections exceeded (max_user_client_connections)",
+        ));
+    }
 
     if let Some(keys) = keys
         && db.user.is_none()
@@ -343,14 +346,13 @@ async fn attach(
     }
     let login_facts = crate::plugin::convert::LoginFacts::new(&startup.database, startup_params);
     Ok(Session::new(
-        Arc::clone(state),
         Arc::clone(info),
         pool_client,
         params,
         state.cancels.register(),
         timeouts,
         login_facts,
-        ClientCounted::new(total, db_count, user_count),
+        counted,
     ))
 }
 
@@ -426,6 +428,17 @@ impl ClientTotal {
     fn position(&self) -> u32 {
         self.at_accept
             .min(self.state.clients.total.load(Ordering::Acquire))
+    }
+}
+
+impl ClientTotal {
+    /// The counts it is one of.
+    pub fn counts(&self) -> &crate::state::ClientCounts {
+        &self.state.clients
+    }
+
+    pub fn state(&self) -> &Arc<State> {
+        &self.state
     }
 }
 

@@ -19,7 +19,7 @@ use super::relay::{Counts, Denial, QueryPolicy, Relay, RelayError, STREAM_MIN, S
 use super::{ClientConn, ClientInfo, End, OutQueue, login::checkout_end};
 use crate::cancel::{CancelHandle, CancelTarget};
 use crate::config::{PoolMode, SessionState};
-use crate::conns::{ClientRecord, Registered, RegistryRef, ServerRecord};
+use crate::conns::{ClientRecord, ServerRecord};
 use crate::params::{ParamValues, Tracked, quote_ident, quote_literal};
 use crate::plugin::convert::{self, LoginFacts, SessionInfo};
 use crate::pool::Pool;
@@ -28,7 +28,7 @@ use crate::protocol::frontend::{self, Kind, tag as fe};
 use crate::protocol::{HEADER_LEN, frame};
 use crate::server::{ServerConn, ServerError};
 use crate::sql::session::{Effects, Sticky};
-use crate::state::{Runtime, State};
+use crate::state::{CountKind, Runtime, State};
 
 /// PgBouncer's words for a client that has waited query_wait_notify for a server.
 const QUEUED_NOTICE: &str =
@@ -106,19 +106,41 @@ impl ClientTimeouts {
     }
 }
 
-/// A client counted in its pool for as long as it is connected.
+/// A client counted in its pool for as long as it is connected, and listed in its registry of live clients
+/// (SHOW CLIENTS, KILL_CLIENT) once logged in. One field for both (the listing's id beside the pool), where a
+/// registration of its own kept a second reference to the pool and the record: 40 bytes in every session.
 #[derive(Debug)]
-pub struct PoolClient(Arc<Pool>);
+pub struct PoolClient(
+    Arc<Pool>,
+    /// The id it is listed under; 0 until listed.
+    u64,
+);
 
 impl PoolClient {
     /// Takes over a pool the client already joined ([`crate::pool::Pools::join`]).
     pub fn joined(pool: Arc<Pool>) -> Self {
-        Self(pool)
+        Self(pool, 0)
+    }
+
+    /// Lists the client that just logged in among its pool's live clients, under its pool's database and
+    /// the application_name it starts with. One listed once an immediate shutdown has begun is shut down at
+    /// once, as [`crate::conns::Registered::client`] does.
+    fn list(&mut self, info: &Arc<ClientInfo>, app: &str, lifecycle: &crate::state::Lifecycle) {
+        debug_assert!(self.1 == 0 && info.id != 0, "listed once, under a real id");
+        info.list_as(Arc::clone(&self.0.key.database), app);
+        self.0.live_clients.insert(info.id, Arc::clone(info));
+        self.1 = info.id;
+        if lifecycle.is_terminating() {
+            info.shut_down();
+        }
     }
 }
 
 impl Drop for PoolClient {
     fn drop(&mut self) {
+        if self.1 != 0 {
+            self.0.live_clients.remove(self.1);
+        }
         self.0.client_left();
     }
 }
@@ -141,31 +163,60 @@ impl Drop for PinnedGauge {
 }
 
 /// A pool client's places against max_client_conn, max_db_client_connections and
-/// max_user_client_connections, given back when the session drops. Held inline: as three boxed guards, each
-/// name copied, they were ~250 bytes of every idle client's heap.
+/// max_user_client_connections, given back when the session drops. Held inline, the names shared with the
+/// counts' keys: as three boxed guards, each name copied, they were ~250 bytes of every idle client's heap,
+/// and 80 bytes of its session as three guards of their own.
 #[derive(Debug)]
 pub struct ClientCounted {
-    _total: super::login::ClientTotal,
-    _db: crate::state::CountGuard,
-    _user: crate::state::CountGuard,
+    total: super::login::ClientTotal,
+    db: Option<Arc<str>>,
+    user: Option<Arc<str>>,
 }
 
 impl ClientCounted {
-    pub fn new(
-        total: super::login::ClientTotal,
-        db: crate::state::CountGuard,
-        user: crate::state::CountGuard,
-    ) -> Self {
+    /// Starts from the place against max_client_conn; the others are counted by [`ClientCounted::count`].
+    pub fn new(total: super::login::ClientTotal) -> Self {
         Self {
-            _total: total,
-            _db: db,
-            _user: user,
+            total,
+            db: None,
+            user: None,
+        }
+    }
+
+    /// The process's state.
+    pub fn state(&self) -> &Arc<State> {
+        self.total.state()
+    }
+
+    /// Counts the client against `name`'s limit `max` (0 = unlimited) of `kind`, unless that is full.
+    pub fn count(&mut self, kind: CountKind, name: &str, max: u32) -> bool {
+        let Some(key) = self.total.counts().try_count(kind, name, max) else {
+            return false;
+        };
+        let slot = match kind {
+            CountKind::Database => &mut self.db,
+            CountKind::User => &mut self.user,
+        };
+        if let Some(old) = slot.replace(key) {
+            self.total.counts().uncount(kind, &old);
+        }
+        true
+    }
+}
+
+impl Drop for ClientCounted {
+    fn drop(&mut self) {
+        let counts = self.total.counts();
+        if let Some(db) = &self.db {
+            counts.uncount(CountKind::Database, db);
+        }
+        if let Some(user) = &self.user {
+            counts.uncount(CountKind::User, user);
         }
     }
 }
 
 pub struct Session {
-    state: Arc<State>,
     /// Shared with the client's task, which logs with it after the session is gone.
     info: Arc<ClientInfo>,
     pool: PoolClient,
@@ -200,11 +251,10 @@ pub struct Session {
     timer: Option<Pin<Box<Sleep>>>,
     /// The timer is a fresh client's time to park (see `wait_client_readable`); cleared by `set_timer`.
     timer_parks: bool,
-    /// Its record in the pool's registry of live clients (SHOW CLIENTS, KILL_CLIENT).
-    live: Registered<ClientRecord>,
     /// The record of the server it is linked to, while linked.
     linked: Option<Arc<ServerRecord>>,
-    _counted: ClientCounted,
+    /// Its places against the client limits; also the way to the process's state.
+    counted: ClientCounted,
 }
 
 /// What woke a client waiting between transactions.
@@ -262,9 +312,7 @@ enum Io {
 }
 
 impl Session {
-    #[allow(clippy::too_many_arguments, reason = "assembled once, at login")]
     pub fn new(
-        state: Arc<State>,
         info: Arc<ClientInfo>,
         pool: PoolClient,
         params: ParamValues,
@@ -273,13 +321,17 @@ impl Session {
         login_facts: LoginFacts,
         counted: ClientCounted,
     ) -> Self {
-        let live = register_client(&state, &info, &pool.0, &params);
+        let mut pool = pool;
+        pool.list(
+            &info,
+            params.get(Tracked::APPLICATION_NAME).unwrap_or(""),
+            &counted.state().lifecycle,
+        );
         // A cancel request for this client is listed under its pool while it is forwarded.
         // The user is the one the startup packet named (the record holds it, shared).
         let user = info.user_name().map_or_else(|| Arc::from(""), Arc::clone);
         cancel.slot().set_owner(Arc::clone(&pool.0), user);
         Self {
-            state,
             info,
             pool,
             params,
@@ -296,9 +348,8 @@ impl Session {
             login_facts,
             timer: None,
             timer_parks: false,
-            live,
             linked: None,
-            _counted: counted,
+            counted,
         }
     }
 
@@ -307,7 +358,7 @@ impl Session {
     }
 
     pub fn state(&self) -> &Arc<State> {
-        &self.state
+        self.counted.state()
     }
 
     pub fn params(&self) -> &ParamValues {
@@ -408,7 +459,14 @@ impl Session {
     async fn wait_for_message(&mut self, conn: &mut ClientConn) -> Result<Next, End> {
         conn.flush().await?;
         conn.out.shrink_when_empty();
-        let max = self.state.runtime.load().config.settings.max_packet_size;
+        let max = self
+            .counted
+            .state()
+            .runtime
+            .load()
+            .config
+            .settings
+            .max_packet_size;
         let idle_since = Instant::now();
         loop {
             if let Some(h) = frame::peek(&conn.rbuf, max).map_err(|e| End::pooler(e.to_string()))? {
@@ -432,7 +490,7 @@ impl Session {
                     _ => {}
                 }
             }
-            if conn.rbuf.is_empty() && !keeps_read_buffer(conn.rbuf.capacity(), &self.live.record) {
+            if conn.rbuf.is_empty() && !keeps_read_buffer(conn.rbuf.capacity(), &self.info) {
                 // A fresh client gives up what its login read into: thousands of them logging in should
                 // cost next to nothing. One that has run something keeps an ordinary buffer (an
                 // allocation and a free fewer per transaction) until it parks, which drops it.
@@ -489,8 +547,13 @@ impl Session {
         let idle_deadline = (!idle_timeout.is_zero()).then(|| idle_since + idle_timeout);
         // A client that has sent nothing since its login parks itself soon (see `PARK_NEW_AFTER`), rather than
         // when the lot next looks: in a login storm, fewer of them are tasks at once.
-        let park_at = (!self.live.record.has_sent()
-            && self.state.parking.as_ref().is_some_and(Lot::is_open))
+        let park_at = (!self.info.has_sent()
+            && self
+                .counted
+                .state()
+                .parking
+                .as_ref()
+                .is_some_and(Lot::is_open))
         .then(|| idle_since + PARK_NEW_AFTER);
         match (park_at, idle_deadline) {
             (Some(park), idle) if idle.is_none_or(|idle| park < idle) => {
@@ -507,9 +570,9 @@ impl Session {
     fn poll_idle(&mut self, cx: &mut Context<'_>, conn: &ClientConn) -> Poll<Result<Wake, End>> {
         // The client sent something (or closed).
         if let Poll::Ready(res) = conn.stream.poll_read_ready(cx) {
-            if self.live.record.park_requested() {
+            if self.info.park_requested() {
                 // Not idle any more: a later idle spell is asked about again.
-                self.live.record.clear_park_request();
+                self.info.clear_park_request();
             }
             return Poll::Ready(
                 res.map(|()| Wake::Client)
@@ -530,7 +593,7 @@ impl Session {
             if self.timer_parks {
                 // As if the lot had asked; the timer now keeps client_idle_timeout, if there is one (from
                 // the same start: the park's deadline is PARK_NEW_AFTER past it).
-                self.live.record.mark_park();
+                self.info.mark_park();
                 let idle_timeout = self.timeouts.client_idle_timeout();
                 let idle_since = timer.deadline().into_std() - PARK_NEW_AFTER;
                 self.set_timer((!idle_timeout.is_zero()).then(|| idle_since + idle_timeout));
@@ -547,12 +610,12 @@ impl Session {
         // Immediate shutdown, KILL, KILL_CLIENT: the record's kill switch. (A drain needs no watching: it
         // changes nothing for a linked or idle client, the next checkout reads it from a flag, and a client
         // queued for a server waits on the process's token while it waits.)
-        if self.live.record.poll_killed(cx).is_ready() {
-            return Poll::Ready(Err(killed_end(&self.live.record)));
+        if self.info.poll_killed(cx).is_ready() {
+            return Poll::Ready(Err(killed_end(&self.info)));
         }
         // The parking lot's request (woken through the kill switch's waker). One that cannot be met now
         // (a kept server, a message half read) stands until the client next sends something.
-        if self.live.record.park_requested()
+        if self.info.park_requested()
             && self.pinned.is_none()
             && conn.rbuf.is_empty()
             && conn.out.is_empty()
@@ -585,7 +648,7 @@ impl Session {
                     | backend::tag::PARAMETER_STATUS => {
                         if f.tag == backend::tag::PARAMETER_STATUS
                             && let Ok((name, value)) = backend::parse_parameter_status(&f.body)
-                            && let Some(i) = self.state.tracked.index(name)
+                            && let Some(i) = self.counted.state().tracked.index(name)
                         {
                             server.params.set(i, value);
                             self.params.set(i, value);
@@ -632,12 +695,12 @@ impl Session {
     /// Gets a server for the next transaction, waiting out a PAUSE. An idle server is taken without
     /// any timer or shared wakeup; only a client that has to wait pays for them.
     async fn acquire(&mut self, conn: &mut ClientConn) -> Result<ServerConn, End> {
-        let lifecycle = &self.state.lifecycle;
+        let lifecycle = &self.counted.state().lifecycle;
         if lifecycle.is_draining() {
             return Err(End::pooler("server shutting down"));
         }
         if lifecycle.is_paused() {
-            self.live.record.set_waiting();
+            self.info.set_waiting();
             self.wait_resumed().await?;
         } else if let Some(server) = self.pool.0.checkout_idle().await {
             return Ok(server);
@@ -651,12 +714,19 @@ impl Session {
     /// The slow path of [`Session::acquire`]: queues for a server, telling the client it is queued after
     /// query_wait_notify.
     async fn wait_for_server(&mut self, conn: &mut ClientConn) -> Result<ServerConn, End> {
-        self.live.record.set_waiting();
-        let notify = self.state.runtime.load().config.settings.query_wait_notify;
+        self.info.set_waiting();
+        let notify = self
+            .counted
+            .state()
+            .runtime
+            .load()
+            .config
+            .settings
+            .query_wait_notify;
         let notify_at = (!notify.is_zero()).then(|| tokio::time::Instant::now() + notify);
         let pool = Arc::clone(&self.pool.0);
-        let live = Arc::clone(&self.live.record);
-        let state = Arc::clone(&self.state);
+        let live = Arc::clone(&self.info);
+        let state = Arc::clone(self.counted.state());
         let checkout = pool.checkout(self.timeouts.query_timeout());
         tokio::pin!(checkout);
         let mut notified = false;
@@ -685,9 +755,9 @@ impl Session {
     }
 
     async fn wait_resumed(&mut self) -> Result<(), End> {
-        let state = Arc::clone(&self.state);
+        let state = Arc::clone(self.counted.state());
         let mut paused = state.lifecycle.paused.subscribe();
-        let live = Arc::clone(&self.live.record);
+        let live = Arc::clone(&self.info);
         // In this order, for the reason in wait_for_server.
         tokio::select! {
             biased;
@@ -702,7 +772,7 @@ impl Session {
 
     fn link(&mut self, server: &ServerConn) {
         if let Some(live) = &server.live {
-            self.live.record.link(&live.record);
+            self.info.link(&live.record);
             self.linked = Some(Arc::clone(&live.record));
         }
         if let Some((pid, secret)) = server.backend_key {
@@ -717,15 +787,13 @@ impl Session {
 
     async fn unlink(&mut self) {
         let server = self.linked.take();
-        self.live
-            .record
-            .unlink(server.as_deref(), self.statements.len());
+        self.info.unlink(server.as_deref(), self.statements.len());
         self.cancel.unlink().await;
     }
 
     /// How a session killed by KILL, KILL_CLIENT or an immediate shutdown ends.
     fn killed_end(&self) -> End {
-        killed_end(&self.live.record)
+        killed_end(&self.info)
     }
 
     /// Relays between the client and the server until the pool mode lets the server go or the session ends.
@@ -769,7 +837,7 @@ impl Session {
     ) -> LinkEnd {
         let (mode, max) = self.pool.0.mode_and_max_packet();
         let (disable_pqexec, max_prepared) = {
-            let runtime = self.state.runtime.load();
+            let runtime = self.counted.state().runtime.load();
             let s = &runtime.config.settings;
             (s.disable_pqexec, s.max_prepared_statements as usize)
         };
@@ -796,7 +864,9 @@ impl Session {
                 })
             });
         }
-        let mut sync = self.params.sync_sql(&server.params, &self.state.tracked);
+        let mut sync = self
+            .params
+            .sync_sql(&server.params, &self.counted.state().tracked);
         if track_session && self.settings != server.settings {
             let sql = sync.get_or_insert_with(String::new);
             settings_sync_sql(&self.settings, &server.settings, sql);
@@ -817,7 +887,14 @@ impl Session {
             if mode == PoolMode::Session
                 && relay.releasable()
                 && server.epoch != self.pool.0.epoch()
-                && self.state.runtime.load().config.settings.server_fast_close
+                && self
+                    .counted
+                    .state()
+                    .runtime
+                    .load()
+                    .config
+                    .settings
+                    .server_fast_close
             {
                 // server_fast_close: a server RECONNECT or a RELOAD marked is not kept to the end of the
                 // session; between transactions, client and server go (the client must notice).
@@ -827,7 +904,7 @@ impl Session {
                 );
             }
             if mode == PoolMode::Session && relay.releasable() {
-                let current = self.state.runtime.load().generation;
+                let current = self.counted.state().runtime.load().generation;
                 if policy_runtime
                     .as_ref()
                     .is_none_or(|rt| rt.generation != current)
@@ -876,7 +953,7 @@ impl Session {
                 return finish_relay_error(&e);
             }
             let mut ctx = ServerCtx {
-                tracked: &self.state.tracked,
+                tracked: &self.counted.state().tracked,
                 server_params: &mut server.params,
                 client_params: &mut self.params,
                 max,
@@ -889,7 +966,7 @@ impl Session {
                 && let Some(app) = self.params.get(Tracked::APPLICATION_NAME)
             {
                 // SHOW CLIENTS follows the application_name the server reported (SET, RESET).
-                self.live.record.set_application_name(app);
+                self.info.set_application_name(app);
             }
             if relay.quiet() && relay.counts != Counts::default() {
                 // Totals move at every answered request, also for a session-mode client's long link.
@@ -905,12 +982,12 @@ impl Session {
             }
             let io = poll_fn(|cx| self.poll_io(cx, conn, server, relay)).await;
             match io {
-                Io::ClientData => self.live.record.touch(),
+                Io::ClientData => self.info.touch(),
                 Io::ServerData | Io::Progress => {}
                 Io::Timer => {}
                 Io::Stop => {
                     // An immediate shutdown, KILL or KILL_CLIENT.
-                    if self.live.record.killed().is_some() {
+                    if self.info.killed().is_some() {
                         let disposal = if relay.quiet() {
                             Disposal::Rollback
                         } else {
@@ -949,7 +1026,7 @@ impl Session {
 
     /// The current generation, if any of its policy plugins applies to this client's pool.
     fn policy_runtime(&self) -> Option<Arc<Runtime>> {
-        let current = self.state.runtime.load();
+        let current = self.counted.state().runtime.load();
         current
             .plugins
             .has_policy(&self.pool.0.key.database)
@@ -1093,7 +1170,7 @@ impl Session {
         // A drain is not watched while linked: it changes nothing for a linked client (the server goes
         // back when the transaction ends, and the next checkout sees the drain).
         // Watched while linked too: KILL and KILL_CLIENT end a session mid-transaction.
-        if self.live.record.poll_killed(cx).is_ready() {
+        if self.info.poll_killed(cx).is_ready() {
             return Poll::Ready(Io::Stop);
         }
         if progress {
@@ -1107,7 +1184,7 @@ impl Session {
     /// back from the server. When it need not, this does what it would have done (the transaction changed
     /// nothing the session keeps, apart from a `RESET ALL`).
     fn settle_transaction(&mut self, server: &mut ServerConn) -> bool {
-        let tracked = &self.state.tracked;
+        let tracked = &self.counted.state().tracked;
         let must_read = self.pinned_for_good
             || self.was_pinned.is_some()
             || self.relay_state.as_ref().is_some_and(|r| {
@@ -1140,7 +1217,7 @@ impl Session {
             self.settings.clear();
             server.settings.clear();
         }
-        let tracked = &self.state.tracked;
+        let tracked = &self.counted.state().tracked;
         let names: Vec<&String> = fx
             .settings
             .iter()
@@ -1214,7 +1291,7 @@ impl Session {
     /// Disposes of the server of a session that is ending, off the client's task.
     fn dispose(&self, server: ServerConn, disposal: Disposal) {
         let pool = Arc::clone(&self.pool.0);
-        let state = Arc::clone(&self.state);
+        let state = Arc::clone(self.counted.state());
         tokio::spawn(async move { dispose(state, pool, server, disposal).await });
     }
 }
@@ -1338,19 +1415,6 @@ fn killed_end(live: &ClientRecord) -> End {
         Some(reason) => End::pooler(reason),
         None => End::Closed("server shutting down".into()),
     }
-}
-
-/// Puts a client that just logged in into its pool's registry of live clients.
-fn register_client(
-    state: &State,
-    info: &Arc<ClientInfo>,
-    pool: &Arc<Pool>,
-    params: &ParamValues,
-) -> Registered<ClientRecord> {
-    let app = params.get(Tracked::APPLICATION_NAME).unwrap_or("");
-    info.list_as(Arc::clone(&pool.key.database), app);
-    let registry = RegistryRef::Pool(Arc::clone(pool), |p: &Pool| &p.live_clients);
-    Registered::client(Arc::clone(info), info.id, registry, &state.lifecycle)
 }
 
 /// The statements that make a server whose session settings are `server` hold the client's: RESET what the
