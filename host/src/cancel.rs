@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -35,76 +35,12 @@ pub struct CancelTarget {
     pub secret: u32,
 }
 
-#[derive(Debug, Default)]
-struct TargetState {
-    target: Option<CancelTarget>,
-    in_flight: u32,
-}
-
-/// One client's cancel key and the server it is currently linked to.
-#[derive(Debug)]
-pub struct CancelSlot {
-    pub pid: u32,
-    pub secret: u32,
-    state: Mutex<TargetState>,
-    /// The pool and user of the client this key belongs to (a pool client's; none for the console), so a
-    /// cancel request in flight is listed under that pool in SHOW CLIENTS and counted in SHOW POOLS.
-    owner: OnceLock<(Arc<Pool>, Arc<str>)>,
-}
-
-impl CancelSlot {
-    fn lock(&self) -> std::sync::MutexGuard<'_, TargetState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The key belongs to a client of `pool` logged in as `user`.
-    pub fn set_owner(&self, pool: Arc<Pool>, user: Arc<str>) {
-        let _ = self.owner.set((pool, user));
-    }
-
-    /// The client is now linked to a server: cancels go there.
-    pub fn link(&self, target: CancelTarget) {
-        self.lock().target = Some(target);
-    }
-
-    /// The client gives its server up. Returns once no cancel aimed at that server is still in flight, so
-    /// the server can safely go to someone else; `settled` is the registry's, notified as any cancel ends.
-    async fn unlink(&self, settled: &Notify) {
-        {
-            let mut st = self.lock();
-            st.target = None;
-            if st.in_flight == 0 {
-                return;
-            }
-        }
-        let wait = async {
-            loop {
-                let notified = settled.notified();
-                if self.lock().in_flight == 0 {
-                    return;
-                }
-                notified.await;
-            }
-        };
-        let _ = tokio::time::timeout(CANCEL_SETTLE, wait).await;
-    }
-
-    fn begin(&self) -> Option<CancelTarget> {
-        let mut st = self.lock();
-        let target = st.target.clone()?;
-        st.in_flight += 1;
-        Some(target)
-    }
-
-    fn end(&self, settled: &Notify) {
-        self.lock().in_flight -= 1;
-        settled.notify_waiters();
-    }
-}
-
 /// All clients' cancel keys, sharded so logins don't contend on one lock.
 pub struct CancelRegistry {
-    shards: [Mutex<HashMap<u32, Arc<CancelSlot>>>; SHARDS],
+    /// The records of the clients by their key's pid: the record holds the key and the linked server
+    /// ([`ClientRecord::cancel_key`], [`ClientRecord::begin_cancel`]), where a slot of its own per client
+    /// took 112 bytes of heap beside it.
+    shards: [Mutex<HashMap<u32, Arc<ClientRecord>>>; SHARDS],
     next_pid: AtomicU32,
     /// Notified whenever a forwarded cancel ends, for a client waiting in [`CancelHandle::unlink`] (one for
     /// all keys, each waiter checks its own: cancels are rare, and every client's slot is 32 bytes smaller).
@@ -123,14 +59,14 @@ impl Default for CancelRegistry {
 }
 
 impl CancelRegistry {
-    fn shard(&self, pid: u32) -> std::sync::MutexGuard<'_, HashMap<u32, Arc<CancelSlot>>> {
+    fn shard(&self, pid: u32) -> std::sync::MutexGuard<'_, HashMap<u32, Arc<ClientRecord>>> {
         self.shards[pid as usize % SHARDS]
             .lock()
             .unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Issues a fresh key for a client; the key is forgotten when the returned handle drops.
-    pub fn register(self: &Arc<Self>) -> CancelHandle {
+    /// Issues a fresh key to `record`'s client; the key is forgotten when the returned handle drops.
+    pub fn register(self: &Arc<Self>, record: &Arc<ClientRecord>) -> CancelHandle {
         loop {
             let pid = self.next_pid.fetch_add(1, Ordering::Relaxed) & 0x7fff_ffff;
             if pid == 0 {
@@ -140,16 +76,13 @@ impl CancelRegistry {
             if shard.contains_key(&pid) {
                 continue;
             }
-            let slot = Arc::new(CancelSlot {
-                pid,
-                secret: rand::random(),
-                state: Mutex::default(),
-                owner: OnceLock::new(),
-            });
-            shard.insert(pid, Arc::clone(&slot));
+            let secret = rand::random();
+            record.set_cancel_key(pid, secret);
+            shard.insert(pid, Arc::clone(record));
             return CancelHandle {
                 registry: Arc::clone(self),
-                slot,
+                pid,
+                secret,
             };
         }
     }
@@ -166,17 +99,29 @@ impl CancelRegistry {
         timeout: Duration,
         from: Option<&CancelFrom<'_>>,
     ) -> bool {
-        let Some(slot) = self.shard(pid).get(&pid).cloned() else {
+        let Some(client) = self.shard(pid).get(&pid).cloned() else {
             return false;
         };
-        if !bool::from(slot.secret.to_be_bytes().ct_eq(&secret.to_be_bytes())) {
+        let Some((_, key_secret)) = client.cancel_key() else {
+            return false;
+        };
+        if !bool::from(key_secret.to_be_bytes().ct_eq(&secret.to_be_bytes())) {
             return false;
         }
-        let Some(target) = slot.begin() else {
+        let Some(server) = client.begin_cancel() else {
             return false;
         };
-        let listed = from.and_then(|f| slot.owner.get().map(|(pool, user)| f.list(pool, user)));
-        let send = self.send_to_listed(&target, timeout, listed.as_ref());
+        let Some(target) = server.cancel.as_ref() else {
+            client.end_cancel();
+            return false;
+        };
+        // Listed under its target's pool, as its user's (the one the startup packet named).
+        let listed = from.and_then(|f| {
+            let pool = server.pool.upgrade()?;
+            let user = client.user_name().map_or_else(|| Arc::from(""), Arc::clone);
+            Some(f.list(&pool, &user))
+        });
+        let send = self.send_to_listed(target, timeout, listed.as_ref());
         let sent = match &listed {
             Some(l) => tokio::select! {
                 r = send => r,
@@ -194,7 +139,8 @@ impl CancelRegistry {
                 target.port
             );
         }
-        slot.end(&self.settled);
+        client.end_cancel();
+        self.settled.notify_waiters();
         sent.is_ok()
     }
 }
@@ -279,43 +225,87 @@ impl CancelFrom<'_> {
 /// A registered client key; unregisters on drop.
 pub struct CancelHandle {
     registry: Arc<CancelRegistry>,
-    slot: Arc<CancelSlot>,
+    pid: u32,
+    secret: u32,
 }
 
 impl CancelHandle {
-    pub fn slot(&self) -> &CancelSlot {
-        &self.slot
+    /// The key: the pid and secret of the client's BackendKeyData.
+    pub fn key(&self) -> (u32, u32) {
+        (self.pid, self.secret)
     }
 
-    /// See [`CancelSlot::unlink`].
-    pub async fn unlink(&self) {
-        self.slot.unlink(&self.registry.settled).await;
+    /// Waits until no cancel request is on its way to the server `record`'s client just gave up (see
+    /// [`ClientRecord::unlink`]), so that the server can safely go to someone else; bounded by
+    /// [`CANCEL_SETTLE`].
+    pub async fn settle(&self, record: &ClientRecord) {
+        let settled = &self.registry.settled;
+        let wait = async {
+            loop {
+                let notified = settled.notified();
+                if record.cancels_in_flight() == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        let _ = tokio::time::timeout(CANCEL_SETTLE, wait).await;
     }
 }
 
 impl Drop for CancelHandle {
     fn drop(&mut self) {
-        self.registry.shard(self.slot.pid).remove(&self.slot.pid);
+        self.registry.shard(self.pid).remove(&self.pid);
     }
 }
 
 impl std::fmt::Debug for CancelHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "CancelHandle({})", self.slot.pid)
+        write!(f, "CancelHandle({})", self.pid)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Weak;
+
     use super::*;
+    use crate::conns::{ServerRecord, ServerSpec};
+    use crate::net::Peer;
+
+    fn client() -> Arc<ClientRecord> {
+        Arc::new(ClientRecord::new(
+            crate::conns::next_id(),
+            Peer::Unix,
+            None,
+            0,
+        ))
+    }
+
+    fn server(cancel: Option<CancelTarget>) -> Arc<ServerRecord> {
+        ServerRecord::new(ServerSpec {
+            id: crate::conns::next_id(),
+            user: "u".into(),
+            database: "d".into(),
+            peer: Peer::Unix,
+            port: 5432,
+            local: None,
+            remote_pid: 4242,
+            epoch: 1,
+            cancel,
+            pool: Weak::new(),
+        })
+    }
 
     #[tokio::test]
     async fn keys_are_unique_and_forgotten_on_drop() {
         let reg = Arc::new(CancelRegistry::default());
-        let a = reg.register();
-        let b = reg.register();
-        assert_ne!(a.slot().pid, b.slot().pid);
-        let pid = a.slot().pid;
+        let (ca, cb) = (client(), client());
+        let a = reg.register(&ca);
+        let b = reg.register(&cb);
+        assert_ne!(a.key().0, b.key().0);
+        assert_eq!(ca.cancel_key(), Some(a.key()));
+        let pid = a.key().0;
         drop(a);
         assert!(reg.shard(pid).get(&pid).is_none());
         assert!(
@@ -327,8 +317,9 @@ mod tests {
     #[tokio::test]
     async fn wrong_secret_or_unlinked_client_sends_nothing() {
         let reg = Arc::new(CancelRegistry::default());
-        let h = reg.register();
-        let (pid, secret) = (h.slot().pid, h.slot().secret);
+        let c = client();
+        let h = reg.register(&c);
+        let (pid, secret) = h.key();
         assert!(
             !reg.forward(pid, secret.wrapping_add(1), Duration::from_secs(1), None)
                 .await
@@ -337,6 +328,10 @@ mod tests {
             !reg.forward(pid, secret, Duration::from_secs(1), None).await,
             "not linked: nothing to cancel"
         );
+        // Linked to a server that gave no BackendKeyData: nothing to send, and nothing left counted.
+        c.link(&server(None));
+        assert!(!reg.forward(pid, secret, Duration::from_secs(1), None).await);
+        assert_eq!(c.cancels_in_flight(), 0);
     }
 
     #[tokio::test]
@@ -344,14 +339,15 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let reg = Arc::new(CancelRegistry::default());
-        let h = reg.register();
-        h.slot().link(CancelTarget {
+        let c = client();
+        let h = reg.register(&c);
+        c.link(&server(Some(CancelTarget {
             host: "127.0.0.1".into(),
             port,
             pid: 4242,
             secret: 7,
-        });
-        let (pid, secret) = (h.slot().pid, h.slot().secret);
+        })));
+        let (pid, secret) = h.key();
         let server = tokio::spawn(async move {
             let (mut s, _) = listener.accept().await.unwrap();
             let mut buf = [0u8; 16];
@@ -367,12 +363,14 @@ mod tests {
         });
         tokio::time::sleep(Duration::from_millis(30)).await;
         let started = std::time::Instant::now();
-        h.unlink().await;
+        assert!(c.unlink(0), "a cancel is on its way");
+        h.settle(&c).await;
         assert!(
             started.elapsed() >= Duration::from_millis(40),
             "unlink returned while the cancel was in flight"
         );
         assert!(fwd.await.unwrap());
+        assert_eq!(c.cancels_in_flight(), 0);
         let buf = server.await.unwrap();
         let mut expect = BytesMut::new();
         startup::write_cancel(&mut expect, 4242, 7);

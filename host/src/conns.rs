@@ -4,8 +4,9 @@
 //!
 //! Cheap on the hot path: a record is an `Arc` of atomics, put in a map (one per pool, so the maps are
 //! sharded by pool) when the connection logs in (a client's: or is forwarded as a cancel request) and taken
-//! out when it closes. A transaction's link and
-//! unlink are a handful of relaxed atomic stores on the two records; nothing takes a lock per query.
+//! out when it closes. A transaction's link and unlink are a handful of relaxed atomic stores on the two
+//! records and one uncontended lock of the client's (its linked server, which a cancel request with its key
+//! reads); nothing takes a lock per query.
 //!
 //! Client and server ids come from one counter, as PgBouncer's socket ids do.
 
@@ -13,12 +14,13 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::task::AtomicWaker;
 
+use crate::cancel::CancelTarget;
 use crate::net::Peer;
 use crate::state::Lifecycle;
 
@@ -68,17 +70,20 @@ fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
-/// When a connection started, on both clocks: wall time for display, monotonic for offsets.
+/// When a connection started, on both clocks: wall time for display (micros since the Unix epoch: 8 bytes
+/// where a `SystemTime` takes 16, in every record), monotonic for offsets.
 #[derive(Debug, Clone, Copy)]
 struct Born {
-    wall: SystemTime,
+    wall_us: u64,
     mono: Instant,
 }
 
 impl Born {
     fn now() -> Self {
         Self {
-            wall: SystemTime::now(),
+            wall_us: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, micros),
             mono: Instant::now(),
         }
     }
@@ -89,7 +94,7 @@ impl Born {
     }
 
     fn wall_at(&self, offset_us: u64) -> SystemTime {
-        self.wall + Duration::from_micros(offset_us)
+        UNIX_EPOCH + Duration::from_micros(self.wall_us.saturating_add(offset_us))
     }
 }
 
@@ -116,8 +121,12 @@ pub struct ClientRecord {
     application_name: Mutex<Arc<str>>,
     born: Born,
     state: AtomicU8,
-    /// Address of the linked server's record (0: none), for SHOW CLIENTS' `link`.
-    link: AtomicUsize,
+    /// Its cancel key (the BackendKeyData it was given: pid in the high half, secret in the low; 0 until
+    /// then), for a cancel request to be checked against (see [`crate::cancel`]).
+    cancel_key: AtomicU64,
+    /// The server it is linked to (SHOW CLIENTS' `link`, where a cancel request with its key goes) and the
+    /// cancels on their way to it. Locked at link and unlink, and by a cancel request.
+    linked: Mutex<Linked>,
     /// Micros since birth of the latest request.
     request_us: AtomicU64,
     /// Micros since birth when it started waiting for a server (0: not waiting).
@@ -125,9 +134,16 @@ pub struct ClientRecord {
     prepared: AtomicU32,
     /// Thrown to end the session: KILL, KILL_CLIENT, an immediate shutdown.
     kill: KillSwitch,
-    kill_reason: OnceLock<String>,
-    /// A console client's cancel key and what a cancel request with it wakes (none for a pool's client).
-    console: OnceLock<Arc<ConsoleCancel>>,
+    kill_reason: OnceLock<Box<str>>,
+}
+
+/// A client's linked server, as its cancel key sees it.
+#[derive(Debug, Default)]
+struct Linked {
+    server: Option<Arc<ServerRecord>>,
+    /// Cancel requests forwarded to `server` and not yet acted on by PostgreSQL: the server is not released
+    /// until they are (see [`crate::cancel`]).
+    cancels: u32,
 }
 
 /// Ends a session from outside: a flag and the waker of the task that watches it (one task per record: the
@@ -172,13 +188,13 @@ impl ClientRecord {
             application_name: Mutex::new(Arc::from("")),
             born: Born::now(),
             state: AtomicU8::new(ClientState::Idle as u8),
-            link: AtomicUsize::new(0),
+            cancel_key: AtomicU64::new(0),
+            linked: Mutex::default(),
             request_us: AtomicU64::new(0),
             wait_us: AtomicU64::new(0),
             prepared: AtomicU32::new(0),
             kill: KillSwitch::default(),
             kill_reason: OnceLock::new(),
-            console: OnceLock::new(),
         }
     }
 
@@ -231,15 +247,6 @@ impl ClientRecord {
         self.set_application_name(application_name);
     }
 
-    /// A console client's cancel key (set once, at its login).
-    pub fn set_console(&self, cancel: Arc<ConsoleCancel>) {
-        let _ = self.console.set(cancel);
-    }
-
-    pub fn console(&self) -> Option<&Arc<ConsoleCancel>> {
-        self.console.get()
-    }
-
     /// When it connected (monotonic).
     pub fn connected(&self) -> Instant {
         self.born.mono
@@ -282,10 +289,13 @@ impl ClientRecord {
             .store(ClientState::Waiting as u8, Ordering::Relaxed);
     }
 
-    /// It has a server now.
+    fn lock_linked(&self) -> std::sync::MutexGuard<'_, Linked> {
+        self.linked.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// It has a server now (cancel requests with its key go there).
     pub fn link(&self, server: &Arc<ServerRecord>) {
-        self.link
-            .store(Arc::as_ptr(server) as usize, Ordering::Relaxed);
+        self.lock_linked().server = Some(Arc::clone(server));
         self.wait_us.store(0, Ordering::Relaxed);
         self.state
             .store(ClientState::Active as u8, Ordering::Relaxed);
@@ -293,9 +303,13 @@ impl ClientRecord {
         server.link(self);
     }
 
-    /// It gave its server up; `prepared` is how many prepared statements it holds now.
-    pub fn unlink(&self, server: Option<&ServerRecord>, prepared: usize) {
-        self.link.store(0, Ordering::Relaxed);
+    /// It gave its server up; `prepared` is how many prepared statements it holds now. Returns whether a
+    /// cancel request is still on its way to that server (see [`crate::cancel::CancelHandle::settle`]).
+    pub fn unlink(&self, prepared: usize) -> bool {
+        let (server, cancels) = {
+            let mut linked = self.lock_linked();
+            (linked.server.take(), linked.cancels)
+        };
         self.state.store(ClientState::Idle as u8, Ordering::Relaxed);
         self.prepared.store(
             u32::try_from(prepared).unwrap_or(u32::MAX),
@@ -304,6 +318,39 @@ impl ClientRecord {
         if let Some(server) = server {
             server.link.store(0, Ordering::Relaxed);
         }
+        cancels > 0
+    }
+
+    /// Its cancel key, once it has one.
+    pub fn cancel_key(&self) -> Option<(u32, u32)> {
+        let key = self.cancel_key.load(Ordering::Acquire);
+        #[allow(clippy::cast_possible_truncation, reason = "the two halves")]
+        (key != 0).then_some(((key >> 32) as u32, key as u32))
+    }
+
+    /// Gives it its cancel key (`pid` is never 0).
+    pub fn set_cancel_key(&self, pid: u32, secret: u32) {
+        self.cancel_key
+            .store(u64::from(pid) << 32 | u64::from(secret), Ordering::Release);
+    }
+
+    /// A cancel request with its key is on its way: the server it goes to, unless it holds none.
+    pub fn begin_cancel(&self) -> Option<Arc<ServerRecord>> {
+        let mut linked = self.lock_linked();
+        let server = Arc::clone(linked.server.as_ref()?);
+        linked.cancels += 1;
+        Some(server)
+    }
+
+    /// A cancel request [`ClientRecord::begin_cancel`] counted is over.
+    pub fn end_cancel(&self) {
+        let mut linked = self.lock_linked();
+        linked.cancels = linked.cancels.saturating_sub(1);
+    }
+
+    /// Cancel requests on their way to the server it is or was linked to.
+    pub fn cancels_in_flight(&self) -> u32 {
+        self.lock_linked().cancels
     }
 
     /// Its application_name now.
@@ -334,7 +381,7 @@ impl ClientRecord {
 
     /// Ends the session with `reason` (the client is told, as PgBouncer tells it); the first reason wins.
     pub fn kill(&self, reason: &str) {
-        let _ = self.kill_reason.set(reason.to_owned());
+        let _ = self.kill_reason.set(reason.into());
         self.throw();
     }
 
@@ -417,7 +464,7 @@ impl ClientRecord {
 
     /// What KILL or KILL_CLIENT gave as the reason, if one ended the session.
     pub fn kill_reason(&self) -> Option<&str> {
-        self.kill_reason.get().map(String::as_str)
+        self.kill_reason.get().map(|r| &**r)
     }
 
     /// Why the session must end now, if it must: the KILL's reason, or the shutdown's.
@@ -428,7 +475,7 @@ impl ClientRecord {
         Some(
             self.kill_reason
                 .get()
-                .map_or("server shutting down", String::as_str),
+                .map_or("server shutting down", |r| &**r),
         )
     }
 
@@ -437,7 +484,10 @@ impl ClientRecord {
     }
 
     pub fn linked(&self) -> usize {
-        self.link.load(Ordering::Relaxed)
+        self.lock_linked()
+            .server
+            .as_ref()
+            .map_or(0, |s| Arc::as_ptr(s) as usize)
     }
 
     pub fn prepared(&self) -> u32 {
@@ -445,7 +495,7 @@ impl ClientRecord {
     }
 
     pub fn connect_time(&self) -> SystemTime {
-        self.born.wall
+        self.born.wall_at(0)
     }
 
     pub fn request_time(&self) -> SystemTime {
@@ -486,6 +536,10 @@ pub struct ServerRecord {
     prepared: AtomicU32,
     /// Capacity of its read buffer at the last release (SHOW MEM).
     pub buffer: AtomicU32,
+    /// Where a cancel request for it goes (none if PostgreSQL sent no BackendKeyData).
+    pub cancel: Option<CancelTarget>,
+    /// The pool it belongs to (a cancel request on its way to it is listed there).
+    pub pool: Weak<crate::pool::Pool>,
 }
 
 /// What a server record is made from.
@@ -499,6 +553,8 @@ pub struct ServerSpec {
     pub local: Option<SocketAddr>,
     pub remote_pid: u32,
     pub epoch: u64,
+    pub cancel: Option<CancelTarget>,
+    pub pool: Weak<crate::pool::Pool>,
 }
 
 impl ServerRecord {
@@ -524,6 +580,8 @@ impl ServerRecord {
             epoch: AtomicU64::new(spec.epoch),
             prepared: AtomicU32::new(0),
             buffer: AtomicU32::new(0),
+            cancel: spec.cancel,
+            pool: spec.pool,
         })
     }
 
@@ -585,7 +643,7 @@ impl ServerRecord {
     }
 
     pub fn connect_time(&self) -> SystemTime {
-        self.born.wall
+        self.born.wall_at(0)
     }
 
     pub fn request_time(&self) -> SystemTime {
@@ -799,6 +857,8 @@ mod tests {
             local: None,
             remote_pid: 4242,
             epoch: 1,
+            cancel: None,
+            pool: Weak::new(),
         })
     }
 
@@ -818,7 +878,7 @@ mod tests {
         assert_eq!(c.linked(), s.ptr());
         assert_eq!(s.linked(), c.ptr());
         assert_eq!(c.waited(), Duration::ZERO);
-        c.unlink(Some(&s), 3);
+        assert!(!c.unlink(3), "no cancel on its way");
         assert_eq!((c.linked(), s.linked()), (0, 0));
         assert_eq!(c.prepared(), 3);
         s.released(2, 8192);

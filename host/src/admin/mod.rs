@@ -59,6 +59,9 @@ pub struct ConsoleStats {
     pub window: StatsWindow,
     /// The console's own clients, for SHOW CLIENTS and KILL_CLIENT.
     pub live: Arc<Registry<ClientRecord>>,
+    /// What a cancel request with a console client's key wakes, by client id (kept here, not in every
+    /// client's record).
+    pub interrupts: Arc<Registry<ConsoleCancel>>,
     /// DISABLE db: databases that refuse new clients until ENABLE db.
     pub disabled: Mutex<HashSet<String>>,
     /// Databases paused by KILL (a RESUME without a database resumes them too).
@@ -75,10 +78,8 @@ pub fn is_disabled(state: &State, database: &str) -> bool {
 /// A cancel request with a console client's key: interrupts the command it is waiting on (PAUSE,
 /// WAIT_CLOSE, KILL), as ^C in psql does in PgBouncer.
 pub fn cancel_request(state: &State, pid: u32, secret: u32) {
-    for c in state.console.live.snapshot() {
-        if let Some(console) = c.console()
-            && console.key == (pid, secret)
-        {
+    for console in state.console.interrupts.snapshot() {
+        if console.key == (pid, secret) {
             console.cancelled.notify_waiters();
         }
     }
@@ -130,8 +131,8 @@ pub struct Console {
     live: Registered<ClientRecord>,
     /// Its cancel key, reserved among every client's so a cancel request finds this console.
     cancel: CancelHandle,
-    /// What a cancel request with this session's key wakes (its record points here too).
-    interrupt: Arc<ConsoleCancel>,
+    /// What a cancel request with this session's key wakes (listed among the console's interrupts).
+    interrupt: Registered<ConsoleCancel>,
     /// This client issued the SUSPEND in effect: if it leaves, the pooler resumes (PgBouncer's rule).
     suspended_here: AtomicBool,
     /// Client counts held while connected (max_client_conn, max_db_client_connections,
@@ -159,10 +160,13 @@ impl Console {
     ) -> Self {
         state.console.clients.fetch_add(1, Ordering::AcqRel);
         state.console.logins.fetch_add(1, Ordering::Relaxed);
-        let cancel = state.cancels.register();
-        let key = (cancel.slot().pid, cancel.slot().secret);
-        let interrupt = ConsoleCancel::new(key);
-        info.set_console(Arc::clone(&interrupt));
+        let cancel = state.cancels.register(&info);
+        let key = cancel.key();
+        let interrupt = Registered::new(
+            ConsoleCancel::new(key),
+            info.id,
+            RegistryRef::Shared(Arc::clone(&state.console.interrupts)),
+        );
         info.list_as(CONSOLE_NAME.into(), "");
         let live = Registered::client(
             Arc::clone(&info),
@@ -199,7 +203,7 @@ impl Console {
             conn.send(|b| backend::write_parameter_status(b, name, value));
         }
         // A cancel request with this key interrupts a waiting command (PAUSE, WAIT_CLOSE).
-        let (pid, secret) = (self.cancel.slot().pid, self.cancel.slot().secret);
+        let (pid, secret) = self.cancel.key();
         conn.send(|b| backend::write_backend_key_data(b, pid, secret));
         conn.send(|b| backend::write_ready_for_query(b, TransactionStatus::Idle));
     }
@@ -282,7 +286,7 @@ impl Console {
         out: &mut BytesMut,
     ) -> Result<(), End> {
         let record = Arc::clone(&self.live.record);
-        let cancelled = self.interrupt.cancelled.notified();
+        let cancelled = self.interrupt.record.cancelled.notified();
         tokio::pin!(cancelled);
         // Registered now, so a cancel sent while the command runs is not missed.
         cancelled.as_mut().enable();

@@ -349,7 +349,7 @@ async fn attach(
         Arc::clone(info),
         pool_client,
         params,
-        state.cancels.register(),
+        state.cancels.register(info),
         timeouts,
         login_facts,
         counted,

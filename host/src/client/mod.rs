@@ -403,5 +403,9 @@ mod tests {
         // boxed session of up to 264 bytes takes a 272-byte heap chunk).
         let session = size_of::<Session>();
         assert!(session <= 264, "a session is {session} bytes");
+        // And its record, shared with the registries: 312 bytes beside a cancel slot of its own (88 bytes
+        // and a header), 304 with the key and the linked server in it; up to 312 fits a 336-byte chunk.
+        let record = size_of::<crate::conns::ClientRecord>();
+        assert!(record <= 312, "a client record is {record} bytes");
     }
 }

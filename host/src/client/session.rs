@@ -19,7 +19,7 @@ use super::relay::{Counts, Denial, QueryPolicy, Relay, RelayError, STREAM_MIN, S
 use super::{ClientConn, ClientInfo, End, OutQueue, login::checkout_end};
 use crate::cancel::{CancelHandle, CancelTarget};
 use crate::config::{PoolMode, SessionState};
-use crate::conns::{ClientRecord, ServerRecord};
+use crate::conns::ClientRecord;
 use crate::params::{ParamValues, Tracked, quote_ident, quote_literal};
 use crate::plugin::convert::{self, LoginFacts, SessionInfo};
 use crate::pool::Pool;
@@ -251,8 +251,6 @@ pub struct Session {
     timer: Option<Pin<Box<Sleep>>>,
     /// The timer is a fresh client's time to park (see `wait_client_readable`); cleared by `set_timer`.
     timer_parks: bool,
-    /// The record of the server it is linked to, while linked.
-    linked: Option<Arc<ServerRecord>>,
     /// Its places against the client limits; also the way to the process's state.
     counted: ClientCounted,
 }
@@ -327,10 +325,6 @@ impl Session {
             params.get(Tracked::APPLICATION_NAME).unwrap_or(""),
             &counted.state().lifecycle,
         );
-        // A cancel request for this client is listed under its pool while it is forwarded.
-        // The user is the one the startup packet named (the record holds it, shared).
-        let user = info.user_name().map_or_else(|| Arc::from(""), Arc::clone);
-        cancel.slot().set_owner(Arc::clone(&pool.0), user);
         Self {
             info,
             pool,
@@ -348,7 +342,6 @@ impl Session {
             login_facts,
             timer: None,
             timer_parks: false,
-            linked: None,
             counted,
         }
     }
@@ -371,7 +364,7 @@ impl Session {
     }
 
     pub fn cancel_key(&self) -> (u32, u32) {
-        (self.cancel.slot().pid, self.cancel.slot().secret)
+        self.cancel.key()
     }
 
     /// Runs the query loop until the client leaves or the session must end.
@@ -770,25 +763,20 @@ impl Session {
         }
     }
 
+    /// Links the client's record to the server's (SHOW CLIENTS, SHOW SERVERS; where a cancel request with
+    /// the client's key goes).
     fn link(&mut self, server: &ServerConn) {
         if let Some(live) = &server.live {
             self.info.link(&live.record);
-            self.linked = Some(Arc::clone(&live.record));
-        }
-        if let Some((pid, secret)) = server.backend_key {
-            self.cancel.slot().link(CancelTarget {
-                host: Arc::clone(&server.host),
-                port: server.port,
-                pid,
-                secret,
-            });
         }
     }
 
+    /// Unlinks them; returns once no cancel request is still on its way to the server, so that the server
+    /// can go to someone else.
     async fn unlink(&mut self) {
-        let server = self.linked.take();
-        self.info.unlink(server.as_deref(), self.statements.len());
-        self.cancel.unlink().await;
+        if self.info.unlink(self.statements.len()) {
+            self.cancel.settle(&self.info).await;
+        }
     }
 
     /// How a session killed by KILL, KILL_CLIENT or an immediate shutdown ends.

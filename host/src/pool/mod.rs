@@ -801,6 +801,15 @@ impl Pool {
             local: conn.stream.local(),
             remote_pid: conn.backend_key.map_or(0, |(pid, _)| pid),
             epoch,
+            cancel: conn
+                .backend_key
+                .map(|(pid, secret)| crate::cancel::CancelTarget {
+                    host: Arc::clone(&conn.host),
+                    port: conn.port,
+                    pid,
+                    secret,
+                }),
+            pool: Arc::downgrade(self),
         });
         let registry = RegistryRef::Pool(Arc::clone(self), |p: &Pool| &p.live_servers);
         conn.live = Some(Registered::new(record, conn.id, registry));
