@@ -6,6 +6,7 @@
 //! (PgBouncer's `track_extra_parameters` is not reloadable either), so values live in a small indexed array.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 /// Parameters every client has tracked, in PostgreSQL's canonical spelling.
 const ALWAYS_TRACKED: [&str; 5] = [
@@ -85,10 +86,12 @@ fn canonical(name: &str) -> &str {
 /// Packed into one string, slot by slot: a slot is empty (unknown) or `=` and the value, and NUL (which no
 /// parameter value can hold: the protocol ends them with it) separates the slots. Every client and server
 /// keeps one, and values change rarely (a `SET` of a tracked parameter): one small allocation, where a
-/// vector of optional strings took ~100 bytes and one more allocation per value.
+/// vector of optional strings took ~100 bytes and one more allocation per value. Shared, never changed in
+/// place: clients of a pool that log in with the same values keep one copy ([`ParamValues::share`]), and a
+/// `SET` makes the client a copy of its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParamValues {
-    packed: Box<str>,
+    packed: Arc<str>,
 }
 
 impl ParamValues {
@@ -104,7 +107,7 @@ impl ParamValues {
     }
 
     /// Packs `slots` anew.
-    fn repack<'a>(slots: impl Iterator<Item = Option<&'a str>>) -> Box<str> {
+    fn repack<'a>(slots: impl Iterator<Item = Option<&'a str>>) -> Arc<str> {
         let mut packed = String::new();
         for (i, slot) in slots.enumerate() {
             if i > 0 {
@@ -170,6 +173,15 @@ impl ParamValues {
             );
         }
         (!sql.is_empty()).then_some(sql)
+    }
+
+    /// Makes these values share `last`'s copy when they are the same, or become `last` when they are not:
+    /// logins in a row with the same values (one application's clients) keep one copy between them.
+    pub fn share(&mut self, last: &mut Option<Self>) {
+        match last {
+            Some(l) if *l == *self => self.packed = Arc::clone(&l.packed),
+            _ => *last = Some(self.clone()),
+        }
     }
 
     /// Iterates `(index, value)` over known values.
@@ -284,6 +296,38 @@ mod tests {
             v.iter().collect::<Vec<_>>(),
             [(0, "UTF8"), (app, "svc"), (path, "a, \"b=c\"")]
         );
+    }
+
+    #[test]
+    fn logins_with_the_same_values_share_one_copy_and_a_set_makes_its_own() {
+        let t = Tracked::new(&[]);
+        let app = t.index("application_name").unwrap();
+        let with = |name: &str| {
+            let mut v = ParamValues::new(&t);
+            v.set(0, "UTF8");
+            v.set(app, name);
+            v
+        };
+        let mut last = None;
+        let mut a = with("svc");
+        a.share(&mut last);
+        let mut b = with("svc");
+        b.share(&mut last);
+        assert!(
+            Arc::ptr_eq(&a.packed, &b.packed),
+            "the same values: one copy"
+        );
+        let mut c = with("other");
+        c.share(&mut last);
+        assert!(!Arc::ptr_eq(&c.packed, &a.packed));
+        assert_eq!(
+            last.as_ref(),
+            Some(&c),
+            "the latest values are the ones shared next"
+        );
+        // A SET changes one client's values only.
+        assert!(b.set(app, "renamed"));
+        assert_eq!((a.get(app), b.get(app)), (Some("svc"), Some("renamed")));
     }
 
     #[test]

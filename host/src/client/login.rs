@@ -344,7 +344,9 @@ async fn attach(
         let name = format!("{given} - {}", info.peer);
         params.set(app, &name);
     }
-    let login_facts = crate::plugin::convert::LoginFacts::new(&startup.database, startup_params);
+    let mut login_facts =
+        crate::plugin::convert::LoginFacts::new(&startup.database, startup_params);
+    pool.share_login(&mut params, &mut login_facts);
     Ok(Session::new(
         Arc::clone(info),
         pool_client,

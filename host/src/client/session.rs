@@ -223,12 +223,11 @@ pub struct Session {
     params: ParamValues,
     cancel: CancelHandle,
     timeouts: ClientTimeouts,
-    /// Output queued for the linked server (kept here so its allocation is reused).
-    to_server: OutQueue,
-    /// Protocol state of the current link, reset per link (kept here so its allocations are reused; boxed,
-    /// so that a link's future holds a pointer to it rather than a copy: that future is allocated per
-    /// transaction). `None` until the first link.
-    relay_state: Option<Box<Relay>>,
+    /// Protocol state of the current link, reset per link, and the output queued for its server (kept here
+    /// so their allocations are reused; boxed, so that a link's future holds a pointer to it rather than a
+    /// copy: that future is allocated per transaction; and an idle session keeps 8 bytes, not 48). `None`
+    /// until the first link, and again once parked.
+    relay_state: Option<Box<LinkState>>,
     /// The client's named prepared statements, when pgwarden maps them to servers' (max_prepared_statements
     /// in transaction and statement pooling).
     statements: ClientStatements,
@@ -253,6 +252,14 @@ pub struct Session {
     timer_parks: bool,
     /// Its places against the client limits; also the way to the process's state.
     counted: ClientCounted,
+}
+
+/// What a link works with, kept from one link to the next.
+#[derive(Default)]
+struct LinkState {
+    relay: Relay,
+    /// Output queued for the linked server.
+    to_server: OutQueue,
 }
 
 /// What woke a client waiting between transactions.
@@ -331,7 +338,6 @@ impl Session {
             params,
             cancel,
             timeouts,
-            to_server: OutQueue::default(),
             relay_state: None,
             statements: ClientStatements::default(),
             settings: BTreeMap::new(),
@@ -510,7 +516,6 @@ impl Session {
                     // after a second's rest can make them again.
                     self.timer = None;
                     self.relay_state = None;
-                    self.to_server = OutQueue::default();
                     let idle_timeout = self.timeouts.client_idle_timeout();
                     return Ok(Next::Park(
                         (!idle_timeout.is_zero()).then(|| idle_since + idle_timeout),
@@ -787,11 +792,12 @@ impl Session {
     /// Relays between the client and the server until the pool mode lets the server go or the session ends.
     async fn relay(&mut self, conn: &mut ClientConn, server: &mut ServerConn) -> LinkEnd {
         // The relay state lives in the session so its allocations are reused link after link.
-        let mut relay = self.relay_state.take().unwrap_or_default();
-        relay.reset();
-        let end = self.relay_with(&mut relay, conn, server).await;
+        let mut link = self.relay_state.take().unwrap_or_default();
+        link.relay.reset();
+        let LinkState { relay, to_server } = &mut *link;
+        let end = self.relay_with(relay, to_server, conn, server).await;
         self.pool.0.stats.add(&std::mem::take(&mut relay.counts));
-        self.relay_state = Some(relay);
+        self.relay_state = Some(link);
         end
     }
 
@@ -806,20 +812,21 @@ impl Session {
     fn sticky(&self) -> bool {
         self.relay_state
             .as_ref()
-            .is_some_and(|r| r.effects.sticky.is_some())
+            .is_some_and(|r| r.relay.effects.sticky.is_some())
     }
 
     /// What the last link's statements did to the session, taken (empty before the first link).
     fn take_effects(&mut self) -> Effects {
         self.relay_state
             .as_mut()
-            .map(|r| std::mem::take(&mut r.effects))
+            .map(|r| std::mem::take(&mut r.relay.effects))
             .unwrap_or_default()
     }
 
     async fn relay_with(
         &mut self,
         relay: &mut Relay,
+        to_server: &mut OutQueue,
         conn: &mut ClientConn,
         server: &mut ServerConn,
     ) -> LinkEnd {
@@ -863,7 +870,7 @@ impl Session {
         if let Some(sql) = sync {
             let mut local = BytesMut::new();
             frontend::write_query(&mut local, &sql);
-            self.to_server.push_local(&mut local);
+            to_server.push_local(&mut local);
             relay.add_hidden_query();
             // The server holds the client's values now, as the client spelled them. PostgreSQL reports a
             // value only when it changes, so without this one it spells differently (`'utf-8'` for `UTF8`)
@@ -932,7 +939,7 @@ impl Session {
             });
             if let Err(e) = relay.process_client(
                 &mut conn.rbuf,
-                &mut self.to_server,
+                to_server,
                 &mut conn.out,
                 max,
                 policy,
@@ -968,7 +975,7 @@ impl Session {
             {
                 return end;
             }
-            let io = poll_fn(|cx| self.poll_io(cx, conn, server, relay)).await;
+            let io = poll_fn(|cx| self.poll_io(cx, conn, server, relay, to_server)).await;
             match io {
                 Io::ClientData => self.info.touch(),
                 Io::ServerData | Io::Progress => {}
@@ -1110,10 +1117,11 @@ impl Session {
         conn: &mut ClientConn,
         server: &mut ServerConn,
         relay: &Relay,
+        to_server: &mut OutQueue,
     ) -> Poll<Io> {
         let mut progress = false;
-        while !self.to_server.is_empty() {
-            match self.to_server.poll_write_some(&mut server.stream, cx) {
+        while !to_server.is_empty() {
+            match to_server.poll_write_some(&mut server.stream, cx) {
                 Poll::Ready(Ok(_)) => progress = true,
                 Poll::Ready(Err(e)) => return Poll::Ready(Io::ServerGone(e.to_string())),
                 Poll::Pending => break,
@@ -1138,7 +1146,7 @@ impl Session {
                 Poll::Pending => {}
             }
         }
-        if !relay.client_terminated && self.to_server.len() < HIGH_WATER {
+        if !relay.client_terminated && to_server.len() < HIGH_WATER {
             match poll_read(&mut conn.stream, &mut conn.rbuf, cx) {
                 Poll::Ready(Ok(0)) => {
                     return Poll::Ready(Io::ClientGone("client unexpected eof".into()));
@@ -1176,7 +1184,7 @@ impl Session {
         let must_read = self.pinned_for_good
             || self.was_pinned.is_some()
             || self.relay_state.as_ref().is_some_and(|r| {
-                let fx = &r.effects;
+                let fx = &r.relay.effects;
                 fx.sticky.is_some() || fx.settings.iter().any(|n| tracked.index(n).is_none())
             });
         if !must_read {

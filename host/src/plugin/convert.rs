@@ -1,5 +1,7 @@
 //! Host data into the WIT records plugins see, and their answers back into host terms.
 
+use std::sync::Arc;
+
 use super::bindings::exports::pgwarden::plugin::policy;
 use super::bindings::pgwarden::plugin::{handles, types};
 use crate::config::PoolMode;
@@ -38,9 +40,10 @@ pub fn session_info(
 
 /// What a session's record for policy plugins is made from, kept until a check first needs the record (most
 /// sessions never do: no policy plugin applies to them): the database the client asked for and its startup
-/// parameters, in one allocation. PostgreSQL's startup strings hold no NUL, so NUL separates them.
-#[derive(Debug)]
-pub struct LoginFacts(Box<str>);
+/// parameters, in one allocation, shared by logins in a row that bring the same ([`LoginFacts::share`]).
+/// PostgreSQL's startup strings hold no NUL, so NUL separates them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginFacts(Arc<str>);
 
 impl LoginFacts {
     pub fn new(database: &str, startup: &[(String, String)]) -> Self {
@@ -51,7 +54,16 @@ impl LoginFacts {
                 s.push_str(part);
             }
         }
-        Self(s.into_boxed_str())
+        Self(s.into())
+    }
+
+    /// Shares `last`'s copy when it holds the same facts, or becomes `last` (see
+    /// [`crate::params::ParamValues::share`]).
+    pub fn share(&mut self, last: &mut Option<Self>) {
+        match last {
+            Some(l) if *l == *self => self.0 = Arc::clone(&l.0),
+            _ => *last = Some(self.clone()),
+        }
     }
 
     /// The record [`session_info`] makes from these facts and the rest of what it needs.
@@ -213,6 +225,21 @@ mod tests {
             // The record has no PartialEq (generated); its Debug shows every field.
             assert_eq!(format!("{facts:?}"), format!("{direct:?}"));
         }
+    }
+
+    #[test]
+    fn logins_with_the_same_facts_share_one_copy() {
+        let startup = [("user".to_owned(), "u".to_owned())];
+        let mut last = None;
+        let mut a = LoginFacts::new("db", &startup);
+        a.share(&mut last);
+        let mut b = LoginFacts::new("db", &startup);
+        b.share(&mut last);
+        assert!(Arc::ptr_eq(&a.0, &b.0));
+        let mut c = LoginFacts::new("other", &startup);
+        c.share(&mut last);
+        assert!(!Arc::ptr_eq(&a.0, &c.0));
+        assert_eq!(last, Some(c), "the latest facts are the ones shared next");
     }
 
     #[test]

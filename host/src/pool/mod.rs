@@ -25,7 +25,8 @@ use crate::auth::secret::{ScramKeys, Secret};
 use crate::config::LoadBalanceHosts;
 use crate::logging::conn_log;
 use crate::metrics::Histogram;
-use crate::params::Tracked;
+use crate::params::{ParamValues, Tracked};
+use crate::plugin::convert::LoginFacts;
 use crate::server::{self, ServerConn, ServerError, Welcome};
 
 /// Totals of what a pool's clients did, added at the end of each link.
@@ -106,6 +107,10 @@ pub struct Pool {
     welcome: ArcSwapOption<Welcome>,
     /// SCRAM keys recovered from a client's own SCRAM login, so that server logins need no plain password.
     scram_keys: ArcSwapOption<ScramKeys>,
+    /// The parameter values and the facts the latest client logged in with, shared with the next when they
+    /// are the same ([`ParamValues::share`], [`LoginFacts::share`]): one application's clients keep one
+    /// copy. Touched only at login.
+    last_login: Mutex<(Option<ParamValues>, Option<LoginFacts>)>,
     /// The secret an auth plugin found for the pool's user (who is not in auth_file), for server logins
     /// when the settings hold none.
     looked_up: ArcSwapOption<Secret>,
@@ -187,6 +192,7 @@ impl Pool {
             user_limit,
             welcome: ArcSwapOption::empty(),
             scram_keys: ArcSwapOption::empty(),
+            last_login: Mutex::new((None, None)),
             looked_up: ArcSwapOption::empty(),
             tracked,
             epoch: AtomicU64::new(1),
@@ -245,6 +251,14 @@ impl Pool {
         if self.scram_keys.load().is_none() {
             self.scram_keys.store(Some(Arc::new(keys)));
         }
+    }
+
+    /// Lets a client that just logged in share its parameter values and login facts with the client before,
+    /// where they are the same.
+    pub fn share_login(&self, params: &mut ParamValues, facts: &mut LoginFacts) {
+        let mut last = self.last_login.lock().unwrap_or_else(|e| e.into_inner());
+        params.share(&mut last.0);
+        facts.share(&mut last.1);
     }
 
     /// Remembers the secret an auth plugin found for the pool's user at a client's login (the latest wins:
