@@ -336,6 +336,14 @@ impl ClientCounts {
         Some(key)
     }
 
+    /// `name` as an `Arc`: the counts' own key when a client is counted against it (one copy for all the
+    /// clients of a database or user), a new one otherwise.
+    pub fn shared_name(&self, kind: CountKind, name: &str) -> Arc<str> {
+        let map = self.map(kind).lock().unwrap_or_else(|e| e.into_inner());
+        map.get_key_value(name)
+            .map_or_else(|| Arc::from(name), |(key, _)| Arc::clone(key))
+    }
+
     /// Gives back a place [`ClientCounts::try_count`] took.
     pub fn uncount(&self, kind: CountKind, name: &str) {
         let mut map = self.map(kind).lock().unwrap_or_else(|e| e.into_inner());
@@ -372,5 +380,37 @@ pub struct CountGuard {
 impl Drop for CountGuard {
     fn drop(&mut self) {
         self.counts.uncount(self.kind, &self.name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_limit_share_their_keys_and_give_places_back() {
+        let counts = ClientCounts::default();
+        let a = counts
+            .try_count(CountKind::Database, "db", 2)
+            .expect("room");
+        let b = counts
+            .try_count(CountKind::Database, "db", 2)
+            .expect("room");
+        assert!(Arc::ptr_eq(&a, &b), "one key per name");
+        assert_eq!(counts.try_count(CountKind::Database, "db", 2), None, "full");
+        assert_eq!(counts.count(CountKind::Database, "db"), 2);
+        assert_eq!(counts.count(CountKind::User, "db"), 0, "kinds apart");
+        assert!(Arc::ptr_eq(
+            &counts.shared_name(CountKind::Database, "db"),
+            &a
+        ));
+        assert!(!Arc::ptr_eq(&counts.shared_name(CountKind::User, "db"), &a));
+        counts.uncount(CountKind::Database, "db");
+        counts.uncount(CountKind::Database, "db");
+        assert_eq!(counts.count(CountKind::Database, "db"), 0);
+        assert!(
+            !Arc::ptr_eq(&counts.shared_name(CountKind::Database, "db"), &a),
+            "forgotten with its last client"
+        );
     }
 }

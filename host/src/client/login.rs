@@ -100,7 +100,13 @@ async fn login(
     let startup =
         client_startup::process(&msg, &settings.ignore_startup_parameters, &state.tracked)
             .map_err(End::pooler)?;
-    info.set_names(&startup.database, &startup.user);
+    // Shared with the counts' keys: two allocations fewer in every client's record.
+    info.set_shared_names(
+        state
+            .clients
+            .shared_name(CountKind::Database, &startup.database),
+        state.clients.shared_name(CountKind::User, &startup.user),
+    );
     if settings.log_connections {
         conn_log!(
             info,
