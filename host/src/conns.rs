@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures_util::task::AtomicWaker;
 
 use crate::cancel::CancelTarget;
-use crate::net::Peer;
+use crate::net::{PackedAddr, PackedPeer, Peer};
 use crate::state::Lifecycle;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -104,9 +104,9 @@ impl Born {
 #[derive(Debug)]
 pub struct ClientRecord {
     pub id: u64,
-    pub peer: Peer,
+    peer: PackedPeer,
     /// The local end of the connection (TCP).
-    pub local: Option<SocketAddr>,
+    local: Option<PackedAddr>,
     /// The process at the other end of a Unix socket, when the kernel says (0 otherwise).
     pub unix_pid: u32,
     /// Database and user, once the startup packet named them (PgBouncer's `(nodb)/(nouser)` until then); a
@@ -180,8 +180,8 @@ impl ClientRecord {
     pub fn new(id: u64, peer: Peer, local: Option<SocketAddr>, unix_pid: u32) -> Self {
         Self {
             id,
-            peer,
-            local,
+            peer: peer.into(),
+            local: local.map(PackedAddr::from),
             unix_pid,
             names: OnceLock::new(),
             listed_database: OnceLock::new(),
@@ -196,6 +196,16 @@ impl ClientRecord {
             kill: KillSwitch::default(),
             kill_reason: OnceLock::new(),
         }
+    }
+
+    /// Where the client connected from.
+    pub fn peer(&self) -> Peer {
+        self.peer.get()
+    }
+
+    /// The local end of its connection (TCP).
+    pub fn local(&self) -> Option<SocketAddr> {
+        self.local.map(PackedAddr::get)
     }
 
     /// Records the database and user the client asked for (the first call wins).

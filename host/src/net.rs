@@ -217,6 +217,82 @@ pub struct Keepalive {
     pub user_timeout: Option<Duration>,
 }
 
+/// A socket address in 20 bytes, where a `SocketAddr` takes 32: every client's record keeps two (its peer
+/// and its local end). An IPv6 address's flow info and scope id are not kept: nothing shows or matches them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackedAddr {
+    ip: [u8; 16],
+    port: u16,
+    family: Family,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    V4,
+    V6,
+}
+
+impl From<SocketAddr> for PackedAddr {
+    fn from(addr: SocketAddr) -> Self {
+        match addr {
+            SocketAddr::V4(a) => {
+                let mut ip = [0; 16];
+                ip[..4].copy_from_slice(&a.ip().octets());
+                Self {
+                    ip,
+                    port: a.port(),
+                    family: Family::V4,
+                }
+            }
+            SocketAddr::V6(a) => Self {
+                ip: a.ip().octets(),
+                port: a.port(),
+                family: Family::V6,
+            },
+        }
+    }
+}
+
+impl PackedAddr {
+    pub fn get(self) -> SocketAddr {
+        match self.family {
+            Family::V4 => {
+                let [a, b, c, d, ..] = self.ip;
+                SocketAddr::from(([a, b, c, d], self.port))
+            }
+            Family::V6 => SocketAddr::from((self.ip, self.port)),
+        }
+    }
+}
+
+/// A [`Peer`] in 20 bytes (see [`PackedAddr`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PackedPeer {
+    Tcp(PackedAddr),
+    Unix,
+    Unknown,
+}
+
+impl From<Peer> for PackedPeer {
+    fn from(peer: Peer) -> Self {
+        match peer {
+            Peer::Tcp(a) => Self::Tcp(a.into()),
+            Peer::Unix => Self::Unix,
+            Peer::Unknown => Self::Unknown,
+        }
+    }
+}
+
+impl PackedPeer {
+    pub fn get(self) -> Peer {
+        match self {
+            Self::Tcp(a) => Peer::Tcp(a.get()),
+            Self::Unix => Peer::Unix,
+            Self::Unknown => Peer::Unknown,
+        }
+    }
+}
+
 /// Where a client connected from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Peer {
@@ -299,6 +375,30 @@ impl AsyncWrite for Stream {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn packed_addresses_give_back_what_they_were_made_from() {
+        for addr in [
+            "10.1.2.3:5555",
+            "0.0.0.0:0",
+            "[::1]:6432",
+            "[2001:db8::7]:65535",
+        ] {
+            let addr: SocketAddr = addr.parse().unwrap();
+            assert_eq!(PackedAddr::from(addr).get(), addr);
+            let peer = Peer::Tcp(addr);
+            assert_eq!(PackedPeer::from(peer).get(), peer);
+        }
+        for peer in [Peer::Unix, Peer::Unknown] {
+            assert_eq!(PackedPeer::from(peer).get(), peer);
+        }
+        // The IPv4 address is not taken for the IPv6 one with the same first bytes.
+        let v4: SocketAddr = "1.2.3.4:1".parse().unwrap();
+        let v6: SocketAddr = "[102:304::]:1".parse().unwrap();
+        assert_ne!(PackedAddr::from(v4), PackedAddr::from(v6));
+        assert_eq!(size_of::<PackedPeer>(), 20);
+        assert_eq!(size_of::<Option<PackedAddr>>(), 20);
+    }
 
     /// Every byte a peer writes in many small pieces is read, waiting on readiness between reads: a short
     /// read clears the readiness, and must not clear that of data arriving right after it (a lost wake-up

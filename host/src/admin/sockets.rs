@@ -149,8 +149,8 @@ fn client_row(c: &Arc<ClientRecord>, which: Listing, listen_port: u16, debug: bo
         (_, Listing::Clients) => "idle",
         _ => "cl_active",
     };
-    let (addr, port) = peer_text(c.peer, listen_port);
-    let (local_addr, local_port) = match c.local {
+    let (addr, port) = peer_text(c.peer(), listen_port);
+    let (local_addr, local_port) = match c.local() {
         Some(a) => (a.ip().to_string(), a.port()),
         None => ("unix".to_owned(), listen_port),
     };

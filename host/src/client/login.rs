@@ -126,7 +126,7 @@ async fn login(
     if state.lifecycle.shutdown_mode().is_some() {
         return Err(End::pooler("pooler is shutting down"));
     }
-    let routing = hooks::route(&runtime, &startup, &msg.params, info.peer)?;
+    let routing = hooks::route(&runtime, &startup, &msg.params, info.peer())?;
     let db = lookup_database(&runtime, &routing.database);
     // A secret the auth plugin found also serves the pool's server logins as this user. No lookup for a
     // database that does not exist: the client then fails authentication like any unknown user (and
@@ -347,7 +347,7 @@ async fn attach(
             .rev()
             .find(|(i, _)| *i == app)
             .map_or("app", |(_, v)| v.as_str());
-        let name = format!("{given} - {}", info.peer);
+        let name = format!("{given} - {}", info.peer());
         params.set(app, &name);
     }
     let mut login_facts =

@@ -948,7 +948,7 @@ impl Session {
                 self.plugin_info = Some(Box::new(self.login_facts.session_info(
                     self.info.user(),
                     app.unwrap_or(""),
-                    self.info.peer,
+                    self.info.peer(),
                     self.pool.0.settings().mode,
                 )));
             }
