@@ -391,7 +391,7 @@ plugin.ro.databases = bench
                 t0 = time.time()
                 loop.run_until_complete(holder.open(n))
                 login_s = time.time() - t0
-                # The idle state, not the logins' tail: pgwarden parks a client that has sent nothing 20 ms
+                # The idle state, not the logins' tail: pgwarden parks a client that has sent nothing 5 ms
                 # after its login; the wait leaves room for a loaded machine.
                 time.sleep(3.0)
                 after = vm_rss_kib(proc.pid)

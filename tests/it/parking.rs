@@ -1,4 +1,4 @@
-//! Idle clients parked without a task (`pgwarden::client::park`): a client quiet for half a second (20 ms,
+//! Idle clients parked without a task (`pgwarden::client::park`): a client quiet for half a second (5 ms,
 //! by itself, if it has sent nothing since its login) gives its task up, and comes back on its next byte as if nothing
 //! happened: same session (its settings, its prepared statements, its place in SHOW CLIENTS and in the
 //! pool's counts), over TCP or the Unix socket. While parked it still closes, times out, can be killed, and

@@ -42,9 +42,10 @@ pub const PARK_AFTER: Duration = Duration::from_millis(500);
 /// that few of a login storm's clients are tasks at once: what a task leaves behind (~1 KiB: its cell, its
 /// socket's registration, its login's buffers) is reused by the next logins, where the memory malloc got
 /// for all those alive at once stays with the process as holes between the records that remain (2,000 md5
-/// logins take ~0.4 s here; parking after 100 ms instead left ~0.35 KiB more per idle client). A client's
-/// first query comes well within it (pgbench -C, a driver's check on connect).
-pub const PARK_NEW_AFTER: Duration = Duration::from_millis(20);
+/// logins take ~0.3 s here; parking after 100 ms instead left ~0.35 KiB more per idle client, after 20 ms
+/// ~0.1 KiB more than after 5). A client that queries at once (pgbench -C, a driver's check on connect)
+/// sends within a millisecond; one that waits longer pays one park and one resume (~20 us of CPU).
+pub const PARK_NEW_AFTER: Duration = Duration::from_millis(5);
 
 /// How often the lot's thread looks for clients to ask.
 const ASK_EVERY: Duration = Duration::from_millis(100);
