@@ -42,8 +42,8 @@ pub struct CancelRegistry {
     /// took 112 bytes of heap beside it.
     shards: [Mutex<HashMap<u32, Arc<ClientRecord>>>; SHARDS],
     next_pid: AtomicU32,
-    /// Notified whenever a forwarded cancel ends, for a client waiting in [`CancelHandle::unlink`] (one for
-    /// all keys, each waiter checks its own: cancels are rare, and every client's slot is 32 bytes smaller).
+    /// Notified whenever a forwarded cancel ends, for a client waiting in [`CancelHandle::settle`] (one for
+    /// all keys, each waiter checks its own: cancels are rare, and no client carries a notifier of its own).
     settled: Notify,
 }
 
@@ -237,7 +237,7 @@ impl CancelHandle {
 
     /// Waits until no cancel request is on its way to the server `record`'s client just gave up (see
     /// [`ClientRecord::unlink`]), so that the server can safely go to someone else; bounded by
-    /// [`CANCEL_SETTLE`].
+    /// `CANCEL_SETTLE`.
     pub async fn settle(&self, record: &ClientRecord) {
         let settled = &self.registry.settled;
         let wait = async {
