@@ -111,9 +111,14 @@ impl CancelRegistry {
         let Some(server) = client.begin_cancel() else {
             return false;
         };
+        // Counted until this is done or dropped (a client_login_timeout or a shutdown can drop it midway):
+        // the client's next unlink waits for it.
+        let _in_flight = InFlight {
+            client: &client,
+            settled: &self.settled,
+        };
         let Some(target) = server.cancel.as_ref() else {
-            client.end_cancel();
-            return false;
+            return false; // not counted: begin_cancel checks
         };
         // Listed under its target's pool, as its user's (the one the startup packet named).
         let listed = from.and_then(|f| {
@@ -139,8 +144,6 @@ impl CancelRegistry {
                 target.port
             );
         }
-        client.end_cancel();
-        self.settled.notify_waiters();
         sent.is_ok()
     }
 }
@@ -219,6 +222,19 @@ impl CancelFrom<'_> {
             RegistryRef::Pool(Arc::clone(pool), |p: &Pool| &p.live_clients),
             self.lifecycle,
         )
+    }
+}
+
+/// A cancel on its way to a client's server: ends it (and wakes whoever waits for it to settle) on drop.
+struct InFlight<'a> {
+    client: &'a ClientRecord,
+    settled: &'a Notify,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.client.end_cancel();
+        self.settled.notify_waiters();
     }
 }
 
@@ -332,6 +348,44 @@ mod tests {
         c.link(&server(None));
         assert!(!reg.forward(pid, secret, Duration::from_secs(1), None).await);
         assert_eq!(c.cancels_in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_cancel_dropped_on_its_way_is_no_longer_counted() {
+        // A server that takes the cancel and never closes: the forward waits until it is dropped.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let _server = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            drop(s);
+        });
+        let reg = Arc::new(CancelRegistry::default());
+        let c = client();
+        let h = reg.register(&c);
+        c.link(&server(Some(CancelTarget {
+            host: "127.0.0.1".into(),
+            port,
+            pid: 1,
+            secret: 2,
+        })));
+        let (pid, secret) = h.key();
+        let reg2 = Arc::clone(&reg);
+        let fwd = tokio::spawn(async move {
+            reg2.forward(pid, secret, Duration::from_secs(30), None)
+                .await
+        });
+        while c.cancels_in_flight() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        fwd.abort();
+        assert!(fwd.await.is_err(), "aborted");
+        assert_eq!(
+            c.cancels_in_flight(),
+            0,
+            "a dropped cancel is not left counted"
+        );
+        assert!(!c.unlink(0));
     }
 
     #[tokio::test]

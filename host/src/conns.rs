@@ -344,10 +344,11 @@ impl ClientRecord {
             .store(u64::from(pid) << 32 | u64::from(secret), Ordering::Release);
     }
 
-    /// A cancel request with its key is on its way: the server it goes to, unless it holds none.
+    /// A cancel request with its key is on its way: the server it goes to, unless it holds none that can
+    /// be cancelled (linked to a server PostgreSQL gave no BackendKeyData: nothing is counted).
     pub fn begin_cancel(&self) -> Option<Arc<ServerRecord>> {
         let mut linked = self.lock_linked();
-        let server = Arc::clone(linked.server.as_ref()?);
+        let server = Arc::clone(linked.server.as_ref().filter(|s| s.cancel.is_some())?);
         linked.cancels += 1;
         Some(server)
     }

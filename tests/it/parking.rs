@@ -150,6 +150,23 @@ async fn a_client_with_half_a_message_keeps_its_task() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Waits for the session behind `end` to end with client_idle_timeout, `timeout` after `since` (its last
+/// message, or before its login).
+async fn timed_out(
+    end: crate::pool_support::EndWatch,
+    since: Instant,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let (at, error) = ended(end, Duration::from_secs(10)).await?;
+    let after = at - since;
+    assert!(
+        after >= timeout.mul_f64(0.9) && after < timeout + Duration::from_secs(2),
+        "client_idle_timeout fired after {after:?}"
+    );
+    assert_fatal(&error, "08P01", "client_idle_timeout");
+    Ok(())
+}
+
 /// While parked, a client still meets its client_idle_timeout (measured from its last message), KILL_CLIENT
 /// and an immediate shutdown, each with what it would have got in its task.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -170,29 +187,21 @@ async fn parked_clients_time_out_and_are_killed() -> anyhow::Result<()> {
         last_query.elapsed() < timeout,
         "parked only after its timeout"
     );
-    let (at, error) = ended(sleeper_end, Duration::from_secs(10)).await?;
-    let after = at - last_query;
-    assert!(
-        after >= timeout.mul_f64(0.9) && after < timeout + Duration::from_secs(2),
-        "client_idle_timeout fired after {after:?}"
-    );
-    assert_fatal(&error, "08P01", "client_idle_timeout");
+    timed_out(sleeper_end, last_query, timeout).await?;
     assert_eq!(parked(&pooler), 0);
     drop(sleeper);
 
-    // One that has sent nothing since its login parks by itself (the lot asks only clients that have sent
-    // something), and its timeout still counts from its login.
+    // One that has sent nothing since its login parks by itself, well before the lot would ask it
+    // (PARK_FRESH_FALLBACK), and its timeout still counts from its login.
     let connecting = Instant::now();
     let (fresh, fresh_task) = app_client(&pooler, "127.0.0.1", &db, "park-fresh").await?;
     let fresh_end = watch_end(fresh_task);
-    wait_parked(&pooler, 1).await?;
-    let (at, error) = ended(fresh_end, Duration::from_secs(10)).await?;
-    let after = at - connecting;
-    assert!(
-        after >= timeout.mul_f64(0.9) && after < timeout + Duration::from_secs(2),
-        "client_idle_timeout of a fresh client fired after {after:?}"
-    );
-    assert_fatal(&error, "08P01", "client_idle_timeout");
+    let by_itself = pgwarden::client::park::PARK_FRESH_FALLBACK / 2;
+    wait_until("the fresh client parked by itself", by_itself, || async {
+        Ok(parked(&pooler) == 1)
+    })
+    .await?;
+    timed_out(fresh_end, connecting, timeout).await?;
     assert_eq!(parked(&pooler), 0);
     drop(fresh);
 

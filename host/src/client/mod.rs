@@ -311,7 +311,10 @@ fn run_session(
             };
             match lot.park(conn, session, deadline, state.lifecycle.tracker.token()) {
                 Ok(park::Parking::Parked) => return None,
-                Ok(park::Parking::Refused(c, s)) => (conn, session) = (c, s),
+                Ok(park::Parking::Refused(c, mut s)) => {
+                    s.park_refused();
+                    (conn, session) = (c, s);
+                }
                 Err(e) => {
                     tracing::debug!("parking a client failed, its socket is gone: {e}");
                     return None;

@@ -47,6 +47,11 @@ pub const PARK_AFTER: Duration = Duration::from_millis(500);
 /// sends within a millisecond; one that waits longer pays one park and one resume (~20 us of CPU).
 pub const PARK_NEW_AFTER: Duration = Duration::from_millis(5);
 
+/// How long a client that has sent nothing since its login must be quiet before the lot asks it to park:
+/// one that did not park by itself (it logged in before the lot's thread ran, or the lot could not take it
+/// then). Long, so that the tests can tell parking by itself from being asked.
+pub const PARK_FRESH_FALLBACK: Duration = Duration::from_secs(5);
+
 /// How often the lot's thread looks for clients to ask.
 const ASK_EVERY: Duration = Duration::from_millis(100);
 
@@ -349,9 +354,9 @@ impl Lot {
     }
 }
 
-/// Asks every pool client that has sent something, is quiet for [`PARK_AFTER`] and holds no server to park
-/// (the lot's thread, every [`ASK_EVERY`]). Cheap for the rest: parked clients and those asked already are
-/// not woken again; fresh clients park by themselves.
+/// Asks every pool client quiet for [`PARK_AFTER`] and holding no server to park (the lot's thread, every
+/// [`ASK_EVERY`]); fresh clients park by themselves, and are asked only after [`PARK_FRESH_FALLBACK`]. Cheap
+/// for the rest: parked clients and those asked already are not woken again.
 fn request_parking(state: &State) {
     if !state.parking.as_ref().is_some_and(Lot::is_open) {
         return;
@@ -359,9 +364,13 @@ fn request_parking(state: &State) {
     for pool in state.pools.all() {
         pool.live_clients.each(|record: &ClientRecord| {
             if record.state() == ClientState::Idle
-                && record.has_sent()
                 && !record.park_requested()
-                && record.quiet_for() >= PARK_AFTER
+                && record.quiet_for()
+                    >= if record.has_sent() {
+                        PARK_AFTER
+                    } else {
+                        PARK_FRESH_FALLBACK
+                    }
             {
                 record.request_park();
             }

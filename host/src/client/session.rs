@@ -250,6 +250,8 @@ pub struct Session {
     timer: Option<Pin<Box<Sleep>>>,
     /// The timer is a fresh client's time to park (see `wait_client_readable`); cleared by `set_timer`.
     timer_parks: bool,
+    /// The lot refused to take it as a fresh client: it does not try by itself again (the lot asks it later).
+    park_refused: bool,
     /// Its places against the client limits; also the way to the process's state.
     counted: ClientCounted,
 }
@@ -379,6 +381,7 @@ impl Session {
             login_facts,
             timer: None,
             timer_parks: false,
+            park_refused: false,
             counted,
         }
     }
@@ -389,6 +392,17 @@ impl Session {
 
     pub fn state(&self) -> &Arc<State> {
         self.counted.state()
+    }
+
+    /// The configuration now (a reload swaps it).
+    fn runtime(&self) -> arc_swap::Guard<Arc<Runtime>> {
+        self.counted.state().runtime.load()
+    }
+
+    /// The lot could not take it: a fresh client stops parking by itself (a socket the lot cannot watch
+    /// now would be moved out of the runtime and back every few milliseconds); the lot asks it later.
+    pub fn park_refused(&mut self) {
+        self.park_refused = true;
     }
 
     pub fn params(&self) -> &ParamValues {
@@ -489,14 +503,7 @@ impl Session {
     async fn wait_for_message(&mut self, conn: &mut ClientConn) -> Result<Next, End> {
         conn.flush().await?;
         conn.out.shrink_when_empty();
-        let max = self
-            .counted
-            .state()
-            .runtime
-            .load()
-            .config
-            .settings
-            .max_packet_size;
+        let max = self.runtime().config.settings.max_packet_size;
         let idle_since = Instant::now();
         loop {
             if let Some(h) = frame::peek(&conn.rbuf, max).map_err(|e| End::pooler(e.to_string()))? {
@@ -577,6 +584,7 @@ impl Session {
         // A client that has sent nothing since its login parks itself soon (see `PARK_NEW_AFTER`), rather than
         // when the lot next looks: in a login storm, fewer of them are tasks at once.
         let park_at = (!self.info.has_sent()
+            && !self.park_refused
             && self
                 .counted
                 .state()
@@ -744,14 +752,7 @@ impl Session {
     /// query_wait_notify.
     async fn wait_for_server(&mut self, conn: &mut ClientConn) -> Result<ServerConn, End> {
         self.info.set_waiting();
-        let notify = self
-            .counted
-            .state()
-            .runtime
-            .load()
-            .config
-            .settings
-            .query_wait_notify;
+        let notify = self.runtime().config.settings.query_wait_notify;
         let notify_at = (!notify.is_zero()).then(|| tokio::time::Instant::now() + notify);
         let pool = Arc::clone(&self.pool.0);
         let live = Arc::clone(&self.info);
@@ -863,7 +864,7 @@ impl Session {
     ) -> LinkEnd {
         let (mode, max) = self.pool.0.mode_and_max_packet();
         let (disable_pqexec, max_prepared) = {
-            let runtime = self.counted.state().runtime.load();
+            let runtime = self.runtime();
             let s = &runtime.config.settings;
             (s.disable_pqexec, s.max_prepared_statements as usize)
         };
@@ -913,14 +914,7 @@ impl Session {
             if mode == PoolMode::Session
                 && relay.releasable()
                 && server.epoch != self.pool.0.epoch()
-                && self
-                    .counted
-                    .state()
-                    .runtime
-                    .load()
-                    .config
-                    .settings
-                    .server_fast_close
+                && self.runtime().config.settings.server_fast_close
             {
                 // server_fast_close: a server RECONNECT or a RELOAD marked is not kept to the end of the
                 // session; between transactions, client and server go (the client must notice).
@@ -930,7 +924,7 @@ impl Session {
                 );
             }
             if mode == PoolMode::Session && relay.releasable() {
-                let current = self.counted.state().runtime.load().generation;
+                let current = self.runtime().generation;
                 if policy_runtime
                     .as_ref()
                     .is_none_or(|rt| rt.generation != current)
@@ -1052,7 +1046,7 @@ impl Session {
 
     /// The current generation, if any of its policy plugins applies to this client's pool.
     fn policy_runtime(&self) -> Option<Arc<Runtime>> {
-        let current = self.counted.state().runtime.load();
+        let current = self.runtime();
         current
             .plugins
             .has_policy(&self.pool.0.key.database)
