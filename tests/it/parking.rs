@@ -269,11 +269,19 @@ async fn a_client_parked_again_keeps_only_its_new_deadline() -> anyhow::Result<(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wait_for_clients_waits_for_parked_clients() -> anyhow::Result<()> {
     let (db, pooler) = start("park_wait", "pool_mode = transaction").await?;
+    let (first, _t1) = app_client(&pooler, "127.0.0.1", &db, "park-waited-1").await?;
     let (client, _task) = app_client(&pooler, "127.0.0.1", &db, "park-waited").await?;
-    wait_parked(&pooler, 1).await?;
+    wait_parked(&pooler, 2).await?;
     let state = std::sync::Arc::clone(&pooler.state);
     let exit = tokio::spawn(pooler.shutdown(ShutdownMode::WaitForClients));
     tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(!exit.is_finished(), "exited with parked clients connected");
+    // One comes back, runs something and leaves: the other, still parked, is still waited for (the lot
+    // holds one place among the tracked tasks for all its clients).
+    assert_eq!(scalar(&first, "SELECT 4").await?, "4");
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(state.parking.as_ref().map_or(0, |lot| lot.len()), 1);
     assert!(!exit.is_finished(), "exited with a parked client connected");
     assert_eq!(scalar(&client, "SELECT 5").await?, "5");
     drop(client);

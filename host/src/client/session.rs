@@ -1495,6 +1495,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn session_settings_are_boxed_only_while_there_are_some() {
+        let mut settings = ClientSettings::default();
+        assert!(settings.0.is_none() && settings.map().is_empty());
+        settings.insert("myapp.tenant", "7");
+        settings.insert("work_mem", "64MB");
+        assert_eq!(
+            settings.map().get("myapp.tenant").map(String::as_str),
+            Some("7")
+        );
+        settings.remove("work_mem");
+        assert_eq!(settings.map().len(), 1);
+        settings.remove("myapp.tenant");
+        assert!(settings.0.is_none(), "the box goes with the last setting");
+        settings.remove("absent");
+        assert!(settings.0.is_none());
+    }
+
+    #[test]
     fn timeouts_keep_whole_milliseconds_rounding_up() {
         let ms = |d: Duration| Millis::from_duration(d).get();
         assert_eq!(ms(Duration::ZERO), Duration::ZERO);
