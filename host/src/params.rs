@@ -141,6 +141,29 @@ impl ParamValues {
         true
     }
 
+    /// Sets many values at once, the later of two for one slot winning: one new copy, where
+    /// [`ParamValues::set`] makes one per value (a login sets a dozen, from the pool's welcome and the
+    /// startup packet). Slots out of range are ignored.
+    pub fn set_many<'a>(&mut self, values: impl IntoIterator<Item = (usize, &'a str)>) {
+        let packed = {
+            let mut slots: Vec<Option<&str>> = self.slots().collect();
+            let mut changed = false;
+            for (i, value) in values {
+                if let Some(slot) = slots.get_mut(i)
+                    && *slot != Some(value)
+                {
+                    *slot = Some(value);
+                    changed = true;
+                }
+            }
+            if !changed {
+                return;
+            }
+            Self::repack(slots.into_iter())
+        };
+        self.packed = packed;
+    }
+
     /// Copies every known value of `other` over ours.
     pub fn merge_from(&mut self, other: &Self) {
         if other.slots().all(|v| v.is_none()) {
@@ -328,6 +351,34 @@ mod tests {
         // A SET changes one client's values only.
         assert!(b.set(app, "renamed"));
         assert_eq!((a.get(app), b.get(app)), (Some("svc"), Some("renamed")));
+    }
+
+    #[test]
+    fn many_values_set_at_once_are_set_as_one_by_one() {
+        let t = Tracked::new(&["search_path".to_owned()]);
+        let app = t.index("application_name").unwrap();
+        let path = t.index("search_path").unwrap();
+        let changes = [
+            (0, "UTF8"),
+            (app, "server default"),
+            (path, "x"),
+            (app, "mine"),
+            (99, "none"),
+        ];
+        let mut one_by_one = ParamValues::new(&t);
+        for (i, v) in changes {
+            one_by_one.set(i, v);
+        }
+        let mut at_once = ParamValues::new(&t);
+        at_once.set_many(changes);
+        assert_eq!(at_once, one_by_one);
+        assert_eq!(at_once.get(app), Some("mine"), "the later value wins");
+        let before = Arc::clone(&at_once.packed);
+        at_once.set_many([(0, "UTF8")]);
+        assert!(
+            Arc::ptr_eq(&before, &at_once.packed),
+            "nothing changed: no new copy"
+        );
     }
 
     #[test]

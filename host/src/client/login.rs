@@ -326,16 +326,17 @@ async fn attach(
             .map_err(|e| checkout_end(&e))?;
         pool.checkin_unused(server);
     }
+    // The server's values from the pool's welcome, then the client's own from its startup packet.
     let mut params = ParamValues::new(&state.tracked);
-    if let Some(welcome) = pool.welcome() {
-        for (name, value) in &welcome.params {
-            if let Some(i) = state.tracked.index(name) {
-                params.set(i, value);
-            }
-        }
-    }
-    for (i, value) in &startup.tracked {
-        params.set(*i, value);
+    {
+        let welcome = pool.welcome();
+        let from_welcome = welcome.iter().flat_map(|w| {
+            w.params
+                .iter()
+                .filter_map(|(name, value)| Some((state.tracked.index(name)?, value.as_str())))
+        });
+        let from_startup = startup.tracked.iter().map(|(i, v)| (*i, v.as_str()));
+        params.set_many(from_welcome.chain(from_startup));
     }
     if settings.application_name_add_host {
         let app = Tracked::APPLICATION_NAME;
