@@ -380,38 +380,42 @@ pub fn checkout_end(e: &CheckoutError) -> End {
 fn welcome(conn: &mut ClientConn, session: &Session) {
     let pool: &Arc<Pool> = session.pool();
     let tracked = &session.state().tracked;
-    conn.send(backend::write_auth_ok);
-    let mut told = vec![false; tracked.len()];
-    if let Some(welcome) = pool.welcome() {
-        for (name, value) in &welcome.params {
-            let value = match tracked.index(name) {
-                Some(i) => {
-                    told[i] = true;
-                    session.params().get(i).unwrap_or(value)
-                }
-                None => value,
-            };
-            conn.send(|b| backend::write_parameter_status(b, name, value));
+    let runtime = session.state().runtime();
+    // One buffer for the whole welcome, queued once: message by message, each took a buffer of its own and
+    // a shared header when split off (~40 allocations a login).
+    conn.send(|b| {
+        b.reserve(WELCOME_SIZE);
+        backend::write_auth_ok(b);
+        let mut told = vec![false; tracked.len()];
+        if let Some(welcome) = pool.welcome() {
+            for (name, value) in &welcome.params {
+                let value = match tracked.index(name) {
+                    Some(i) => {
+                        told[i] = true;
+                        session.params().get(i).unwrap_or(value)
+                    }
+                    None => value,
+                };
+                backend::write_parameter_status(b, name, value);
+            }
         }
-    }
-    for (i, value) in session.params().iter() {
-        if !told[i] {
-            conn.send(|b| backend::write_parameter_status(b, tracked.name(i), value));
+        for (i, value) in session.params().iter() {
+            if !told[i] {
+                backend::write_parameter_status(b, tracked.name(i), value);
+            }
         }
-    }
-    let (pid, secret) = session.cancel_key();
-    conn.send(|b| backend::write_backend_key_data(b, pid, secret));
-    if let Some(notice) = &session
-        .state()
-        .runtime()
-        .config
-        .settings
-        .login_notify_message
-    {
-        conn.send(|b| backend::write_notice(b, backend::Severity::Notice, "00000", notice));
-    }
-    conn.send(|b| backend::write_ready_for_query(b, TransactionStatus::Idle));
+        let (pid, secret) = session.cancel_key();
+        backend::write_backend_key_data(b, pid, secret);
+        if let Some(notice) = &runtime.config.settings.login_notify_message {
+            backend::write_notice(b, backend::Severity::Notice, "00000", notice);
+        }
+        backend::write_ready_for_query(b, TransactionStatus::Idle);
+    });
 }
+
+/// Room for a usual welcome (AuthenticationOk, PostgreSQL 15's dozen ParameterStatus, BackendKeyData,
+/// ReadyForQuery: ~350 bytes); a longer one grows the buffer.
+const WELCOME_SIZE: usize = 512;
 
 /// Counts a client against max_client_conn for as long as it is connected.
 #[derive(Debug)]
