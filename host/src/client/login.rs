@@ -258,12 +258,16 @@ async fn attach(
     info: &Arc<ClientInfo>,
 ) -> Result<Session, End> {
     let settings = &runtime.config.settings;
-    // A router's server_user acts as a forced user= for this client.
-    let mut db = db.clone();
-    if let Some(user) = &routing.server_user {
-        db.user = Some(user.clone());
-    }
-    let db = &db;
+    // A router's server_user acts as a forced user= for this client (the entry is copied only then).
+    let db: std::borrow::Cow<'_, Database> = match &routing.server_user {
+        Some(user) => {
+            let mut db = db.clone();
+            db.user = Some(user.clone());
+            std::borrow::Cow::Owned(db)
+        }
+        None => std::borrow::Cow::Borrowed(db),
+    };
+    let db = &*db;
     let pool_user = db.user.clone().unwrap_or_else(|| startup.user.clone());
     let key = PoolKey::routed(&db.name, &pool_user, routing.mode);
     // A database made from the `*` entry, seen for the first time (PgBouncer's log line).
