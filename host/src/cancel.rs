@@ -313,6 +313,23 @@ mod tests {
         })
     }
 
+    /// A client with a key, linked to a server on 127.0.0.1:`port` whose own key is `key`.
+    fn linked_client(
+        reg: &Arc<CancelRegistry>,
+        port: u16,
+        (pid, secret): (u32, u32),
+    ) -> (Arc<ClientRecord>, CancelHandle) {
+        let c = client();
+        let h = reg.register(&c);
+        c.link(&server(Some(CancelTarget {
+            host: "127.0.0.1".into(),
+            port,
+            pid,
+            secret,
+        })));
+        (c, h)
+    }
+
     #[tokio::test]
     async fn keys_are_unique_and_forgotten_on_drop() {
         let reg = Arc::new(CancelRegistry::default());
@@ -361,14 +378,7 @@ mod tests {
             drop(s);
         });
         let reg = Arc::new(CancelRegistry::default());
-        let c = client();
-        let h = reg.register(&c);
-        c.link(&server(Some(CancelTarget {
-            host: "127.0.0.1".into(),
-            port,
-            pid: 1,
-            secret: 2,
-        })));
+        let (c, h) = linked_client(&reg, port, (1, 2));
         let (pid, secret) = h.key();
         let reg2 = Arc::clone(&reg);
         let fwd = tokio::spawn(async move {
@@ -393,14 +403,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let reg = Arc::new(CancelRegistry::default());
-        let c = client();
-        let h = reg.register(&c);
-        c.link(&server(Some(CancelTarget {
-            host: "127.0.0.1".into(),
-            port,
-            pid: 4242,
-            secret: 7,
-        })));
+        let (c, h) = linked_client(&reg, port, (4242, 7));
         let (pid, secret) = h.key();
         let server = tokio::spawn(async move {
             let (mut s, _) = listener.accept().await.unwrap();
