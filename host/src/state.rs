@@ -138,6 +138,13 @@ impl State {
     /// sees the lifecycle's flag itself.
     pub fn shutdown(&self, requested: ShutdownMode) -> ShutdownMode {
         let effective = self.lifecycle.shutdown(requested);
+        if effective != ShutdownMode::WaitForClients {
+            // Draining: clients queued for a server are told the server is shutting down. (One that joins a
+            // queue after this reads the flag, set above, once it has.)
+            for pool in self.pools.all() {
+                pool.close_queue();
+            }
+        }
         if effective == ShutdownMode::Immediate {
             for pool in self.pools.all() {
                 pool.live_clients

@@ -22,7 +22,7 @@ use crate::config::{PoolMode, SessionState};
 use crate::conns::ClientRecord;
 use crate::params::{ParamValues, Tracked, quote_ident, quote_literal};
 use crate::plugin::convert::{self, LoginFacts, SessionInfo};
-use crate::pool::Pool;
+use crate::pool::{Enqueued, Pool, Queued};
 use crate::protocol::backend::{self, Severity};
 use crate::protocol::frontend::{self, Kind, tag as fe};
 use crate::protocol::{HEADER_LEN, frame};
@@ -302,6 +302,13 @@ enum Wake {
     PinnedServer,
     /// The parking lot asked it to park, and it can: no server kept, nothing buffered either way.
     Park,
+}
+
+/// What ended (or interrupted) a client's wait in a pool's queue.
+enum Waited {
+    Grant(Result<ServerConn, crate::pool::CheckoutError>),
+    Timer,
+    Killed,
 }
 
 /// Why [`Session::run`] returned.
@@ -742,46 +749,73 @@ impl Session {
         } else if let Some(server) = self.pool.0.checkout_idle().await {
             return Ok(server);
         }
-        // Boxed: the wait (the pool's queue, its timers, the select below) is the largest state of a
-        // client's task, and the task keeps its largest state's size for as long as the client stays, idle
-        // or not. Only a client that has to wait pays for the allocation.
-        Box::pin(self.wait_for_server(conn)).await
+        self.wait_for_server(conn).await
     }
 
     /// The slow path of [`Session::acquire`]: queues for a server, telling the client it is queued after
-    /// query_wait_notify.
+    /// query_wait_notify. One timer (the session's) keeps every deadline of the wait, and nothing shared is
+    /// registered with: a draining shutdown closes the pool's queue, KILL throws the record's switch.
     async fn wait_for_server(&mut self, conn: &mut ClientConn) -> Result<ServerConn, End> {
         self.info.set_waiting();
         let notify = self.runtime().config.settings.query_wait_notify;
-        let notify_at = (!notify.is_zero()).then(|| tokio::time::Instant::now() + notify);
-        let pool = Arc::clone(&self.pool.0);
-        let live = Arc::clone(&self.info);
-        let state = Arc::clone(self.counted.state());
-        let checkout = pool.checkout(self.timeouts.query_timeout());
-        tokio::pin!(checkout);
-        let mut notified = false;
+        let mut notify_at = (!notify.is_zero()).then(|| Instant::now() + notify);
+        let mut queued = match self
+            .pool
+            .0
+            .enqueue(self.timeouts.query_timeout(), true)
+            .await
+        {
+            Enqueued::Idle(server) => return Ok(server),
+            Enqueued::Queued(queued) => queued,
+        };
+        // A drain that began before this client joined the queue did not close it (the flag is read after
+        // joining: see `State::shutdown`).
+        if self.counted.state().lifecycle.is_draining() {
+            return Err(End::pooler("server shutting down"));
+        }
         loop {
-            // In this order: a drain is told to the client ("server shutting down") even when the immediate
-            // shutdown that ends it lands at the same time (SIGINT with no server in use exits at once).
-            tokio::select! {
-                biased;
-                // The pool's answer: a server, or why there is none.
-                res = &mut checkout => return res.map_err(|e| checkout_end(&e)),
-                // query_wait_notify: tell a client that has waited this long that it is queued.
-                () = sleep_until_opt(notify_at), if !notified => {
-                    notified = true;
-                    conn.send(|b| backend::write_notice(b, Severity::Notice, "00000", QUEUED_NOTICE));
-                    conn.flush().await?;
+            let next = match (notify_at, queued.next_deadline()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            self.set_timer(next);
+            match poll_fn(|cx| self.poll_wait(cx, &mut queued)).await {
+                Waited::Grant(res) => return res.map_err(|e| checkout_end(&e)),
+                Waited::Killed => return Err(self.killed_end()),
+                Waited::Timer => {
+                    let now = Instant::now();
+                    if notify_at.is_some_and(|at| at <= now) {
+                        // query_wait_notify: tell a client that has waited this long that it is queued.
+                        notify_at = None;
+                        conn.send(|b| {
+                            backend::write_notice(b, Severity::Notice, "00000", QUEUED_NOTICE);
+                        });
+                        conn.flush().await?;
+                    }
+                    if let Some(res) = queued.deadline_passed(&self.pool.0, now) {
+                        return res.map_err(|e| checkout_end(&e));
+                    }
                 }
-                // WAIT_FOR_SERVERS drops clients still waiting for a server (the process's token, polled
-                // only by clients that wait).
-                () = state.lifecycle.draining.cancelled() => {
-                    return Err(End::pooler("server shutting down"));
-                }
-                // KILL, KILL_CLIENT, immediate shutdown.
-                () = live.until_killed() => return Err(killed_end(&live)),
             }
         }
+    }
+
+    /// One look at what a client queued for a server waits on, in this order: the pool's answer (a server,
+    /// a server error, a drain), the timer, KILL (a drain is told to the client even when the immediate
+    /// shutdown that ends it lands at the same time).
+    fn poll_wait(&mut self, cx: &mut Context<'_>, queued: &mut Queued) -> Poll<Waited> {
+        if let Poll::Ready(res) = queued.poll_grant(&self.pool.0, cx) {
+            return Poll::Ready(Waited::Grant(res));
+        }
+        if let Some(timer) = self.timer.as_mut()
+            && timer.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Waited::Timer);
+        }
+        if self.info.poll_killed(cx).is_ready() {
+            return Poll::Ready(Waited::Killed);
+        }
+        Poll::Pending
     }
 
     async fn wait_resumed(&mut self) -> Result<(), End> {
@@ -1420,13 +1454,6 @@ fn poll_read(
         buf.reserve(READ_CHUNK);
     }
     tokio_util::io::poll_read_buf(Pin::new(stream), cx, buf)
-}
-
-async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// How a session killed by KILL or KILL_CLIENT ends (the client is told why), or by an immediate shutdown

@@ -10,8 +10,11 @@ mod registry;
 mod settings;
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -174,6 +177,9 @@ pub enum CheckoutError {
         .0.cached_message()
     )]
     FastFail(Arc<ServerError>),
+    /// The pool gave its queue up without an answer: a draining shutdown (WAIT_FOR_SERVERS).
+    #[error("server shutting down")]
+    Closed,
 }
 
 impl Pool {
@@ -313,7 +319,7 @@ impl Pool {
         if let Some(conn) = self.checkout_idle().await {
             return Ok(conn);
         }
-        self.wait_checkout(query_timeout).await
+        self.wait_in_queue(query_timeout, true).await
     }
 
     /// [`Pool::checkout`] for pgwarden's own use (the login that learns a pool's welcome): not counted as a
@@ -325,10 +331,7 @@ impl Pool {
         if let Some(conn) = self.take_idle().await {
             return Ok(conn);
         }
-        let started = Instant::now();
-        let conn = self.wait_checkout_inner(query_timeout, started).await?;
-        self.stats.waited(micros(started));
-        Ok(conn)
+        self.wait_in_queue(query_timeout, false).await
     }
 
     /// The fast path: an idle connection if there is one, without queueing, timers or waiting.
@@ -339,27 +342,35 @@ impl Pool {
         Some(conn)
     }
 
-    /// The slow path: joins the queue (unless a connection went idle meanwhile) and waits for a
-    /// connection to be handed over, up to query_wait_timeout, dipping into the reserve after
-    /// reserve_pool_timeout.
-    pub async fn wait_checkout(
+    /// The slow path with a timer of its own: joins the queue and waits for its grant or its deadlines. (A
+    /// client's session watches a [`Queued`] with its one timer instead.)
+    async fn wait_in_queue(
         &self,
         query_timeout: Duration,
+        assigned: bool,
     ) -> Result<ServerConn, CheckoutError> {
-        let started = Instant::now();
-        let conn = self.wait_checkout_inner(query_timeout, started).await?;
-        self.stats.waited(micros(started));
-        self.stats.assignments.fetch_add(1, Ordering::Relaxed);
-        Ok(conn)
+        let mut queued = match self.enqueue(query_timeout, assigned).await {
+            Enqueued::Idle(conn) => return Ok(conn),
+            Enqueued::Queued(queued) => queued,
+        };
+        loop {
+            let timer = sleep_until_opt(queued.next_deadline());
+            tokio::select! {
+                res = std::future::poll_fn(|cx| queued.poll_grant(self, cx)) => return res,
+                () = timer => {
+                    if let Some(res) = queued.deadline_passed(self, Instant::now()) {
+                        return res;
+                    }
+                }
+            }
+        }
     }
 
-    /// The queue's wait, begun at `started` (its deadlines count from there: one reading of the clock for the
-    /// waiter's place and its timers).
-    async fn wait_checkout_inner(
-        &self,
-        query_timeout: Duration,
-        started: Instant,
-    ) -> Result<ServerConn, CheckoutError> {
+    /// Joins the queue for a server, unless a connection went idle meanwhile; `assigned` counts the server
+    /// as handed to a client (SHOW STATS). The deadlines (query_wait_timeout, the nearer query_timeout,
+    /// reserve_pool_timeout) count from now.
+    pub async fn enqueue(&self, query_timeout: Duration, assigned: bool) -> Enqueued {
+        let started = Instant::now();
         // Copied out of a guard (no reference count touched: this runs for every waiting transaction).
         let (query_wait_timeout, reserve_pool_size, reserve_pool_timeout) = {
             let s = self.settings.load();
@@ -369,7 +380,7 @@ impl Pool {
                 s.reserve_pool_timeout,
             )
         };
-        let mut rx = loop {
+        let rx = loop {
             let (tx, rx) = oneshot::channel();
             {
                 let mut inner = self.lock();
@@ -379,54 +390,44 @@ impl Pool {
                 }
             }
             if let Some(conn) = self.take_idle().await {
-                return Ok(conn);
+                self.handed(started, assigned);
+                return Enqueued::Idle(conn);
             }
         };
         self.launch_if_needed();
         // The nearer of query_wait_timeout and query_timeout, and the error it gives.
-        let wait_deadline = [
+        let wait = [
             (query_wait_timeout, CheckoutError::WaitTimeout),
             (query_timeout, CheckoutError::QueryTimeout),
         ]
         .into_iter()
         .filter(|(d, _)| !d.is_zero())
         .min_by_key(|(d, _)| *d)
-        .map(|(d, e)| (tokio::time::Instant::from_std(started) + d, e));
-        let (wait_at, wait_error) = match wait_deadline {
-            Some((at, e)) => (Some(at), e),
-            None => (None, CheckoutError::WaitTimeout),
-        };
+        .map(|(d, e)| (started + d, e));
         let reserve_at = (reserve_pool_size > 0 && !reserve_pool_timeout.is_zero())
-            .then(|| tokio::time::Instant::from_std(started) + reserve_pool_timeout);
-        let mut reserve = None;
-        loop {
-            tokio::select! {
-                // The grant: a connection handed over by a release or a fresh login, or a login error.
-                grant = &mut rx => return match grant {
-                    Ok(Ok(conn)) => Ok(conn),
-                    Ok(Err(e)) => Err(CheckoutError::Server(e)),
-                    // The pool dropped the sender without an answer: only happens when it closes.
-                    Err(_) => Err(CheckoutError::WaitTimeout),
-                },
-                // Waited reserve_pool_timeout: this client may use the reserve while it waits.
-                () = sleep_until_opt(reserve_at), if reserve.is_none() => {
-                    reserve = Some(ReserveClaim::new(self));
-                    self.launch_if_needed();
-                }
-                // query_wait_timeout or query_timeout: give up, but never lose a connection granted at the
-                // same moment.
-                () = sleep_until_opt(wait_at) => {
-                    rx.close();
-                    if let Ok(Ok(conn)) = rx.try_recv() {
-                        return Ok(conn);
-                    }
-                    if matches!(wait_error, CheckoutError::WaitTimeout) {
-                        self.stats.wait_timeouts.fetch_add(1, Ordering::Relaxed);
-                    }
-                    return Err(wait_error);
-                }
-            }
+            .then(|| started + reserve_pool_timeout);
+        Enqueued::Queued(Queued {
+            rx,
+            started,
+            assigned,
+            wait,
+            reserve_at,
+            reserve: None,
+        })
+    }
+
+    /// Counts a server handed over after a wait that began at `started`.
+    fn handed(&self, started: Instant, assigned: bool) {
+        self.stats.waited(micros(started));
+        if assigned {
+            self.stats.assignments.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Gives up the queue: every waiter's grant fails with [`CheckoutError::Closed`] (a draining shutdown).
+    pub(crate) fn close_queue(&self) {
+        let waiters = std::mem::take(&mut self.lock().waiters);
+        drop(waiters);
     }
 
     /// An idle connection fit for reuse, if there is one; the ones found unfit on the way are closed. One
@@ -1022,19 +1023,96 @@ impl std::fmt::Debug for Pool {
 
 /// A waiting client that has waited reserve_pool_timeout: while it waits, the pool may grow into
 /// its reserve. Dropped when the client stops waiting (served or given up).
-struct ReserveClaim<'a>(&'a Pool);
+/// A waiter's claim on the reserve (it waited reserve_pool_timeout), given back when it stops waiting.
+struct ReserveClaim(Arc<Pool>);
 
-impl<'a> ReserveClaim<'a> {
-    fn new(pool: &'a Pool) -> Self {
+impl ReserveClaim {
+    fn new(pool: &Pool) -> Option<Self> {
+        let pool = pool.me.upgrade()?;
         pool.lock().reserve_wanted += 1;
-        Self(pool)
+        Some(Self(pool))
     }
 }
 
-impl Drop for ReserveClaim<'_> {
+impl Drop for ReserveClaim {
     fn drop(&mut self) {
         let mut inner = self.0.lock();
         inner.reserve_wanted = inner.reserve_wanted.saturating_sub(1);
+    }
+}
+
+/// What [`Pool::enqueue`] found.
+pub enum Enqueued {
+    /// A connection went idle before the client joined the queue.
+    Idle(ServerConn),
+    Queued(Queued),
+}
+
+/// A place in a pool's queue. The grant arrives by itself ([`Queued::poll_grant`]); the deadlines are the
+/// holder's to watch with a timer ([`Queued::next_deadline`], then [`Queued::deadline_passed`]), so that
+/// a waiting client's session needs no timer beyond its own one. Dropping it leaves the queue.
+pub struct Queued {
+    rx: oneshot::Receiver<Grant>,
+    started: Instant,
+    assigned: bool,
+    /// The nearer of query_wait_timeout and query_timeout, and the error it gives.
+    wait: Option<(Instant, CheckoutError)>,
+    /// When reserve_pool_timeout passes, until it has.
+    reserve_at: Option<Instant>,
+    reserve: Option<ReserveClaim>,
+}
+
+impl Queued {
+    /// The grant: a connection handed over by a release or a fresh login, or why there is none.
+    pub fn poll_grant(
+        &mut self,
+        pool: &Pool,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<ServerConn, CheckoutError>> {
+        Poll::Ready(match ready!(Pin::new(&mut self.rx).poll(cx)) {
+            Ok(Ok(conn)) => {
+                pool.handed(self.started, self.assigned);
+                Ok(conn)
+            }
+            Ok(Err(e)) => Err(CheckoutError::Server(e)),
+            // The pool gave its queue up without an answer.
+            Err(_) => Err(CheckoutError::Closed),
+        })
+    }
+
+    /// The next moment [`Queued::deadline_passed`] has something to do.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        match (self.reserve_at, &self.wait) {
+            (Some(r), Some((w, _))) => Some(r.min(*w)),
+            (r, w) => r.or(w.as_ref().map(|(w, _)| *w)),
+        }
+    }
+
+    /// Acts on the deadlines passed by `now`: past reserve_pool_timeout the waiter may use the reserve; past
+    /// query_wait_timeout (or query_timeout) it gives up, unless a connection was granted at that moment.
+    pub fn deadline_passed(
+        &mut self,
+        pool: &Pool,
+        now: Instant,
+    ) -> Option<Result<ServerConn, CheckoutError>> {
+        if self.reserve_at.is_some_and(|at| at <= now) {
+            self.reserve_at = None;
+            self.reserve = ReserveClaim::new(pool);
+            pool.launch_if_needed();
+        }
+        if self.wait.as_ref().is_some_and(|(at, _)| *at <= now) {
+            self.rx.close();
+            if let Ok(Ok(conn)) = self.rx.try_recv() {
+                pool.handed(self.started, self.assigned);
+                return Some(Ok(conn));
+            }
+            let (_, error) = self.wait.take()?;
+            if matches!(error, CheckoutError::WaitTimeout) {
+                pool.stats.wait_timeouts.fetch_add(1, Ordering::Relaxed);
+            }
+            return Some(Err(error));
+        }
+        None
     }
 }
 
@@ -1113,9 +1191,9 @@ impl std::fmt::Debug for Slot {
     }
 }
 
-async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+async fn sleep_until_opt(at: Option<Instant>) {
     match at {
-        Some(at) => tokio::time::sleep_until(at).await,
+        Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
     }
 }
