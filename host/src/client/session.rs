@@ -26,7 +26,7 @@ use crate::pool::{Enqueued, Pool, Queued};
 use crate::protocol::backend::{self, Severity};
 use crate::protocol::frontend::{self, Kind, tag as fe};
 use crate::protocol::{HEADER_LEN, frame};
-use crate::server::{ServerConn, ServerError};
+use crate::server::{ServerBody, ServerConn, ServerError};
 use crate::sql::session::{Effects, Sticky};
 use crate::state::{CountKind, Runtime, State};
 
@@ -236,7 +236,7 @@ pub struct Session {
     settings: ClientSettings,
     /// The client's server session holds state that cannot move (session_state=pin): it keeps its server
     /// (boxed: few sessions pin one, and every session carries the field).
-    pinned: Option<Box<ServerConn>>,
+    pinned: Option<ServerConn>,
     /// It ran set_config on a setting it computed: which one is unknown, so it keeps its server for good.
     pinned_for_good: bool,
     /// The last transaction ended with the client pinned: the next one checks whether it still must be.
@@ -440,7 +440,7 @@ impl Session {
                     if let Some(server) = self.pinned.take() {
                         // LISTEN, locks, temporary tables... go with the connection.
                         self.dispose(
-                            *server,
+                            server,
                             Disposal::Close("client with session state left", false),
                         );
                     }
@@ -459,7 +459,7 @@ impl Session {
     /// keep this state (allocated per transaction) small.
     async fn transaction(&mut self, conn: &mut ClientConn) -> Option<End> {
         let mut server = match self.pinned.take() {
-            Some(server) => *server,
+            Some(server) => server,
             None => match self.acquire(conn).await {
                 Ok(server) => server,
                 Err(end) => return Some(end),
@@ -476,7 +476,7 @@ impl Session {
                     Ok(false)
                 };
                 match keep {
-                    Ok(true) => self.pinned = Some(Box::new(server)),
+                    Ok(true) => self.pinned = Some(server),
                     Ok(false) => match self.pool.0.reset_query_always() {
                         None => self.release(server),
                         Some(reset) => Box::pin(self.reset_and_release(server, reset)).await,
@@ -673,7 +673,7 @@ impl Session {
     /// Passes what the server of an idle pinned client sent (notifications, notices, parameter changes) to
     /// the client. A server that fails or goes away ends the session: the state it pinned is lost.
     async fn relay_pinned_server(&mut self, conn: &mut ClientConn) -> Result<(), End> {
-        let Some(server) = self.pinned.as_mut() else {
+        let Some(server) = self.pinned.as_deref_mut() else {
             return Ok(());
         };
         let max = self.pool.0.settings().max_packet;
@@ -894,7 +894,7 @@ impl Session {
         relay: &mut Relay,
         to_server: &mut OutQueue,
         conn: &mut ClientConn,
-        server: &mut ServerConn,
+        server: &mut ServerBody,
     ) -> LinkEnd {
         let (mode, max) = self.pool.0.mode_and_max_packet();
         let (disable_pqexec, max_prepared) = {
@@ -1174,7 +1174,7 @@ impl Session {
         &mut self,
         cx: &mut Context<'_>,
         conn: &mut ClientConn,
-        server: &mut ServerConn,
+        server: &mut ServerBody,
         relay: &Relay,
         to_server: &mut OutQueue,
     ) -> Poll<Io> {

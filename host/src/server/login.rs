@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
-use super::{ServerConn, ServerError, read_frame};
+use super::{ServerBody, ServerConn, ServerError, read_frame};
 use crate::auth::md5::{md5_salted, md5_secret};
 use crate::auth::scram::{ScramClient, ScramCredential};
 use crate::auth::secret::{ScramKeys, Secret};
@@ -110,7 +110,7 @@ async fn connect_inner(
 }
 
 async fn authenticate(
-    conn: &mut ServerConn,
+    conn: &mut ServerBody,
     spec: &LoginSpec,
     keys: Option<&ScramKeys>,
 ) -> Result<(), ServerError> {
@@ -229,7 +229,7 @@ fn scram_keys_missing(spec: &LoginSpec) -> ServerError {
 }
 
 async fn read_welcome(
-    conn: &mut ServerConn,
+    conn: &mut ServerBody,
     spec: &LoginSpec,
     tracked: &Tracked,
 ) -> Result<Welcome, ServerError> {

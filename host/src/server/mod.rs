@@ -28,8 +28,28 @@ pub(crate) fn next_id() -> u64 {
 ///
 /// Pool accounting is attached by the pool (`slot`) and released on drop, so losing a connection anywhere
 /// (error, timeout, client gone) always frees its place and lets a waiting client open a new one.
+///
+/// Boxed: a connection changes hands at every transaction (the pool's idle list, a waiting client's
+/// grant, the session), and each move copies only a pointer.
 #[derive(Debug)]
-pub struct ServerConn {
+pub struct ServerConn(Box<ServerBody>);
+
+impl std::ops::Deref for ServerConn {
+    type Target = ServerBody;
+    fn deref(&self) -> &ServerBody {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ServerConn {
+    fn deref_mut(&mut self) -> &mut ServerBody {
+        &mut self.0
+    }
+}
+
+/// What a [`ServerConn`] holds.
+#[derive(Debug)]
+pub struct ServerBody {
     pub(crate) stream: Stream,
     /// Bytes read from the server and not yet processed. Kept with the connection so that a pipelined
     /// partial read is never lost when the connection changes hands.
@@ -67,7 +87,7 @@ pub struct ServerConn {
 impl ServerConn {
     fn new(stream: Stream, host: Arc<str>, port: u16, tracked: &Arc<Tracked>) -> Self {
         let now = Instant::now();
-        Self {
+        Self(Box::new(ServerBody {
             stream,
             rbuf: BytesMut::with_capacity(8 * 1024),
             id: next_id(),
@@ -84,9 +104,29 @@ impl ServerConn {
             settings: Default::default(),
             notifications: BytesMut::new(),
             live: None,
-        }
+        }))
     }
 
+    /// Closes the connection politely: a best-effort Terminate that never waits, then the socket closes on
+    /// drop. Logged as PgBouncer does (`closing because: <reason> (age=…s)`) when `log_disconnections`.
+    pub fn close(self, reason: &str) {
+        if let Some(pool) = self.slot.as_ref().map(crate::pool::Slot::pool)
+            && pool.settings().log_disconnections
+        {
+            conn_log!(
+                info,
+                self.label_in(&pool.key),
+                "closing because: {reason} (age={}s)",
+                self.created.elapsed().as_secs()
+            );
+        }
+        let mut out = BytesMut::with_capacity(5);
+        frontend::write_terminate(&mut out);
+        let _ = self.stream.try_write(&out);
+    }
+}
+
+impl ServerBody {
     /// Whether an idle connection can be handed out: nothing buffered and nothing pending on the socket.
     /// Any byte or EOF from an idle server (a FATAL from a restart, a termination) makes it unusable.
     pub fn is_clean_idle(&self) -> bool {
@@ -235,24 +275,6 @@ impl ServerConn {
                 port: self.port,
             },
         }
-    }
-
-    /// Closes the connection politely: a best-effort Terminate that never waits, then the socket closes on
-    /// drop. Logged as PgBouncer does (`closing because: <reason> (age=…s)`) when `log_disconnections`.
-    pub fn close(self, reason: &str) {
-        if let Some(pool) = self.slot.as_ref().map(crate::pool::Slot::pool)
-            && pool.settings().log_disconnections
-        {
-            conn_log!(
-                info,
-                self.label_in(&pool.key),
-                "closing because: {reason} (age={}s)",
-                self.created.elapsed().as_secs()
-            );
-        }
-        let mut out = BytesMut::with_capacity(5);
-        frontend::write_terminate(&mut out);
-        let _ = self.stream.try_write(&out);
     }
 }
 
