@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::task::AtomicWaker;
 
@@ -71,11 +71,26 @@ fn micros(d: Duration) -> u64 {
 }
 
 /// When a connection started, on both clocks: wall time for display (micros since the Unix epoch: 8 bytes
-/// where a `SystemTime` takes 16, in every record), monotonic for offsets.
+/// where a `SystemTime` takes 16, in every record), and micros on CLOCK_MONOTONIC for offsets (8 bytes where
+/// an `Instant` takes 16).
 #[derive(Debug, Clone, Copy)]
 struct Born {
     wall_us: u64,
-    mono: Instant,
+    mono_us: u64,
+}
+
+/// Micros on CLOCK_MONOTONIC (the clock `Instant` reads), or on CLOCK_MONOTONIC_COARSE: the same clock as
+/// of the kernel's last tick (up to a few ms behind), read in a few ns where the exact one takes ~20. A
+/// transaction stamps both records' request time at link and at release, shown in seconds: coarse.
+fn mono_us(coarse: bool) -> u64 {
+    use nix::time::{ClockId, clock_gettime};
+    let exact = || clock_gettime(ClockId::CLOCK_MONOTONIC);
+    let t = if coarse {
+        clock_gettime(ClockId::CLOCK_MONOTONIC_COARSE).or_else(|_| exact())
+    } else {
+        exact()
+    };
+    t.map_or(0, |t| micros(Duration::from(t)))
 }
 
 impl Born {
@@ -84,13 +99,18 @@ impl Born {
             wall_us: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, micros),
-            mono: Instant::now(),
+            mono_us: mono_us(false),
         }
     }
 
     /// Micros since birth, never 0 (0 means "unset" in the atomics below).
     fn offset(&self) -> u64 {
-        micros(self.mono.elapsed()).max(1)
+        mono_us(false).saturating_sub(self.mono_us).max(1)
+    }
+
+    /// [`Born::offset`] on the coarse clock: up to a few ms early.
+    fn coarse_offset(&self) -> u64 {
+        mono_us(true).saturating_sub(self.mono_us).max(1)
     }
 
     fn wall_at(&self, offset_us: u64) -> SystemTime {
@@ -257,9 +277,9 @@ impl ClientRecord {
         self.set_application_name(application_name);
     }
 
-    /// When it connected (monotonic).
-    pub fn connected(&self) -> Instant {
-        self.born.mono
+    /// How long ago it connected.
+    pub fn age(&self) -> Duration {
+        Duration::from_micros(self.born.offset())
     }
 
     pub fn state(&self) -> ClientState {
@@ -459,7 +479,7 @@ impl ClientRecord {
     /// Records a request now (never 0, which means none yet).
     fn mark_request(&self) {
         self.request_us
-            .store(self.born.offset().max(1), Ordering::Relaxed);
+            .store(self.born.coarse_offset(), Ordering::Relaxed);
     }
 
     /// Whether it has sent anything since its login (a query, or a cancel request's connection).
@@ -609,14 +629,16 @@ impl ServerRecord {
             .store(std::ptr::from_ref(client) as usize, Ordering::Relaxed);
         self.state
             .store(ServerState::Active as u8, Ordering::Relaxed);
-        self.request_us.store(self.born.offset(), Ordering::Relaxed);
+        self.request_us
+            .store(self.born.coarse_offset(), Ordering::Relaxed);
     }
 
     /// Back in the pool's idle list, holding `prepared` statements and a read buffer of `buffer` bytes.
     pub fn released(&self, prepared: usize, buffer: usize) {
         self.link.store(0, Ordering::Relaxed);
         self.state.store(ServerState::Idle as u8, Ordering::Relaxed);
-        self.request_us.store(self.born.offset(), Ordering::Relaxed);
+        self.request_us
+            .store(self.born.coarse_offset(), Ordering::Relaxed);
         self.prepared.store(
             u32::try_from(prepared).unwrap_or(u32::MAX),
             Ordering::Relaxed,

@@ -341,7 +341,7 @@ async fn finish(state: &State, conn: &mut ClientConn, info: &ClientInfo, end: En
             info.label(),
             "closing because: {} (age={}s)",
             end.reason(),
-            info.connected().elapsed().as_secs()
+            info.age().as_secs()
         );
     }
     if let End::Fatal {

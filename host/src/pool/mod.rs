@@ -451,11 +451,13 @@ impl Pool {
         let (conn, stale, check) = {
             // A guard, not a clone: this runs for every transaction.
             let settings = self.settings.load();
+            // One reading of the clock for the lifetime and the check delay, outside the lock.
+            let now = Instant::now();
             let mut inner = self.lock();
             let mut stale = Vec::new();
             let mut found = None;
             while let Some(conn) = inner.idle.pop() {
-                match self.retire_reason(&conn, &settings) {
+                match self.retire_reason(&conn, &settings, now) {
                     None => {
                         found = Some(conn);
                         break;
@@ -465,7 +467,7 @@ impl Pool {
             }
             let check = found.as_ref().is_some_and(|c| {
                 settings.server_check_query.is_some()
-                    && c.last_used.elapsed() >= settings.server_check_delay
+                    && now.saturating_duration_since(c.last_used) >= settings.server_check_delay
             });
             (found, stale, check)
         };
@@ -491,13 +493,18 @@ impl Pool {
     }
 
     /// Why an idle connection must not be reused, if it must not.
-    fn retire_reason(&self, conn: &ServerConn, settings: &PoolSettings) -> Option<&'static str> {
+    fn retire_reason(
+        &self,
+        conn: &ServerConn,
+        settings: &PoolSettings,
+        now: Instant,
+    ) -> Option<&'static str> {
         if conn.epoch != self.epoch.load(Ordering::Acquire) {
             Some("database configuration changed")
         } else if !conn.is_clean_idle() {
             Some("idle server got dirty or closed")
-        } else if conn.created.elapsed() >= settings.server_lifetime
-            && !settings.server_lifetime.is_zero()
+        } else if !settings.server_lifetime.is_zero()
+            && now.saturating_duration_since(conn.created) >= settings.server_lifetime
         {
             Some("server lifetime over")
         } else {
@@ -521,13 +528,14 @@ impl Pool {
         if conn.epoch != self.epoch.load(Ordering::Acquire) {
             return conn.close("database configuration changed");
         }
+        let now = Instant::now();
         if (used && settings.server_lifetime.is_zero())
             || (!settings.server_lifetime.is_zero()
-                && conn.created.elapsed() >= settings.server_lifetime)
+                && now.saturating_duration_since(conn.created) >= settings.server_lifetime)
         {
             return conn.close("server lifetime over");
         }
-        conn.last_used = Instant::now();
+        conn.last_used = now;
         if let Some(live) = &conn.live {
             live.record
                 .released(conn.prepared.len(), conn.rbuf.capacity());
@@ -876,6 +884,7 @@ impl Pool {
     /// Periodic upkeep: idle timeout, lifetime, health of idle connections, min_pool_size.
     pub(crate) fn maintain(&self) {
         let settings = self.settings();
+        let now = Instant::now();
         let retired = {
             let mut inner = self.lock();
             let mut retired = Vec::new();
@@ -884,9 +893,9 @@ impl Pool {
             let mut open = inner.open;
             let idle_timeout = settings.server_idle_timeout;
             for conn in inner.idle.drain(..) {
-                let reason = self.retire_reason(&conn, &settings).or_else(|| {
+                let reason = self.retire_reason(&conn, &settings, now).or_else(|| {
                     (!idle_timeout.is_zero()
-                        && conn.last_used.elapsed() >= idle_timeout
+                        && now.saturating_duration_since(conn.last_used) >= idle_timeout
                         && open > settings.min_pool_size)
                         .then_some("server idle timeout")
                 });
