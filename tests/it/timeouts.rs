@@ -221,11 +221,28 @@ async fn query_wait_timeout_ends_clients_waiting_too_long_for_a_server() -> anyh
 
     // Within the limit: a client whose wait ends before the timeout is served.
     let (patient, _p) = connect_db(&pooler, &db).await?;
-    let answer = spawn_scalar(&Arc::new(patient), "SELECT 2");
+    let patient = Arc::new(patient);
+    let answer = spawn_scalar(&patient, "SELECT 2");
     wait_queued(&pool, 1).await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     holder.batch_execute("COMMIT").await?;
     assert_eq!(finish(answer).await?, "2");
+
+    // The deadline its wait had means nothing once it is served: not while it holds the server in a
+    // transaction past that deadline, nor while it sits between transactions past the next wait's (served
+    // 700 ms into that wait, the deadline passes before an idle client parks, which would drop its timer).
+    patient.batch_execute("BEGIN").await?;
+    tokio::time::sleep(timeout).await;
+    assert_eq!(scalar(&patient, "SELECT 3").await?, "3");
+    patient.batch_execute("COMMIT").await?;
+    holder.batch_execute("BEGIN; SELECT 1").await?;
+    let answer = spawn_scalar(&patient, "SELECT 4");
+    wait_queued(&pool, 1).await?;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    holder.batch_execute("COMMIT").await?;
+    assert_eq!(finish(answer).await?, "4");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(scalar(&patient, "SELECT 5").await?, "5");
     Ok(())
 }
 

@@ -247,7 +247,13 @@ pub struct Session {
     plugin_info: Option<Box<SessionInfo>>,
     /// What `plugin_info` is made from when a policy check first needs it.
     login_facts: LoginFacts,
+    /// The session's one timer, kept while the session is busy once made: disarmed rather than dropped, so
+    /// that the next wait re-arms it (a later deadline is one atomic store in tokio's wheel) instead of
+    /// allocating, registering and unregistering a timer per transaction. A disarmed timer may still fire
+    /// at its old deadline: one spurious wakeup, never looked at.
     timer: Option<Pin<Box<Sleep>>>,
+    /// The timer holds a deadline someone waits for.
+    timer_armed: bool,
     /// The timer is a fresh client's time to park (see `wait_client_readable`); cleared by `set_timer`.
     timer_parks: bool,
     /// The lot refused to take it as a fresh client: it does not try by itself again (the lot asks it later).
@@ -387,6 +393,7 @@ impl Session {
             plugin_info: None,
             login_facts,
             timer: None,
+            timer_armed: false,
             timer_parks: false,
             park_refused: false,
             counted,
@@ -560,6 +567,7 @@ impl Session {
                     // buffers kept for the next link (~700 bytes once a client ran a query): the next link
                     // after a second's rest can make them again.
                     self.timer = None;
+                    self.timer_armed = false;
                     self.relay_state = None;
                     let idle_timeout = self.timeouts.client_idle_timeout();
                     return Ok(Next::Park(
@@ -631,21 +639,24 @@ impl Session {
             return Poll::Ready(Ok(Wake::PinnedServer));
         }
         // A fresh client's time to park, then client_idle_timeout between transactions.
-        if let Some(timer) = self.timer.as_mut()
-            && timer.as_mut().poll(cx).is_ready()
+        if let Some(timer) = self.armed_timer()
+            && timer.poll(cx).is_ready()
         {
             if self.timer_parks {
                 // As if the lot had asked; the timer now keeps client_idle_timeout, if there is one (from
                 // the same start: the park's deadline is PARK_NEW_AFTER past it).
                 self.info.mark_park();
                 let idle_timeout = self.timeouts.client_idle_timeout();
-                let idle_since = timer.deadline().into_std() - PARK_NEW_AFTER;
+                let idle_since = self
+                    .timer
+                    .as_ref()
+                    .map_or_else(Instant::now, |t| t.deadline().into_std() - PARK_NEW_AFTER);
                 self.set_timer((!idle_timeout.is_zero()).then(|| idle_since + idle_timeout));
             }
-            if let Some(timer) = self.timer.as_mut()
-                && timer.as_mut().poll(cx).is_ready()
+            if let Some(timer) = self.armed_timer()
+                && timer.poll(cx).is_ready()
             {
-                self.timer = None;
+                self.timer_armed = false;
                 return Poll::Ready(Err(End::pooler("client_idle_timeout")));
             }
         }
@@ -807,8 +818,8 @@ impl Session {
         if let Poll::Ready(res) = queued.poll_grant(&self.pool.0, cx) {
             return Poll::Ready(Waited::Grant(res));
         }
-        if let Some(timer) = self.timer.as_mut()
-            && timer.as_mut().poll(cx).is_ready()
+        if let Some(timer) = self.armed_timer()
+            && timer.poll(cx).is_ready()
         {
             return Poll::Ready(Waited::Timer);
         }
@@ -943,7 +954,7 @@ impl Session {
             // would be set again before every transaction.
             server.params.merge_from(&self.params);
         }
-        self.timer = None;
+        self.set_timer(None);
         loop {
             if mode == PoolMode::Session
                 && relay.releasable()
@@ -1157,16 +1168,24 @@ impl Session {
     /// Sets the session's one timer to fire at `at`, or disarms it.
     fn set_timer(&mut self, at: Option<Instant>) {
         self.timer_parks = false;
+        self.timer_armed = at.is_some();
         let Some(at) = at else {
-            self.timer = None;
             return;
         };
         let at = tokio::time::Instant::from(at);
         match &mut self.timer {
-            Some(sleep) if sleep.deadline() == at => {}
+            Some(sleep) if sleep.deadline() == at && !sleep.is_elapsed() => {}
             Some(sleep) => sleep.as_mut().reset(at),
             None => self.timer = Some(Box::pin(tokio::time::sleep_until(at))),
         }
+    }
+
+    /// The timer, if it is armed.
+    fn armed_timer(&mut self) -> Option<Pin<&mut Sleep>> {
+        self.timer
+            .as_mut()
+            .filter(|_| self.timer_armed)
+            .map(Pin::as_mut)
     }
 
     /// One step of I/O on both sockets: writes whatever is queued, then reads whichever side has data.
@@ -1217,8 +1236,8 @@ impl Session {
                 Poll::Pending => {}
             }
         }
-        if let Some(timer) = self.timer.as_mut()
-            && timer.as_mut().poll(cx).is_ready()
+        if let Some(timer) = self.armed_timer()
+            && timer.poll(cx).is_ready()
         {
             return Poll::Ready(Io::Timer);
         }
