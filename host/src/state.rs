@@ -139,8 +139,9 @@ impl State {
     pub fn shutdown(&self, requested: ShutdownMode) -> ShutdownMode {
         let effective = self.lifecycle.shutdown(requested);
         if effective != ShutdownMode::WaitForClients {
-            // Draining: clients queued for a server are told the server is shutting down. (One that joins a
-            // queue after this reads the flag, set above, once it has.)
+            // Draining: clients queued for a server are told the server is shutting down. (A client's
+            // session that joins a queue after this reads the flag, set above, once it has; pgwarden's own
+            // checkouts, a pool's first login and an auth lookup, are served as before.)
             for pool in self.pools.all() {
                 pool.close_queue();
             }

@@ -260,6 +260,42 @@ async fn mode_and_pool_size_resolve_user_then_database_then_global() -> anyhow::
     Ok(())
 }
 
+/// A server handed to a queued client that leaves before taking it (KILL, a lost client, a drain crossing
+/// the grant) goes back to the pool warm: the next client gets the same backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_to_a_client_that_left_goes_back_to_the_pool() -> anyhow::Result<()> {
+    let pg = PgCluster::shared();
+    let db = TestDb::create(pg, "grantback", PasswordEncryption::Md5)?;
+    let pooler = Pooler::start(
+        &entry(pg, &db, ""),
+        "pool_mode = transaction\ndefault_pool_size = 1",
+        &db.userlist_line(),
+    )
+    .await?;
+    let (holder, _h) = connect_db(&pooler, &db).await?;
+    holder.batch_execute("BEGIN").await?;
+    let pid = backend_pid(&holder).await?;
+    let pool = pool_of(&pooler, &db.name, &db.user)?;
+    let pgwarden::pool::Enqueued::Queued(queued) = pool.enqueue(Duration::ZERO, true).await else {
+        anyhow::bail!("an idle server while the only one is held");
+    };
+    holder.batch_execute("COMMIT").await?;
+    // Granted: the queue is empty and the server is in nobody's hands but the queued place's.
+    wait_until("the server granted", WAIT, || async {
+        Ok(pool.waiting() == 0 && pool.counts() == (1, 0))
+    })
+    .await?;
+    queued.leave(&pool);
+    assert_eq!(
+        pool.counts(),
+        (1, 1),
+        "(open, idle) after the grant came back"
+    );
+    let (next, _n) = connect_db(&pooler, &db).await?;
+    assert_eq!(backend_pid(&next).await?, pid);
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_clients_are_served_in_arrival_order() -> anyhow::Result<()> {
     let pg = PgCluster::shared();

@@ -13,7 +13,7 @@ use crate::client::ClientConn;
 use crate::config::OnError;
 use crate::conns::{ClientRecord, ServerRecord};
 use crate::pool::Pool;
-use crate::server::ServerConn;
+use crate::server::{ServerBody, ServerConn};
 use crate::state::{Runtime, State};
 
 pub fn mem(state: &State) -> ResultSet {
@@ -45,7 +45,7 @@ pub fn mem(state: &State) -> ResultSet {
     );
     push(
         "server",
-        size_of::<ServerConn>() + size_of::<ServerRecord>(),
+        size_of::<ServerConn>() + size_of::<ServerBody>() + size_of::<ServerRecord>(),
         servers.len(),
     );
     push("pool", size_of::<Pool>(), pools.len());

@@ -249,8 +249,9 @@ pub struct Session {
     login_facts: LoginFacts,
     /// The session's one timer, kept while the session is busy once made: disarmed rather than dropped, so
     /// that the next wait re-arms it (a later deadline is one atomic store in tokio's wheel) instead of
-    /// allocating, registering and unregistering a timer per transaction. A disarmed timer may still fire
-    /// at its old deadline: one spurious wakeup, never looked at.
+    /// allocating, registering and unregistering a timer per transaction. A disarmed timer stays registered
+    /// until its old deadline, then wakes the task once and is never looked at; a client that parks drops it
+    /// (one that cannot park, pinned or refused by the lot, keeps it).
     timer: Option<Pin<Box<Sleep>>>,
     /// The timer holds a deadline someone waits for.
     timer_armed: bool,
@@ -462,8 +463,9 @@ impl Session {
 
     /// Serves what the client sent with a server (the pinned one, or one from the pool) until the server
     /// can be given up; `Some` when the session is over. The rare paths that wait (reading session state
-    /// back, a reset query on release, the pool's server check, queueing for a server) are boxed again, to
-    /// keep this state (allocated per transaction) small.
+    /// back, a reset query on release, the pool's server check) are boxed again, to keep this state
+    /// (allocated per transaction) small; queueing for a server is not (at 100+ clients most transactions
+    /// queue, and its state is a few words and the session's timer).
     async fn transaction(&mut self, conn: &mut ClientConn) -> Option<End> {
         let mut server = match self.pinned.take() {
             Some(server) => server,
@@ -664,7 +666,7 @@ impl Session {
         // until the process exits, and the next transaction's checkout sees it.
         // Immediate shutdown, KILL, KILL_CLIENT: the record's kill switch. (A drain needs no watching: it
         // changes nothing for a linked or idle client, the next checkout reads it from a flag, and a client
-        // queued for a server waits on the process's token while it waits.)
+        // queued for a server is answered by its pool's queue closing.)
         if self.info.poll_killed(cx).is_ready() {
             return Poll::Ready(Err(killed_end(&self.info)));
         }
@@ -782,6 +784,7 @@ impl Session {
         // A drain that began before this client joined the queue did not close it (the flag is read after
         // joining: see `State::shutdown`).
         if self.counted.state().lifecycle.is_draining() {
+            queued.leave(&self.pool.0);
             return Err(End::pooler("server shutting down"));
         }
         loop {
@@ -792,7 +795,10 @@ impl Session {
             self.set_timer(next);
             match poll_fn(|cx| self.poll_wait(cx, &mut queued)).await {
                 Waited::Grant(res) => return res.map_err(|e| checkout_end(&e)),
-                Waited::Killed => return Err(self.killed_end()),
+                Waited::Killed => {
+                    queued.leave(&self.pool.0);
+                    return Err(self.killed_end());
+                }
                 Waited::Timer => {
                     let now = Instant::now();
                     if notify_at.is_some_and(|at| at <= now) {
@@ -801,7 +807,10 @@ impl Session {
                         conn.send(|b| {
                             backend::write_notice(b, Severity::Notice, "00000", QUEUED_NOTICE);
                         });
-                        conn.flush().await?;
+                        if let Err(end) = conn.flush().await {
+                            queued.leave(&self.pool.0);
+                            return Err(end);
+                        }
                     }
                     if let Some(res) = queued.deadline_passed(&self.pool.0, now) {
                         return res.map_err(|e| checkout_end(&e));

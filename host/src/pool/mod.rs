@@ -517,8 +517,9 @@ impl Pool {
         self.checkin_after(conn, true);
     }
 
-    /// [`Pool::checkin`] for a connection no client has used (the login that learned the pool's welcome):
-    /// `server_lifetime = 0` ("use a connection once") does not close it yet.
+    /// [`Pool::checkin`] for a connection no client has used (the login that learned the pool's welcome, a
+    /// grant whose client left first): `server_lifetime = 0` ("use a connection once") does not close it
+    /// yet.
     pub fn checkin_unused(&self, conn: ServerConn) {
         self.checkin_after(conn, false);
     }
@@ -1059,7 +1060,8 @@ pub enum Enqueued {
 
 /// A place in a pool's queue. The grant arrives by itself ([`Queued::poll_grant`]); the deadlines are the
 /// holder's to watch with a timer ([`Queued::next_deadline`], then [`Queued::deadline_passed`]), so that
-/// a waiting client's session needs no timer beyond its own one. Dropping it leaves the queue.
+/// a waiting client's session needs no timer beyond its own one. Dropping it leaves the queue (closing a
+/// server handed over meanwhile: [`Queued::leave`] returns it to the pool).
 pub struct Queued {
     rx: oneshot::Receiver<Grant>,
     started: Instant,
@@ -1087,6 +1089,15 @@ impl Queued {
             // The pool gave its queue up without an answer.
             Err(_) => Err(CheckoutError::Closed),
         })
+    }
+
+    /// Leaves the queue without taking a server: one handed over meanwhile (the grant crossing the client's
+    /// going: a KILL, a lost client, a drain) goes back to the pool warm instead of being closed.
+    pub fn leave(mut self, pool: &Pool) {
+        self.rx.close();
+        if let Ok(Ok(conn)) = self.rx.try_recv() {
+            pool.checkin_unused(conn);
+        }
     }
 
     /// The next moment [`Queued::deadline_passed`] has something to do.
