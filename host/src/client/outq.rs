@@ -50,15 +50,25 @@ impl OutQueue {
         w: &mut W,
         cx: &mut Context<'_>,
     ) -> Poll<std::io::Result<usize>> {
-        let mut slices = [IoSlice::new(&[]); MAX_IOV];
-        let n = self
-            .chunks
-            .iter()
-            .take(MAX_IOV)
-            .zip(slices.iter_mut())
-            .map(|(c, s)| *s = IoSlice::new(c))
-            .count();
-        let written = match Pin::new(w).poll_write_vectored(cx, &slices[..n]) {
+        // One chunk (nearly always: a relay's messages are split off one read buffer) is a plain write:
+        // `writev` of one buffer costs the kernel ~0.2 µs more than `send` or `write` (it imports and checks
+        // the vector first), twice per transaction.
+        let polled = if self.chunks.len() == 1
+            && let Some(only) = self.chunks.front()
+        {
+            Pin::new(w).poll_write(cx, only)
+        } else {
+            let mut slices = [IoSlice::new(&[]); MAX_IOV];
+            let n = self
+                .chunks
+                .iter()
+                .take(MAX_IOV)
+                .zip(slices.iter_mut())
+                .map(|(c, s)| *s = IoSlice::new(c))
+                .count();
+            Pin::new(w).poll_write_vectored(cx, &slices[..n])
+        };
+        let written = match polled {
             Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
             Poll::Ready(Ok(written)) => written,
             other => return other,
