@@ -16,7 +16,7 @@ use tokio_postgres::Client;
 use crate::pool_support::{
     WAIT, assert_fatal, assert_login_refused, backend_pid, backends, connect_db, connect_watched,
     count_backends, db_line, entry, extra_role, finish, pool_of, scalar, scalar_opt, session_end,
-    spawn_scalar, userlist_line, wait_backends, wait_queued, wait_until,
+    setup, spawn_scalar, userlist_line, wait_backends, wait_queued, wait_until,
 };
 
 /// A query expected to be answered at once (well, without waiting for another client).
@@ -264,14 +264,7 @@ async fn mode_and_pool_size_resolve_user_then_database_then_global() -> anyhow::
 /// the grant) goes back to the pool warm: the next client gets the same backend.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grant_to_a_client_that_left_goes_back_to_the_pool() -> anyhow::Result<()> {
-    let pg = PgCluster::shared();
-    let db = TestDb::create(pg, "grantback", PasswordEncryption::Md5)?;
-    let pooler = Pooler::start(
-        &entry(pg, &db, ""),
-        "pool_mode = transaction\ndefault_pool_size = 1",
-        &db.userlist_line(),
-    )
-    .await?;
+    let (db, pooler) = setup("grantback", "default_pool_size = 1").await?;
     let (holder, _h) = connect_db(&pooler, &db).await?;
     holder.batch_execute("BEGIN").await?;
     let pid = backend_pid(&holder).await?;
