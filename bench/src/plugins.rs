@@ -87,13 +87,13 @@ impl Fixture {
 /// at login.
 pub fn session(user: &str, database: &str) -> SessionInfo {
     let params = [
-        ("user".to_owned(), user.to_owned()),
-        ("database".to_owned(), database.to_owned()),
-        ("application_name".to_owned(), "psql".to_owned()),
-        ("client_encoding".to_owned(), "UTF8".to_owned()),
+        ("user", user),
+        ("database", database),
+        ("application_name", "psql"),
+        ("client_encoding", "UTF8"),
     ];
     let peer = Peer::Tcp(([192, 0, 2, 10], 51234).into());
-    convert::session_info(user, database, "psql", peer, &params, PoolMode::Transaction)
+    convert::session_info(user, database, "psql", peer, params, PoolMode::Transaction)
 }
 
 /// The policy plugins of one database, asked the way a client session asks them (as the private

@@ -5,6 +5,7 @@
 //! differ, it sends `SET` first and hides the answers. The list is fixed for the life of the process
 //! (PgBouncer's `track_extra_parameters` is not reloadable either), so values live in a small indexed array.
 
+use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
@@ -21,6 +22,9 @@ const ALWAYS_TRACKED: [&str; 5] = [
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tracked {
     names: Vec<Box<str>>,
+    /// The packed [`ParamValues`] with every value unknown, which each new set starts as (a copy of the
+    /// pointer, not of the string).
+    no_values: Arc<str>,
 }
 
 impl Tracked {
@@ -38,7 +42,8 @@ impl Tracked {
                 names.push(canonical(e).into());
             }
         }
-        Self { names }
+        let no_values = "\0".repeat(names.len().saturating_sub(1)).into();
+        Self { names, no_values }
     }
 
     /// Index of a parameter by name, case-insensitively (GUC names are).
@@ -97,7 +102,7 @@ pub struct ParamValues {
 impl ParamValues {
     pub fn new(tracked: &Tracked) -> Self {
         Self {
-            packed: "\0".repeat(tracked.len().saturating_sub(1)).into(),
+            packed: Arc::clone(&tracked.no_values),
         }
     }
 
@@ -108,18 +113,18 @@ impl ParamValues {
 
     /// Packs `slots` anew.
     fn repack<'a>(slots: impl Iterator<Item = Option<&'a str>>) -> Arc<str> {
-        let mut packed = String::new();
-        for (i, slot) in slots.enumerate() {
-            if i > 0 {
-                packed.push('\0');
+        shared_str(|packed| {
+            for (i, slot) in slots.enumerate() {
+                if i > 0 {
+                    packed.push('\0');
+                }
+                if let Some(value) = slot {
+                    debug_assert!(!value.contains('\0'), "a parameter value with a NUL");
+                    packed.push('=');
+                    packed.push_str(value);
+                }
             }
-            if let Some(value) = slot {
-                debug_assert!(!value.contains('\0'), "a parameter value with a NUL");
-                packed.push('=');
-                packed.push_str(value);
-            }
-        }
-        packed.into()
+        })
     }
 
     pub fn get(&self, index: usize) -> Option<&str> {
@@ -146,7 +151,20 @@ impl ParamValues {
     /// startup packet). Slots out of range are ignored.
     pub fn set_many<'a>(&mut self, values: impl IntoIterator<Item = (usize, &'a str)>) {
         let packed = {
-            let mut slots: Vec<Option<&str>> = self.slots().collect();
+            // On the stack for the usual handful of tracked parameters (a login calls this).
+            const INLINE: usize = 16;
+            let n = self.slots().count();
+            let mut inline = [None; INLINE];
+            let mut spilled;
+            let slots: &mut [Option<&str>] = if n <= INLINE {
+                &mut inline[..n]
+            } else {
+                spilled = vec![None; n];
+                &mut spilled
+            };
+            for (slot, value) in slots.iter_mut().zip(self.slots()) {
+                *slot = value;
+            }
             let mut changed = false;
             for (i, value) in values {
                 if let Some(slot) = slots.get_mut(i)
@@ -159,7 +177,7 @@ impl ParamValues {
             if !changed {
                 return;
             }
-            Self::repack(slots.into_iter())
+            Self::repack(slots.iter().copied())
         };
         self.packed = packed;
     }
@@ -213,6 +231,22 @@ impl ParamValues {
             .enumerate()
             .filter_map(|(i, v)| v.map(|v| (i, v)))
     }
+}
+
+/// An `Arc<str>` built by `write` in a scratch string of the thread's: one allocation, the shared string's,
+/// whatever the pushes (building a `String` and converting it takes two, more as it grows).
+pub fn shared_str(write: impl FnOnce(&mut String)) -> Arc<str> {
+    thread_local! {
+        static SCRATCH: RefCell<String> = const { RefCell::new(String::new()) };
+    }
+    SCRATCH.with_borrow_mut(|s| {
+        s.clear();
+        write(s);
+        let shared = Arc::from(s.as_str());
+        // Not kept large after an unusual one.
+        s.shrink_to(1024);
+        shared
+    })
 }
 
 /// Quotes a SQL identifier when needed (mixed case, like `"DateStyle"`, is fine unquoted for SET since GUC
@@ -379,6 +413,40 @@ mod tests {
             Arc::ptr_eq(&before, &at_once.packed),
             "nothing changed: no new copy"
         );
+    }
+
+    #[test]
+    fn many_values_past_the_inline_slots_and_new_sets_share_the_empty_one() {
+        // More tracked parameters than `set_many` keeps on its stack.
+        let extra: Vec<String> = (0..30).map(|i| format!("x.p{i}")).collect();
+        let t = Tracked::new(&extra);
+        assert_eq!(t.len(), 35);
+        let (a, b) = (ParamValues::new(&t), ParamValues::new(&t));
+        assert!(Arc::ptr_eq(&a.packed, &b.packed), "one empty copy");
+        assert!(a.iter().next().is_none());
+        let last = t.index("x.p29").unwrap();
+        let changes = [(0, "UTF8"), (last, "z"), (20, ""), (last, "zz")];
+        let mut one_by_one = a.clone();
+        for (i, v) in changes {
+            one_by_one.set(i, v);
+        }
+        let mut at_once = b;
+        at_once.set_many(changes);
+        assert_eq!(at_once, one_by_one);
+        assert_eq!(
+            at_once.iter().collect::<Vec<_>>(),
+            [(0, "UTF8"), (20, ""), (last, "zz")]
+        );
+        assert_eq!(a.get(0), None, "the shared empty set is untouched");
+    }
+
+    #[test]
+    fn shared_strings_are_built_whole() {
+        let long = "y".repeat(5000);
+        assert_eq!(&*shared_str(|s| s.push_str(&long)), long.as_str());
+        // The scratch is cleared between uses.
+        assert_eq!(&*shared_str(|s| s.push('a')), "a");
+        assert_eq!(&*shared_str(|_| {}), "");
     }
 
     #[test]

@@ -10,31 +10,40 @@ use crate::auth::scram::common;
 use crate::auth::secret::Secret;
 
 /// `"md5" + hex(md5(parts...))`, the shape of every MD5 string PostgreSQL uses.
-fn md5_hex(parts: &[&[u8]]) -> String {
+fn md5_hex(parts: &[&[u8]]) -> [u8; 35] {
     let mut hasher = Md5::new();
     for part in parts {
         hasher.update(part);
     }
     let digest = hasher.finalize();
-    let mut out = String::with_capacity(35);
-    out.push_str("md5");
-    for byte in digest.iter() {
-        out.push(char::from(HEX[usize::from(byte >> 4)]));
-        out.push(char::from(HEX[usize::from(byte & 0x0f)]));
+    let mut out = [0; 35];
+    out[..3].copy_from_slice(b"md5");
+    for (pair, byte) in out[3..].chunks_exact_mut(2).zip(digest.iter()) {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 0x0f)];
     }
     out
+}
+
+fn into_string(md5: [u8; 35]) -> String {
+    md5.iter().copied().map(char::from).collect()
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// The stored MD5 secret for a password: `"md5" + hex(md5(password + user))`.
 pub fn md5_secret(password: &str, user: &str) -> String {
-    md5_hex(&[password.as_bytes(), user.as_bytes()])
+    into_string(md5_hex(&[password.as_bytes(), user.as_bytes()]))
 }
 
 /// What a client answers to an MD5 challenge: `"md5" + hex(md5(hex_part + salt))`, where
 /// `hex_part` is the stored secret without its `"md5"` prefix.
 pub fn md5_salted(md5_secret: &str, salt: [u8; 4]) -> String {
+    into_string(salted(md5_secret, salt))
+}
+
+/// [`md5_salted`] without the string.
+fn salted(md5_secret: &str, salt: [u8; 4]) -> [u8; 35] {
     let hex_part = md5_secret.strip_prefix("md5").unwrap_or(md5_secret);
     md5_hex(&[hex_part.as_bytes(), &salt])
 }
@@ -44,13 +53,13 @@ pub fn md5_salted(md5_secret: &str, salt: [u8; 4]) -> String {
 pub fn verify_md5(secret: &Secret, user: &str, salt: [u8; 4], response: &[u8]) -> bool {
     let expected = match secret {
         Secret::Plain(password) if password.is_empty() => return false,
-        Secret::Plain(password) => md5_salted(&md5_secret(password, user), salt),
-        Secret::Md5(hash) => md5_salted(hash, salt),
+        Secret::Plain(password) => salted(&md5_secret(password, user), salt),
+        Secret::Md5(hash) => salted(hash, salt),
         Secret::Scram(_) => return false,
     };
     // Every expected answer is 35 bytes, so comparing the lengths first tells nothing about the secret;
     // the digest-hiding compare of `ct_eq_any_len` (two SHA-256 per login) is for lengths that are secret.
-    bool::from(expected.as_bytes().ct_eq(response))
+    bool::from(expected.as_slice().ct_eq(response))
 }
 
 /// Checks a clear-text password (from a `PasswordMessage`) against any kind of stored secret.
@@ -63,7 +72,7 @@ pub fn verify_plain(secret: &Secret, user: &str, password: &[u8]) -> bool {
         Secret::Plain(stored) => ct_eq_any_len(stored.as_bytes(), password),
         Secret::Md5(hash) => {
             let computed = md5_hex(&[password, user.as_bytes()]);
-            ct_eq_any_len(hash.as_bytes(), computed.as_bytes())
+            ct_eq_any_len(hash.as_bytes(), &computed)
         }
         Secret::Scram(verifier) => {
             let prepared = common::prepare_password(password);

@@ -1,6 +1,7 @@
 //! The plugin hooks a client meets: routing it and looking up secrets of users pgwarden does not know (at
 //! login), and checking its queries.
 
+use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,14 +17,15 @@ use crate::plugin::bindings::exports::pgwarden::plugin::policy::Verdict;
 use crate::plugin::convert::{QueryInput, SessionInfo};
 use crate::plugin::{DatabaseAccess, PluginSet, convert};
 use crate::pool::{CheckoutError, PoolKey, PoolSettings};
+use crate::protocol::startup::StartupMessage;
 use crate::server::ServerError;
 use crate::state::{Runtime, State};
 
 /// Where the router plugins send a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Routing {
-    /// The `[databases]` alias the client goes to.
-    pub database: String,
+pub struct Routing<'a> {
+    /// The `[databases]` alias the client goes to (the one it asked for unless a router chose another).
+    pub database: Cow<'a, str>,
     pub mode: Option<PoolMode>,
     pub server_user: Option<String>,
 }
@@ -31,34 +33,38 @@ pub struct Routing {
 /// Runs the router plugins in scope for the database the client asked for, in order; the first one that
 /// chooses anything (or refuses) decides. A router that fails refuses the connection unless its
 /// on_error is `allow`.
-pub fn route(
+pub fn route<'a>(
     runtime: &Runtime,
-    startup: &ClientStartup,
-    params: &[(String, String)],
+    startup: &ClientStartup<'a>,
+    msg: &StartupMessage,
     peer: Peer,
-) -> Result<Routing, End> {
+) -> Result<Routing<'a>, End> {
     let mut routing = Routing {
-        database: startup.database.clone(),
+        database: Cow::Borrowed(startup.database),
         mode: None,
         server_user: None,
     };
     let mut routers = runtime
         .plugins
-        .for_hook(Hook::Router, &startup.database)
+        .for_hook(Hook::Router, startup.database)
         .peekable();
     if routers.peek().is_none() {
         return Ok(routing);
     }
-    let app = params
-        .iter()
-        .find(|(k, _)| k == "application_name")
-        .map_or("", |(_, v)| v.as_str());
+    let app = msg.get("application_name").unwrap_or("");
     let mode = runtime
         .config
-        .database(&startup.database)
+        .database(startup.database)
         .and_then(|d| d.pool_mode)
         .unwrap_or(runtime.config.settings.pool_mode);
-    let session = convert::session_info(&startup.user, &startup.database, app, peer, params, mode);
+    let session = convert::session_info(
+        startup.user,
+        startup.database,
+        app,
+        peer,
+        msg.params(),
+        mode,
+    );
     for router in routers {
         match router.route(&session) {
             Ok(Ok(dest)) => {
@@ -67,7 +73,7 @@ pub fn route(
                     continue;
                 }
                 if let Some(db) = dest.database {
-                    routing.database = db;
+                    routing.database = Cow::Owned(db);
                 }
                 routing.mode = dest.pool_mode.map(convert::from_pool_mode);
                 routing.server_user = dest.server_user;

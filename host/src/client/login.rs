@@ -1,6 +1,7 @@
 //! From accept to the first ReadyForQuery: the first packets, routing to a pool, authentication, limits
 //! and the welcome.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -89,6 +90,8 @@ async fn login(
         }
         First::Startup(msg) => msg,
     };
+    // One buffer for what the login sends (the password request, the welcome): each message then shares it.
+    conn.local.reserve(LOGIN_OUT_SIZE);
     let runtime = state.runtime();
     let settings = &runtime.config.settings;
     if msg.minor > 0 || !msg.protocol_options.is_empty() {
@@ -104,8 +107,8 @@ async fn login(
     info.set_shared_names(
         state
             .clients
-            .shared_name(CountKind::Database, &startup.database),
-        state.clients.shared_name(CountKind::User, &startup.user),
+            .shared_name(CountKind::Database, startup.database),
+        state.clients.shared_name(CountKind::User, startup.user),
     );
     if settings.log_connections {
         conn_log!(
@@ -116,30 +119,31 @@ async fn login(
             startup.user
         );
     }
-    if crate::admin::is_console(&startup.database) {
+    if crate::admin::is_console(startup.database) {
         let console =
-            crate::admin::login(state, &runtime, conn, info, &startup.user, Box::new(total))
-                .await?;
+            crate::admin::login(state, &runtime, conn, info, startup.user, Box::new(total)).await?;
         return Ok(Some(LoggedIn::Console(Box::new(console))));
     }
     // A draining shutdown keeps the Unix socket open for the console only.
     if state.lifecycle.shutdown_mode().is_some() {
         return Err(End::pooler("pooler is shutting down"));
     }
-    let routing = hooks::route(&runtime, &startup, &msg.params, info.peer())?;
+    let routing = hooks::route(&runtime, &startup, &msg, info.peer())?;
     let db = lookup_database(&runtime, &routing.database);
     // A secret the auth plugin found also serves the pool's server logins as this user. No lookup for a
     // database that does not exist: the client then fails authentication like any unknown user (and
     // learns of the missing database only with the right password), as in PgBouncer.
-    let (secret, looked_up) = match runtime.secrets.get(&startup.user) {
-        Some(s) => (Some(s.clone()), false),
+    let (secret, looked_up) = match runtime.secrets.get(startup.user) {
+        Some(s) => (Some(Cow::Borrowed(s)), false),
         None if db.is_none() => (None, false),
         None => (
-            hooks::lookup(state, &runtime, &startup.user, &routing.database).await?,
+            hooks::lookup(state, &runtime, startup.user, &routing.database)
+                .await?
+                .map(Cow::Owned),
             true,
         ),
     };
-    let method = auth::method(settings.auth_type, secret.as_ref());
+    let method = auth::method(settings.auth_type, secret.as_deref());
     if method == AuthType::Trust && secret.is_none() {
         state.errors.count(ErrorKind::AuthFailed);
         return Err(End::fatal("28000", "\"trust\" authentication failed"));
@@ -147,8 +151,8 @@ async fn login(
     let keys = auth::authenticate(
         conn,
         method,
-        &startup.user,
-        secret.as_ref(),
+        startup.user,
+        secret.as_deref(),
         settings.scram_iterations,
     )
     .await
@@ -171,11 +175,11 @@ async fn login(
         state,
         &runtime,
         &startup,
-        &msg.params,
+        &msg,
         &db,
         &routing,
         keys,
-        secret.filter(|_| looked_up),
+        secret.filter(|_| looked_up).map(Cow::into_owned),
         total,
         info,
     )
@@ -228,15 +232,16 @@ async fn read_first(conn: &mut ClientConn) -> Result<First, End> {
     }
 }
 
-/// The database entry for a name: an exact `[databases]` entry, else the `*` fallback for that name.
-fn lookup_database(runtime: &Runtime, name: &str) -> Option<Arc<Database>> {
+/// The database entry for a name: an exact `[databases]` entry, else the `*` fallback for that name (a copy
+/// named for it).
+fn lookup_database<'a>(runtime: &'a Runtime, name: &str) -> Option<Cow<'a, Database>> {
     if let Some(db) = runtime.config.databases.get(name) {
-        return Some(Arc::new(db.clone()));
+        return Some(Cow::Borrowed(db));
     }
     runtime.config.fallback.as_ref().map(|fallback| {
         let mut db = fallback.clone();
         db.name = name.to_owned();
-        Arc::new(db)
+        Cow::Owned(db)
     })
 }
 
@@ -248,10 +253,10 @@ fn lookup_database(runtime: &Runtime, name: &str) -> Option<Arc<Database>> {
 async fn attach(
     state: &Arc<State>,
     runtime: &Runtime,
-    startup: &ClientStartup,
-    startup_params: &[(String, String)],
+    startup: &ClientStartup<'_>,
+    startup_msg: &StartupMessage,
     db: &Database,
-    routing: &Routing,
+    routing: &Routing<'_>,
     keys: Option<crate::auth::ScramKeys>,
     looked_up: Option<crate::auth::Secret>,
     total: ClientTotal,
@@ -259,17 +264,17 @@ async fn attach(
 ) -> Result<Session, End> {
     let settings = &runtime.config.settings;
     // A router's server_user acts as a forced user= for this client (the entry is copied only then).
-    let db: std::borrow::Cow<'_, Database> = match &routing.server_user {
+    let db: Cow<'_, Database> = match &routing.server_user {
         Some(user) => {
             let mut db = db.clone();
             db.user = Some(user.clone());
-            std::borrow::Cow::Owned(db)
+            Cow::Owned(db)
         }
-        None => std::borrow::Cow::Borrowed(db),
+        None => Cow::Borrowed(db),
     };
     let db = &*db;
-    let pool_user = db.user.clone().unwrap_or_else(|| startup.user.clone());
-    let key = PoolKey::routed(&db.name, &pool_user, routing.mode);
+    let pool_user = db.user.as_deref().unwrap_or(startup.user);
+    let key = PoolKey::routed(&db.name, pool_user, routing.mode);
     // A database made from the `*` entry, seen for the first time (PgBouncer's log line).
     if !runtime.config.databases.contains_key(&db.name)
         && !state
@@ -281,7 +286,7 @@ async fn attach(
         tracing::info!("registered new auto-database: {}", db.name);
     }
     let pool = state.pools.join(&key, || {
-        let mut settings = PoolSettings::resolve(runtime, db, &db.name, &pool_user);
+        let mut settings = PoolSettings::resolve(runtime, db, &db.name, pool_user);
         if let Some(mode) = routing.mode {
             settings.mode = mode;
         }
@@ -301,10 +306,10 @@ async fn attach(
     let max_user = runtime
         .config
         .users
-        .get(&startup.user)
+        .get(startup.user)
         .and_then(|u| u.max_user_client_connections)
         .unwrap_or(settings.max_user_client_connections);
-    if !counted.count(CountKind::User, &startup.user, max_user) {
+    if !counted.count(CountKind::User, startup.user, max_user) {
         return Err(End::pooler(
             "client connections exceeded (max_user_client_connections)",
         ));
@@ -321,7 +326,7 @@ async fn attach(
         pool.offer_secret(secret);
     }
     pool.check_fast_fail().map_err(|e| checkout_end(&e))?;
-    let timeouts = ClientTimeouts::resolve(runtime, &startup.user);
+    let timeouts = ClientTimeouts::resolve(runtime, startup.user);
     if pool.welcome().is_none() {
         // The first client of a pool waits for a server login, which also proves the pool can log in.
         let server = pool
@@ -339,7 +344,7 @@ async fn attach(
                 .iter()
                 .filter_map(|(name, value)| Some((state.tracked.index(name)?, value.as_str())))
         });
-        let from_startup = startup.tracked.iter().map(|(i, v)| (*i, v.as_str()));
+        let from_startup = startup.tracked.iter().map(|(i, v)| (*i, v.as_ref()));
         params.set_many(from_welcome.chain(from_startup));
     }
     if settings.application_name_add_host {
@@ -351,12 +356,11 @@ async fn attach(
             .iter()
             .rev()
             .find(|(i, _)| *i == app)
-            .map_or("app", |(_, v)| v.as_str());
+            .map_or("app", |(_, v)| v.as_ref());
         let name = format!("{given} - {}", info.peer());
         params.set(app, &name);
     }
-    let mut login_facts =
-        crate::plugin::convert::LoginFacts::new(&startup.database, startup_params);
+    let mut login_facts = crate::plugin::convert::LoginFacts::new(startup.database, startup_msg);
     pool.share_login(&mut params, &mut login_facts);
     Ok(Session::new(
         Arc::clone(info),
@@ -390,12 +394,16 @@ fn welcome(conn: &mut ClientConn, session: &Session) {
     conn.send(|b| {
         b.reserve(WELCOME_SIZE);
         backend::write_auth_ok(b);
-        let mut told = vec![false; tracked.len()];
+        // Which tracked parameters the server's welcome told: bits, and a list past 64 (never, in practice).
+        let (mut told, mut told_more) = (0u64, Vec::new());
         if let Some(welcome) = pool.welcome() {
             for (name, value) in &welcome.params {
                 let value = match tracked.index(name) {
                     Some(i) => {
-                        told[i] = true;
+                        match 1u64.checked_shl(i as u32) {
+                            Some(bit) => told |= bit,
+                            None => told_more.push(i),
+                        }
                         session.params().get(i).unwrap_or(value)
                     }
                     None => value,
@@ -404,7 +412,11 @@ fn welcome(conn: &mut ClientConn, session: &Session) {
             }
         }
         for (i, value) in session.params().iter() {
-            if !told[i] {
+            let was_told = match 1u64.checked_shl(i as u32) {
+                Some(bit) => told & bit != 0,
+                None => told_more.contains(&i),
+            };
+            if !was_told {
                 backend::write_parameter_status(b, tracked.name(i), value);
             }
         }
@@ -420,6 +432,9 @@ fn welcome(conn: &mut ClientConn, session: &Session) {
 /// Room for a usual welcome (AuthenticationOk, PostgreSQL 15's dozen ParameterStatus, BackendKeyData,
 /// ReadyForQuery: ~350 bytes); a longer one grows the buffer.
 const WELCOME_SIZE: usize = 512;
+
+/// Room for a login's messages: an authentication exchange's (~150 bytes for SCRAM) and the welcome.
+const LOGIN_OUT_SIZE: usize = 1024;
 
 /// Counts a client against max_client_conn for as long as it is connected.
 #[derive(Debug)]

@@ -1,40 +1,43 @@
 //! The client's first packets and what its StartupMessage asks for.
 
+use std::borrow::Cow;
+
 use bytes::BytesMut;
 
 use crate::params::Tracked;
 use crate::protocol::startup::StartupMessage;
 
-/// What a client's startup parameters amount to, after PgBouncer's rules.
+/// What a client's startup parameters amount to, after PgBouncer's rules (borrowed from the message: a
+/// login copies only what it keeps).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClientStartup {
-    pub user: String,
-    pub database: String,
+pub struct ClientStartup<'a> {
+    pub user: &'a str,
+    pub database: &'a str,
     /// Values of tracked parameters the client asked for, by tracked index.
-    pub tracked: Vec<(usize, String)>,
+    pub tracked: Vec<(usize, Cow<'a, str>)>,
 }
 
 /// Applies PgBouncer's startup parameter rules: tracked parameters are kept, `ignore_startup_parameters`
 /// are dropped, anything else is refused with PgBouncer's message. `options` may carry `-c name=value` /
 /// `--name=value` settings, which follow the same rules.
-pub fn process(
-    msg: &StartupMessage,
+pub fn process<'a>(
+    msg: &'a StartupMessage,
     ignore: &[String],
     tracked: &Tracked,
-) -> Result<ClientStartup, String> {
+) -> Result<ClientStartup<'a>, String> {
     let ignored = |k: &str| ignore.iter().any(|i| i.trim().eq_ignore_ascii_case(k));
     let mut user = None;
     let mut database = None;
     let mut values = Vec::new();
-    for (key, value) in &msg.params {
-        match key.as_str() {
-            "user" => user = Some(value.clone()),
-            "database" => database = Some(value.clone()),
+    for (key, value) in msg.params() {
+        match key {
+            "user" => user = Some(value),
+            "database" => database = Some(value),
             "replication" if is_false(value) => {}
             "options" => apply_options(value, ignored("options"), &ignored, tracked, &mut values)?,
             k => {
                 if let Some(i) = tracked.index(k) {
-                    values.push((i, value.clone()));
+                    values.push((i, Cow::Borrowed(value)));
                 } else if !ignored(k) {
                     return Err(format!("unsupported startup parameter: {k}"));
                 }
@@ -44,9 +47,7 @@ pub fn process(
     let user = user
         .filter(|u| !u.is_empty())
         .ok_or_else(|| "no username supplied".to_owned())?;
-    let database = database
-        .filter(|d| !d.is_empty())
-        .unwrap_or_else(|| user.clone());
+    let database = database.filter(|d| !d.is_empty()).unwrap_or(user);
     Ok(ClientStartup {
         user,
         database,
@@ -66,7 +67,7 @@ fn apply_options(
     ignore_all: bool,
     ignored: &dyn Fn(&str) -> bool,
     tracked: &Tracked,
-    values: &mut Vec<(usize, String)>,
+    values: &mut Vec<(usize, Cow<'_, str>)>,
 ) -> Result<(), String> {
     let words = split_options(options);
     let mut it = words.iter();
@@ -85,7 +86,7 @@ fn apply_options(
         // PostgreSQL treats '-' and '_' alike in option names given this way.
         let key = key.replace('-', "_");
         if let Some(i) = tracked.index(&key) {
-            values.push((i, value.to_owned()));
+            values.push((i, Cow::Owned(value.to_owned())));
         } else if !(ignore_all || ignored(&key)) {
             return Err(format!("unsupported startup parameter in options: {key}"));
         }
@@ -129,14 +130,7 @@ mod tests {
     use super::*;
 
     fn msg(params: &[(&str, &str)]) -> StartupMessage {
-        StartupMessage {
-            minor: 0,
-            params: params
-                .iter()
-                .map(|(k, v)| ((*k).into(), (*v).into()))
-                .collect(),
-            protocol_options: vec![],
-        }
+        StartupMessage::new(0, params.iter().copied())
     }
 
     fn tracked() -> Tracked {
@@ -146,16 +140,12 @@ mod tests {
     #[test]
     fn defaults_and_tracked_values() {
         let t = tracked();
-        let s = process(
-            &msg(&[
-                ("user", "bob"),
-                ("DateStyle", "ISO"),
-                ("application_name", "psql"),
-            ]),
-            &[],
-            &t,
-        )
-        .unwrap();
+        let m = msg(&[
+            ("user", "bob"),
+            ("DateStyle", "ISO"),
+            ("application_name", "psql"),
+        ]);
+        let s = process(&m, &[], &t).unwrap();
         assert_eq!(s.user, "bob");
         assert_eq!(s.database, "bob", "database defaults to the user name");
         assert_eq!(

@@ -6,18 +6,19 @@ use super::bindings::exports::pgwarden::plugin::policy;
 use super::bindings::pgwarden::plugin::{handles, types};
 use crate::config::PoolMode;
 use crate::net::Peer;
+use crate::protocol::startup::StartupMessage;
 use crate::sql::{self, StatementKind};
 
 /// What a hook is told about a client. Built once per client and kept up to date, so a policy check
 /// does not rebuild it.
 pub type SessionInfo = types::SessionInfo;
 
-pub fn session_info(
+pub fn session_info<'a>(
     user: &str,
     database: &str,
     application_name: &str,
     peer: Peer,
-    startup: &[(String, String)],
+    startup: impl IntoIterator<Item = (&'a str, &'a str)>,
     mode: PoolMode,
 ) -> SessionInfo {
     let (client_address, client_ip) = match peer {
@@ -32,7 +33,10 @@ pub fn session_info(
         client_address,
         client_ip,
         tls: false,
-        startup_parameters: startup.to_vec(),
+        startup_parameters: startup
+            .into_iter()
+            .map(|(name, value)| (name.to_owned(), value.to_owned()))
+            .collect(),
         pool_mode: pool_mode(mode),
         in_transaction: false,
     }
@@ -46,15 +50,17 @@ pub fn session_info(
 pub struct LoginFacts(Arc<str>);
 
 impl LoginFacts {
-    pub fn new(database: &str, startup: &[(String, String)]) -> Self {
-        let mut s = String::from(database);
-        for (name, value) in startup {
-            for part in [name, value] {
+    /// The facts of a login to `database` with this startup packet: its parameters are kept as the message
+    /// packs them, after the database name.
+    pub fn new(database: &str, startup: &StartupMessage) -> Self {
+        let packed = startup.packed_params();
+        Self(crate::params::shared_str(|s| {
+            s.push_str(database);
+            if !packed.is_empty() {
                 s.push('\0');
-                s.push_str(part);
+                s.push_str(packed);
             }
-        }
-        Self(s.into())
+        }))
     }
 
     /// Shares `last`'s copy when it holds the same facts, or becomes `last` (see
@@ -76,11 +82,8 @@ impl LoginFacts {
     ) -> SessionInfo {
         let mut parts = self.0.split('\0');
         let database = parts.next().unwrap_or_default();
-        let mut startup = Vec::new();
-        while let (Some(name), Some(value)) = (parts.next(), parts.next()) {
-            startup.push((name.to_owned(), value.to_owned()));
-        }
-        session_info(user, database, application_name, peer, &startup, mode)
+        let startup = std::iter::from_fn(|| Some((parts.next()?, parts.next()?)));
+        session_info(user, database, application_name, peer, startup, mode)
     }
 }
 
@@ -213,15 +216,19 @@ mod tests {
     #[test]
     fn login_facts_make_the_same_record() {
         let peer = Peer::Tcp("10.1.2.3:5555".parse().unwrap());
-        let startup: Vec<(String, String)> = vec![
-            ("user".into(), "u".into()),
-            ("options".into(), String::new()),
-            ("application_name".into(), "a b".into()),
-        ];
+        let startup = [("user", "u"), ("options", ""), ("application_name", "a b")];
         for params in [&startup[..], &[]] {
-            let direct = session_info("u", "db", "app", peer, params, PoolMode::Statement);
+            let direct = session_info(
+                "u",
+                "db",
+                "app",
+                peer,
+                params.iter().copied(),
+                PoolMode::Statement,
+            );
+            let msg = StartupMessage::new(0, params.iter().copied());
             let facts =
-                LoginFacts::new("db", params).session_info("u", "app", peer, PoolMode::Statement);
+                LoginFacts::new("db", &msg).session_info("u", "app", peer, PoolMode::Statement);
             // The record has no PartialEq (generated); its Debug shows every field.
             assert_eq!(format!("{facts:?}"), format!("{direct:?}"));
         }
@@ -229,7 +236,7 @@ mod tests {
 
     #[test]
     fn logins_with_the_same_facts_share_one_copy() {
-        let startup = [("user".to_owned(), "u".to_owned())];
+        let startup = StartupMessage::new(0, [("user", "u")]);
         let mut last = None;
         let mut a = LoginFacts::new("db", &startup);
         a.share(&mut last);
@@ -245,20 +252,13 @@ mod tests {
     #[test]
     fn session_info_from_peer() {
         let peer = Peer::Tcp("10.1.2.3:5555".parse().unwrap());
-        let s = session_info(
-            "u",
-            "d",
-            "app",
-            peer,
-            &[("user".into(), "u".into())],
-            PoolMode::Session,
-        );
+        let s = session_info("u", "d", "app", peer, [("user", "u")], PoolMode::Session);
         assert_eq!(
             (s.client_address.as_str(), s.client_ip.as_str()),
             ("10.1.2.3:5555", "10.1.2.3")
         );
         assert_eq!(s.pool_mode, types::PoolMode::Session);
-        let s = session_info("u", "d", "", Peer::Unix, &[], PoolMode::Transaction);
+        let s = session_info("u", "d", "", Peer::Unix, [], PoolMode::Transaction);
         assert_eq!(
             (s.client_address.as_str(), s.client_ip.as_str()),
             ("unix", "")

@@ -28,19 +28,51 @@ pub struct StartupMessage {
     /// Minor protocol version the client asked for; anything above 0 is answered with
     /// NegotiateProtocolVersion.
     pub minor: u16,
-    /// Parameters in the order the client sent them, excluding `_pq_.` protocol options.
-    pub params: Vec<(String, String)>,
+    /// The parameters in the order the client sent them, excluding `_pq_.` protocol options, packed as the
+    /// packet lays them out (`name NUL value NUL name NUL value`, without the last NUL): one allocation for
+    /// them all. No startup string can hold a NUL.
+    params: String,
     /// `_pq_.*` protocol options the client asked for; we support none and say so in
     /// NegotiateProtocolVersion.
     pub protocol_options: Vec<String>,
 }
 
 impl StartupMessage {
+    /// A message with these parameters (names must not be empty).
+    pub fn new<'a>(minor: u16, params: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        let mut msg = Self {
+            minor,
+            ..Self::default()
+        };
+        for (name, value) in params {
+            msg.push(name, value);
+        }
+        msg
+    }
+
+    fn push(&mut self, name: &str, value: &str) {
+        debug_assert!(!name.is_empty() && !name.contains('\0') && !value.contains('\0'));
+        if !self.params.is_empty() {
+            self.params.push('\0');
+        }
+        self.params.push_str(name);
+        self.params.push('\0');
+        self.params.push_str(value);
+    }
+
+    /// The parameters, in the order the client sent them.
+    pub fn params(&self) -> impl Iterator<Item = (&str, &str)> + Clone {
+        let mut parts = self.params.split('\0');
+        std::iter::from_fn(move || Some((parts.next()?, parts.next()?)))
+    }
+
+    /// The parameters as they are packed (see the field): for a record that keeps them in one string.
+    pub fn packed_params(&self) -> &str {
+        &self.params
+    }
+
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.params
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        self.params().find(|(k, _)| *k == key).map(|(_, v)| v)
     }
 }
 
@@ -49,7 +81,7 @@ impl std::fmt::Debug for StartupMessage {
         // Startup parameters are not secret (passwords never travel here), but keep it compact.
         f.debug_struct("StartupMessage")
             .field("minor", &self.minor)
-            .field("params", &self.params)
+            .field("params", &self.params().collect::<Vec<_>>())
             .finish()
     }
 }
@@ -66,9 +98,9 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<StartupRequest>, ProtocolError
     if buf.len() < len as usize {
         return Ok(None);
     }
-    let mut packet = buf.split_to(len as usize);
-    packet.advance(4);
-    let mut r = Reader::new(&packet);
+    // Read in place: everything kept is copied out, so splitting the packet off as shared bytes would only
+    // cost an allocation.
+    let mut r = Reader::new(&buf[4..len as usize]);
     let code = r.u32()?;
     let request = match code {
         SSL_REQUEST_CODE | GSSENC_REQUEST_CODE => {
@@ -93,12 +125,15 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<StartupRequest>, ProtocolError
             });
         }
     };
+    buf.advance(len as usize);
     Ok(Some(request))
 }
 
 fn parse_params(minor: u16, r: &mut Reader<'_>) -> Result<StartupMessage, ProtocolError> {
     let mut msg = StartupMessage {
         minor,
+        // Room for every string left in the packet: the only allocation.
+        params: String::with_capacity(r.remaining()),
         ..StartupMessage::default()
     };
     loop {
@@ -121,7 +156,7 @@ fn parse_params(minor: u16, r: &mut Reader<'_>) -> Result<StartupMessage, Protoc
         if let Some(option) = key.strip_prefix("_pq_.") {
             msg.protocol_options.push(format!("_pq_.{option}"));
         } else {
-            msg.params.push((key.to_owned(), value.to_owned()));
+            msg.push(key, value);
         }
     }
 }
@@ -205,6 +240,38 @@ mod tests {
     }
 
     #[test]
+    fn parameters_keep_their_order_and_empty_values() {
+        let mut buf = BytesMut::new();
+        write_startup(
+            &mut buf,
+            [
+                ("user", "u"),
+                ("options", ""),
+                ("application_name", "a b"),
+                ("user", "second"),
+            ],
+        );
+        let Some(StartupRequest::Startup(msg)) = parse(&mut buf).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            msg.params().collect::<Vec<_>>(),
+            [
+                ("user", "u"),
+                ("options", ""),
+                ("application_name", "a b"),
+                ("user", "second")
+            ]
+        );
+        assert_eq!(msg.get("user"), Some("u"), "the first of two");
+        assert_eq!(msg.get("options"), Some(""));
+        assert_eq!(msg, StartupMessage::new(0, msg.params()));
+        let none = StartupMessage::new(0, []);
+        assert_eq!(none.params().count(), 0);
+        assert_eq!(none.packed_params(), "");
+    }
+
+    #[test]
     fn newer_minor_and_protocol_options_are_kept_apart() {
         let mut body = Vec::new();
         body.extend_from_slice(&(PROTOCOL_3_0 | 2).to_be_bytes());
@@ -216,7 +283,7 @@ mod tests {
             panic!()
         };
         assert_eq!(msg.minor, 2);
-        assert_eq!(msg.params, vec![("user".into(), "u".into())]);
+        assert_eq!(msg.params().collect::<Vec<_>>(), [("user", "u")]);
         assert_eq!(msg.protocol_options, vec!["_pq_.compression".to_string()]);
     }
 
