@@ -986,16 +986,12 @@ impl Session {
                     policy_runtime = self.policy_runtime();
                 }
             }
-            let app = policy_runtime
-                .is_some()
-                .then(|| self.params.get(Tracked::APPLICATION_NAME))
-                .flatten();
             if policy_runtime.is_some() && self.plugin_info.is_none() {
                 // The first check of this session: its record is made now (the check keeps the
                 // application_name up to date from here on).
                 self.plugin_info = Some(Box::new(self.login_facts.session_info(
                     self.info.user(),
-                    app.unwrap_or(""),
+                    self.params.get(Tracked::APPLICATION_NAME).unwrap_or(""),
                     self.info.peer(),
                     self.pool.0.settings().mode,
                 )));
@@ -1005,7 +1001,7 @@ impl Session {
                     runtime,
                     database: &self.pool.0.key.database,
                     info,
-                    app,
+                    params: &self.params,
                     standard_strings: relay.standard_strings,
                 }),
                 _ => None,
@@ -1384,7 +1380,9 @@ struct SessionPolicy<'a> {
     runtime: &'a Runtime,
     database: &'a str,
     info: &'a mut SessionInfo,
-    app: Option<&'a str>,
+    /// The client's parameter values, for its application_name (read only when a query is checked: a turn
+    /// of the relay loop may check none).
+    params: &'a ParamValues,
     /// The client's `standard_conforming_strings` (on unless the server said off), for the lexer.
     standard_strings: bool,
 }
@@ -1398,7 +1396,7 @@ impl QueryPolicy for SessionPolicy<'_> {
         in_transaction: bool,
     ) -> Option<Denial> {
         self.info.in_transaction = in_transaction;
-        if let Some(app) = self.app
+        if let Some(app) = self.params.get(Tracked::APPLICATION_NAME)
             && self.info.application_name != app
         {
             app.clone_into(&mut self.info.application_name);

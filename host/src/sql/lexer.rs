@@ -94,17 +94,24 @@ pub fn tokens(sql: &str) -> Vec<Token> {
 /// [`tokens`] for a session whose `standard_conforming_strings` is `standard_strings`: when it is off, a
 /// plain `'...'` or `N'...'` string takes backslash escapes like an `E'...'` one, so `'\''` does not end it.
 pub fn tokens_with(sql: &str, standard_strings: bool) -> Vec<Token> {
+    let mut out = Vec::new();
+    tokens_into(sql, standard_strings, &mut out);
+    out
+}
+
+/// [`tokens_with`] into `out` (cleared first), whose allocation a caller may reuse.
+pub fn tokens_into(sql: &str, standard_strings: bool, out: &mut Vec<Token>) {
     let mut lexer = Lexer {
         bytes: sql.as_bytes(),
         pos: 0,
         standard_strings,
     };
+    out.clear();
     // About one token per four bytes of typical SQL (words, spaces, punctuation).
-    let mut out = Vec::with_capacity(sql.len() / 4 + 4);
+    out.reserve(sql.len() / 4 + 4);
     while lexer.pos < lexer.bytes.len() {
         out.push(lexer.next_token());
     }
-    out
 }
 
 /// PostgreSQL's whitespace: ASCII only (a U+00A0 is an identifier character, not a space).

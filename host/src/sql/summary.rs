@@ -101,17 +101,23 @@ pub(super) fn summarize_statement(sql: &str, toks: &[Token]) -> Option<Statement
 }
 
 /// The `read_only` of [`summarize_statement`] alone; `None` if it has only whitespace and comments.
-pub(super) fn statement_read_only(sql: &str, toks: &[Token]) -> Option<bool> {
-    let (sig, uncertain) = significant(sql, toks);
+/// `sig` is scratch space (its allocation reused by the caller).
+pub(super) fn statement_read_only<'a>(
+    sql: &'a str,
+    toks: &[Token],
+    sig: &mut Vec<Sig<'a>>,
+) -> Option<bool> {
+    let uncertain = significant_into(sql, toks, sig);
+    let sig = &*sig;
     if sig.is_empty() {
         return None;
     }
     let mut side_effects = false;
     // A function's last name part decides (see `rules::has_side_effects`); no name is built.
-    each_function(&sig, |parts| {
+    each_function(sig, |parts| {
         side_effects |= rules::has_side_effects(sig[parts[0]].name_any_case().unwrap_or(""));
     });
-    Some(reading(&sig, uncertain, toks, side_effects).1)
+    Some(reading(sig, uncertain, toks, side_effects).1)
 }
 
 /// The kind and the read-only reading of one statement, from its significant tokens, whether a name was
@@ -131,7 +137,16 @@ fn reading(
 /// The significant tokens with their names and depths, and whether some name could not be resolved
 /// with certainty (a `UESCAPE` the server would read differently from us).
 pub(super) fn significant<'a>(sql: &'a str, toks: &[Token]) -> (Vec<Sig<'a>>, bool) {
-    let mut sig = Vec::with_capacity(toks.len());
+    let mut sig = Vec::new();
+    let uncertain = significant_into(sql, toks, &mut sig);
+    (sig, uncertain)
+}
+
+/// [`significant`] into `sig` (cleared first), whose allocation a caller may reuse; returns whether a name
+/// was uncertain.
+pub(super) fn significant_into<'a>(sql: &'a str, toks: &[Token], sig: &mut Vec<Sig<'a>>) -> bool {
+    sig.clear();
+    sig.reserve(toks.len());
     let mut depth = 0usize;
     for t in toks.iter().filter(|t| !t.is_trivia()) {
         let text = t.text(sql);
@@ -176,7 +191,7 @@ pub(super) fn significant<'a>(sql: &'a str, toks: &[Token]) -> (Vec<Sig<'a>>, bo
             escape.unwrap_or('\\'),
         ));
     }
-    (sig, uncertain)
+    uncertain
 }
 
 /// `text` with its ASCII letters upper-cased, borrowed when it has no lower-case ones.
