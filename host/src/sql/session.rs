@@ -7,10 +7,6 @@
 //! changes nothing; a LISTEN followed by UNLISTEN leaves nothing). Effects hidden in function bodies
 //! (`DO`, a function calling set_config) are not seen.
 
-use std::sync::LazyLock;
-
-use aho_corasick::AhoCorasick;
-
 use super::lexer::{StringKind, TokenKind, tokens_with};
 use super::summary::{Sig, significant};
 use super::{names, split};
@@ -90,19 +86,40 @@ impl Effects {
 
 /// Words whose absence proves a query has no session effect, checked before any lexing (case-insensitive
 /// substrings: `set` covers SET, RESET and set_config).
-const HINTS: [&str; 6] = ["set", "listen", "lock", "temp", "hold", "prepare"];
+const HINTS: [&[u8]; 6] = [b"set", b"listen", b"lock", b"temp", b"hold", b"prepare"];
 
-static HINT_FINDER: LazyLock<AhoCorasick> = LazyLock::new(|| {
-    AhoCorasick::builder()
-        .ascii_case_insensitive(true)
-        .build(HINTS)
-        .expect("fixed patterns build")
-});
+/// For each byte, the hints that start with it, either case: bit `i` stands for `HINTS[i]`.
+static HINT_STARTS: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut i = 0;
+    while i < HINTS.len() {
+        let first = HINTS[i][0];
+        table[first as usize] |= 1 << i;
+        table[first.to_ascii_uppercase() as usize] |= 1 << i;
+        i += 1;
+    }
+    table
+};
 
 /// Whether SQL text (or any message holding it) may have session effects; most queries are ruled out by
-/// this one pass alone.
+/// this one pass alone. A byte-by-byte table lookup: five letters can start a hint, and only where one
+/// does are the next bytes compared (a generic multi-pattern searcher spent more setting up its search
+/// than a short query takes to scan).
 pub fn may_have_effects(bytes: &[u8]) -> bool {
-    HINT_FINDER.is_match(bytes)
+    bytes.iter().enumerate().any(|(at, &b)| {
+        let mut starts = HINT_STARTS[usize::from(b)];
+        while starts != 0 {
+            let hint = HINTS[starts.trailing_zeros() as usize];
+            starts &= starts - 1;
+            if bytes
+                .get(at..at + hint.len())
+                .is_some_and(|s| s.eq_ignore_ascii_case(hint))
+            {
+                return true;
+            }
+        }
+        false
+    })
 }
 
 /// The session effects of `sql`, lexed as a session with `standard_conforming_strings` =
@@ -359,5 +376,59 @@ mod tests {
         assert!(!may_have_effects(b"select * from orders where id = $1"));
         assert!(may_have_effects(b"UPDATE t SeT a = 1"));
         assert!(effects("select * from orders where id = $1", true).is_empty());
+    }
+
+    #[test]
+    fn the_prefilter_finds_every_hint_in_any_case_anywhere() {
+        // Against the plain definition: some hint occurs, ignoring ASCII case.
+        let naive = |text: &[u8]| {
+            HINTS
+                .iter()
+                .any(|h| text.windows(h.len()).any(|w| w.eq_ignore_ascii_case(h)))
+        };
+        for hint in ["set", "listen", "lock", "temp", "hold", "prepare"] {
+            let upper = hint.to_ascii_uppercase();
+            let mixed: String = hint
+                .chars()
+                .enumerate()
+                .map(|(i, c)| {
+                    if i % 2 == 0 {
+                        c.to_ascii_uppercase()
+                    } else {
+                        c
+                    }
+                })
+                .collect();
+            for word in [hint, upper.as_str(), mixed.as_str()] {
+                for text in [
+                    word.to_owned(),
+                    format!("select 1; {word}"),
+                    format!("{word} x"),
+                    format!("é{word}é"),
+                    format!("ss{word}"),
+                ] {
+                    assert!(may_have_effects(text.as_bytes()), "{text}");
+                }
+                // Cut short at the end of the input: not a hint.
+                let cut = &word[..word.len() - 1];
+                let text = format!("select * from t where {cut}");
+                assert!(!may_have_effects(text.as_bytes()), "{text}");
+            }
+        }
+        for text in [
+            &b""[..],
+            b"s",
+            b"SELECT abalance FROM pgbench_accounts WHERE aid = 12345;",
+            b"presetting the holdings: listed lockers, tempo",
+            b"se t l ock te mp",
+            b"\xff\xfeSET",
+        ] {
+            assert_eq!(
+                may_have_effects(text),
+                naive(text),
+                "{:?}",
+                String::from_utf8_lossy(text)
+            );
+        }
     }
 }
