@@ -79,8 +79,9 @@ pub struct Relay {
     pub app_reported: bool,
     /// When the oldest unanswered query was sent (query_timeout).
     pub query_started: Option<Instant>,
-    /// When the last ReadyForQuery arrived (idle_transaction_timeout, client_idle_timeout).
-    pub last_ready: Instant,
+    /// When the last ReadyForQuery of this link arrived (idle_transaction_timeout); `None` before the first,
+    /// when no transaction can be open (a link starts idle), so starting one reads no clock.
+    pub last_ready: Option<Instant>,
     /// When the current transaction began (transaction_timeout).
     pub tx_started: Option<Instant>,
     /// `disable_pqexec`: a simple Query message is refused (PgBouncer closes the client).
@@ -139,7 +140,7 @@ impl Relay {
             server_fatal: false,
             app_reported: false,
             query_started: None,
-            last_ready: Instant::now(),
+            last_ready: None,
             tx_started: None,
             disallow_simple_query: false,
             counts: Counts::default(),
@@ -995,12 +996,13 @@ impl Relay {
                 }
             }
         }
-        self.last_ready = Instant::now();
+        let now = Instant::now();
+        self.last_ready = Some(now);
         if self.outstanding == 0
             && let Some(started) = self.query_started.take()
             && self.hidden == 0
         {
-            self.counts.query_us += micros_since(started, self.last_ready);
+            self.counts.query_us += micros_since(started, now);
         }
         // Replies pgwarden owes for messages after this one are due now (also after its own query).
         self.due_synth();
@@ -1020,7 +1022,7 @@ impl Relay {
             && let Some(started) = self.tx_started.take()
         {
             self.counts.transactions += 1;
-            self.counts.xact_us += micros_since(started, self.last_ready);
+            self.counts.xact_us += micros_since(started, now);
         }
         self.tx = status;
         Ok(Verdict::Forward)

@@ -1148,7 +1148,7 @@ impl Session {
         consider(t.query_timeout(), relay.query_started, "query timeout");
         // client_idle_timeout is not checked here: like PgBouncer, it only applies to clients that hold
         // no server (between transactions, see wait_client_readable).
-        let waiting_for_client = relay.quiet().then_some(relay.last_ready);
+        let waiting_for_client = relay.last_ready.filter(|_| relay.quiet());
         let in_tx = relay.tx != backend::TransactionStatus::Idle;
         consider(
             t.idle_transaction_timeout(),
