@@ -80,9 +80,8 @@ impl LoginFacts {
         peer: Peer,
         mode: PoolMode,
     ) -> SessionInfo {
-        let mut parts = self.0.split('\0');
-        let database = parts.next().unwrap_or_default();
-        let startup = std::iter::from_fn(|| Some((parts.next()?, parts.next()?)));
+        let (database, packed) = self.0.split_once('\0').unwrap_or((&self.0, ""));
+        let startup = crate::protocol::startup::packed_pairs(packed);
         session_info(user, database, application_name, peer, startup, mode)
     }
 }

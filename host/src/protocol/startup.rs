@@ -62,8 +62,7 @@ impl StartupMessage {
 
     /// The parameters, in the order the client sent them.
     pub fn params(&self) -> impl Iterator<Item = (&str, &str)> + Clone {
-        let mut parts = self.params.split('\0');
-        std::iter::from_fn(move || Some((parts.next()?, parts.next()?)))
+        packed_pairs(&self.params)
     }
 
     /// The parameters as they are packed (see the field): for a record that keeps them in one string.
@@ -74,6 +73,12 @@ impl StartupMessage {
     pub fn get(&self, key: &str) -> Option<&str> {
         self.params().find(|(k, _)| *k == key).map(|(_, v)| v)
     }
+}
+
+/// The `(name, value)` pairs of parameters packed as [`StartupMessage::packed_params`] gives them.
+pub fn packed_pairs(packed: &str) -> impl Iterator<Item = (&str, &str)> + Clone {
+    let mut parts = packed.split('\0');
+    std::iter::from_fn(move || Some((parts.next()?, parts.next()?)))
 }
 
 impl std::fmt::Debug for StartupMessage {

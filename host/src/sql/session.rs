@@ -386,7 +386,8 @@ mod tests {
                 .iter()
                 .any(|h| text.windows(h.len()).any(|w| w.eq_ignore_ascii_case(h)))
         };
-        for hint in ["set", "listen", "lock", "temp", "hold", "prepare"] {
+        for hint in HINTS {
+            let hint = std::str::from_utf8(hint).expect("ASCII hints");
             let upper = hint.to_ascii_uppercase();
             let mixed: String = hint
                 .chars()
