@@ -102,9 +102,14 @@ pub(crate) struct CallClock {
 
 impl CallClock {
     pub fn start(budget: Duration) -> Self {
+        Self::started_at(budget, Instant::now())
+    }
+
+    /// [`CallClock::start`] for a call that began at `started` (a caller that reads the clock anyway).
+    pub fn started_at(budget: Duration, started: Instant) -> Self {
         Self {
             budget,
-            started: Instant::now(),
+            started,
             waited: Duration::ZERO,
         }
     }

@@ -238,9 +238,9 @@ impl Plugin {
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
             })?,
         };
-        instance.store.data_mut().clock = CallClock::start(self.spec.timeout);
-        instance.store.set_epoch_deadline(self.deadline_ticks());
         let started = Instant::now();
+        instance.store.data_mut().clock = CallClock::started_at(self.spec.timeout, started);
+        instance.store.set_epoch_deadline(self.deadline_ticks());
         let result = f(&mut instance);
         let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.stats.calls.fetch_add(1, Ordering::Relaxed);

@@ -11,7 +11,11 @@ use super::rules;
 use super::summary::Sig;
 
 /// Words that, anywhere in a statement, may mean it writes or locks rows.
-const WRITING_WORDS: &[&str] = &["INSERT", "UPDATE", "DELETE", "MERGE", "INTO", "SHARE"];
+pub(super) const WRITING_WORDS: &[&str] = &["INSERT", "UPDATE", "DELETE", "MERGE", "INTO", "SHARE"];
+
+/// Commands that read, whatever follows them, unless a word of [`WRITING_WORDS`] appears: what
+/// [`command`] says of them, which [`super::quick`] relies on.
+pub(super) const PLAIN_READS: &[&str] = &["SELECT", "VALUES", "TABLE"];
 
 /// Data-modifying statements that may appear inside a `WITH` or `COPY (...)`.
 const MODIFYING: &[&str] = &["INSERT", "UPDATE", "DELETE", "MERGE"];

@@ -101,17 +101,20 @@ pub fn tokens_with(sql: &str, standard_strings: bool) -> Vec<Token> {
 
 /// [`tokens_with`] into `out` (cleared first), whose allocation a caller may reuse.
 pub fn tokens_into(sql: &str, standard_strings: bool, out: &mut Vec<Token>) {
+    out.clear();
+    // About one token per four bytes of typical SQL (words, spaces, punctuation).
+    out.reserve(sql.len() / 4 + 4);
+    out.extend(each_token(sql, standard_strings));
+}
+
+/// The tokens [`tokens_with`] lists, one at a time, for a reader that needs no list.
+pub(super) fn each_token(sql: &str, standard_strings: bool) -> impl Iterator<Item = Token> + '_ {
     let mut lexer = Lexer {
         bytes: sql.as_bytes(),
         pos: 0,
         standard_strings,
     };
-    out.clear();
-    // About one token per four bytes of typical SQL (words, spaces, punctuation).
-    out.reserve(sql.len() / 4 + 4);
-    while lexer.pos < lexer.bytes.len() {
-        out.push(lexer.next_token());
-    }
+    std::iter::from_fn(move || (lexer.pos < lexer.bytes.len()).then(|| lexer.next_token()))
 }
 
 /// PostgreSQL's whitespace: ASCII only (a U+00A0 is an identifier character, not a space).

@@ -16,6 +16,7 @@
 mod classify;
 mod lexer;
 mod names;
+mod quick;
 mod rules;
 pub mod session;
 mod summary;
@@ -97,6 +98,18 @@ pub fn summarize_with(sql: &str, standard_strings: bool) -> Vec<Statement> {
 /// each (true when there is no statement), without building the statements' text, words and command.
 /// The read-only policy asks only this for nearly every query.
 pub fn read_only_with(sql: &str, standard_strings: bool) -> bool {
+    if quick::plainly_read_only(sql, standard_strings) {
+        debug_assert!(
+            full_read_only(sql, standard_strings),
+            "the quick reading calls {sql:?} read-only and the full one does not"
+        );
+        return true;
+    }
+    full_read_only(sql, standard_strings)
+}
+
+/// [`read_only_with`] without the quick reading of plain statements.
+fn full_read_only(sql: &str, standard_strings: bool) -> bool {
     SCRATCH.with_borrow_mut(|scratch| {
         let Scratch {
             tokens,

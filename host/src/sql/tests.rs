@@ -6,15 +6,28 @@ use super::StatementKind::{
 };
 use super::{Statement, tokens};
 
-/// [`super::summarize_with`], checking on every call that the read-only fast path agrees with the summary:
-/// every test here is a test of both.
+/// [`super::summarize_with`], checking on every call that the read-only fast paths (the reading
+/// without the summary, and the quick one of plain statements in front of it) agree with the summary:
+/// every test here is a test of all three.
 fn summarize_with(sql: &str, standard_strings: bool) -> Vec<Statement> {
     let all = super::summarize_with(sql, standard_strings);
+    let read_only = all.iter().all(|s| s.read_only);
+    assert_eq!(
+        super::full_read_only(sql, standard_strings),
+        read_only,
+        "full_read_only disagrees with the summary of {sql:?} (standard_strings = {standard_strings}): {all:#?}"
+    );
     assert_eq!(
         super::read_only_with(sql, standard_strings),
-        all.iter().all(|s| s.read_only),
+        read_only,
         "read_only_with disagrees with the summary of {sql:?} (standard_strings = {standard_strings}): {all:#?}"
     );
+    if super::quick::plainly_read_only(sql, standard_strings) {
+        assert!(
+            read_only,
+            "the quick reading calls {sql:?} read-only (standard_strings = {standard_strings}): {all:#?}"
+        );
+    }
     all
 }
 
@@ -1261,6 +1274,17 @@ mod robustness {
             "default_transaction_read_only",
             "ON",
             "OFF",
+            // The quick reading's words: its leads, a writing word, functions with and without effects.
+            "select",
+            " VALUES ",
+            "TABLE",
+            " INTO ",
+            " Update ",
+            "nextval",
+            "now",
+            "pg_catalog",
+            "IN",
+            ",",
         ];
         let mut rng = Rng(0xD1B5_4A32_D192_ED03);
         for _ in 0..5_000 {
