@@ -21,6 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures_util::task::AtomicWaker;
 
 use crate::cancel::CancelTarget;
+use crate::clock::{micros, mono_us};
 use crate::net::{PackedAddr, PackedPeer, Peer};
 use crate::state::Lifecycle;
 
@@ -65,11 +66,6 @@ pub enum ServerState {
     Tested,
 }
 
-/// Micros between two instants, saturating.
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
-}
-
 /// When a connection started, on both clocks: wall time for display (micros since the Unix epoch: 8 bytes
 /// where a `SystemTime` takes 16, in every record), and micros on CLOCK_MONOTONIC for offsets (8 bytes where
 /// an `Instant` takes 16).
@@ -77,20 +73,6 @@ fn micros(d: Duration) -> u64 {
 struct Born {
     wall_us: u64,
     mono_us: u64,
-}
-
-/// Micros on CLOCK_MONOTONIC (the clock `Instant` reads), or on CLOCK_MONOTONIC_COARSE: the same clock as
-/// of the kernel's last tick (up to a few ms behind), read in a few ns where the exact one takes ~20. A
-/// transaction stamps both records' request time at link and at release, shown in seconds: coarse.
-fn mono_us(coarse: bool) -> u64 {
-    use nix::time::{ClockId, clock_gettime};
-    let exact = || clock_gettime(ClockId::CLOCK_MONOTONIC);
-    let t = if coarse {
-        clock_gettime(ClockId::CLOCK_MONOTONIC_COARSE).or_else(|_| exact())
-    } else {
-        exact()
-    };
-    t.map_or(0, |t| micros(Duration::from(t)))
 }
 
 impl Born {
@@ -108,7 +90,8 @@ impl Born {
         mono_us(false).saturating_sub(self.mono_us).max(1)
     }
 
-    /// [`Born::offset`] on the coarse clock: up to a few ms early.
+    /// [`Born::offset`] on the coarse clock: up to a few ms early. A transaction stamps both records'
+    /// request time at link and at release, shown in seconds: coarse.
     fn coarse_offset(&self) -> u64 {
         mono_us(true).saturating_sub(self.mono_us).max(1)
     }

@@ -28,6 +28,7 @@ pub mod auth;
 pub mod cancel;
 pub mod cli;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod conns;
 pub mod listener;

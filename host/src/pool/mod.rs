@@ -25,6 +25,7 @@ pub use registry::{PoolKey, Pools};
 pub use settings::PoolSettings;
 
 use crate::auth::secret::{ScramKeys, Secret};
+use crate::clock::Coarse;
 use crate::config::LoadBalanceHosts;
 use crate::logging::conn_log;
 use crate::metrics::Histogram;
@@ -452,7 +453,7 @@ impl Pool {
             // A guard, not a clone: this runs for every transaction.
             let settings = self.settings.load();
             // One reading of the clock for the lifetime and the check delay, outside the lock.
-            let now = Instant::now();
+            let now = Coarse::now();
             let mut inner = self.lock();
             let mut stale = Vec::new();
             let mut found = None;
@@ -467,7 +468,7 @@ impl Pool {
             }
             let check = found.as_ref().is_some_and(|c| {
                 settings.server_check_query.is_some()
-                    && now.saturating_duration_since(c.last_used) >= settings.server_check_delay
+                    && now.since(c.last_used) >= settings.server_check_delay
             });
             (found, stale, check)
         };
@@ -497,14 +498,14 @@ impl Pool {
         &self,
         conn: &ServerConn,
         settings: &PoolSettings,
-        now: Instant,
+        now: Coarse,
     ) -> Option<&'static str> {
         if conn.epoch != self.epoch.load(Ordering::Acquire) {
             Some("database configuration changed")
         } else if !conn.is_clean_idle() {
             Some("idle server got dirty or closed")
         } else if !settings.server_lifetime.is_zero()
-            && now.saturating_duration_since(conn.created) >= settings.server_lifetime
+            && now.since(conn.created) >= settings.server_lifetime
         {
             Some("server lifetime over")
         } else {
@@ -529,10 +530,10 @@ impl Pool {
         if conn.epoch != self.epoch.load(Ordering::Acquire) {
             return conn.close("database configuration changed");
         }
-        let now = Instant::now();
+        let now = Coarse::now();
         if (used && settings.server_lifetime.is_zero())
             || (!settings.server_lifetime.is_zero()
-                && now.saturating_duration_since(conn.created) >= settings.server_lifetime)
+                && now.since(conn.created) >= settings.server_lifetime)
         {
             return conn.close("server lifetime over");
         }
@@ -885,7 +886,7 @@ impl Pool {
     /// Periodic upkeep: idle timeout, lifetime, health of idle connections, min_pool_size.
     pub(crate) fn maintain(&self) {
         let settings = self.settings();
-        let now = Instant::now();
+        let now = Coarse::now();
         let retired = {
             let mut inner = self.lock();
             let mut retired = Vec::new();
@@ -896,7 +897,7 @@ impl Pool {
             for conn in inner.idle.drain(..) {
                 let reason = self.retire_reason(&conn, &settings, now).or_else(|| {
                     (!idle_timeout.is_zero()
-                        && now.saturating_duration_since(conn.last_used) >= idle_timeout
+                        && now.since(conn.last_used) >= idle_timeout
                         && open > settings.min_pool_size)
                         .then_some("server idle timeout")
                 });

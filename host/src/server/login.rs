@@ -2,7 +2,7 @@
 //! `connect_query`.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
@@ -11,6 +11,7 @@ use super::{ServerBody, ServerConn, ServerError, read_frame};
 use crate::auth::md5::{md5_salted, md5_secret};
 use crate::auth::scram::{ScramClient, ScramCredential};
 use crate::auth::secret::{ScramKeys, Secret};
+use crate::clock::Coarse;
 use crate::net::{Keepalive, Stream};
 use crate::params::{ParamValues, Tracked};
 use crate::protocol::backend::{self, Authentication, ErrorFields, tag};
@@ -105,7 +106,7 @@ async fn connect_inner(
             }
         }
     }
-    conn.last_used = Instant::now();
+    conn.last_used = Coarse::now();
     Ok((conn, welcome))
 }
 

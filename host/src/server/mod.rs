@@ -4,7 +4,6 @@ mod error;
 mod login;
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -12,6 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 pub use error::ServerError;
 pub use login::{LoginSpec, Welcome, connect};
 
+use crate::clock::Coarse;
 use crate::logging::{ConnAddr, ConnLabel, conn_log};
 use crate::net::Stream;
 use crate::params::{ParamValues, Tracked};
@@ -64,9 +64,10 @@ pub struct ServerBody {
     pub port: u16,
     /// Current values of the tracked parameters on this connection.
     pub params: ParamValues,
-    pub created: Instant,
+    /// When the connection opened (coarse: it is judged in seconds).
+    pub created: Coarse,
     /// When the connection was last released to the pool (or logged in).
-    pub last_used: Instant,
+    pub last_used: Coarse,
     /// The pool's configuration epoch when this connection was opened; a different epoch at release means
     /// the database entry changed and the connection is closed ("database configuration changed").
     pub epoch: u64,
@@ -86,7 +87,7 @@ pub struct ServerBody {
 
 impl ServerConn {
     fn new(stream: Stream, host: Arc<str>, port: u16, tracked: &Arc<Tracked>) -> Self {
-        let now = Instant::now();
+        let now = Coarse::now();
         Self(Box::new(ServerBody {
             stream,
             rbuf: BytesMut::with_capacity(8 * 1024),
