@@ -13,6 +13,7 @@ use pgwarden::{Listeners, State, config, logging};
     reason = "the binary's own output"
 )]
 fn main() -> ExitCode {
+    process::one_malloc_arena();
     let cli = Cli::parse();
     if cli.reboot {
         eprintln!(
