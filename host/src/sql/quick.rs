@@ -89,7 +89,7 @@ mod tests {
             "",
         ] {
             assert!(plainly_read_only(sql, true), "{sql:?}");
-            assert!(super::super::read_only_with(sql, true), "{sql:?}");
+            assert!(super::super::full_read_only(sql, true), "{sql:?}");
         }
     }
 
@@ -118,6 +118,7 @@ mod tests {
             "((); SELECT 1",
         ] {
             assert!(!plainly_read_only(sql, true), "{sql:?}");
+            assert!(!plainly_read_only(sql, false), "{sql:?}");
         }
     }
 }
