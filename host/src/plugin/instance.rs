@@ -23,6 +23,21 @@ use crate::config::{Hook, PluginSpec};
 /// Warm instances kept per plugin; more are made when needed and dropped when the pool is full.
 const POOL: usize = 16;
 
+/// The warm instances are kept in this many shards, [`POOL`] / `SHARDS` each: a thread takes from and gives
+/// back to a shard of its own, so the instance a worker used last (its linear memory and store still in
+/// that CPU's cache) is the one it uses next, where one shared list handed it to whichever worker came.
+const SHARDS: usize = 4;
+
+/// The calling thread's shard: threads are numbered in the order they first call a plugin.
+fn my_shard() -> usize {
+    use std::sync::atomic::AtomicUsize;
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+    }
+    SHARD.with(|s| *s)
+}
+
 /// Epoch ticks in `d`, at least one.
 fn ticks(d: Duration) -> u64 {
     u64::try_from(d.as_nanos() / TICK.as_nanos())
@@ -78,7 +93,8 @@ pub struct Plugin {
     pre: InstancePre<PluginState>,
     indices: Indices,
     name: Arc<str>,
-    idle: Mutex<Vec<Instance>>,
+    /// Warm instances by shard (see [`SHARDS`]).
+    idle: [Mutex<Vec<Instance>>; SHARDS],
 }
 
 impl Plugin {
@@ -142,7 +158,7 @@ impl Plugin {
             pre,
             indices,
             name: spec.name.as_str().into(),
-            idle: Mutex::new(Vec::with_capacity(POOL)),
+            idle: Default::default(),
         };
         let first = plugin.new_instance().map_err(|e| e.to_string())?;
         plugin.give_back(first);
@@ -231,7 +247,14 @@ impl Plugin {
         &self,
         f: impl FnOnce(&mut Instance) -> wasmtime::Result<R>,
     ) -> Result<R, CallError> {
-        let popped = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mine = my_shard();
+        // Its own shard first, then the others' (a warm instance elsewhere beats making one).
+        let popped = (0..SHARDS).find_map(|k| {
+            self.idle[(mine + k) % SHARDS]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop()
+        });
         let mut instance = match popped {
             Some(i) => i,
             None => self.new_instance().inspect_err(|_| {
@@ -261,8 +284,10 @@ impl Plugin {
     /// dropping a store frees its memory).
     fn give_back(&self, instance: Instance) {
         let extra = {
-            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-            if idle.len() < POOL {
+            let mut idle = self.idle[my_shard()]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if idle.len() < POOL / SHARDS {
                 idle.push(instance);
                 None
             } else {
