@@ -916,23 +916,27 @@ impl Session {
         conn: &mut ClientConn,
         server: &mut ServerBody,
     ) -> LinkEnd {
-        let (mode, max) = self.pool.0.mode_and_max_packet();
-        let (disable_pqexec, max_prepared) = {
+        // One read of the runtime and one of the pool's settings for what the link needs of each (each read
+        // of a swappable pointer costs about as much as the rest of this setup).
+        let (max_prepared, mut policy_runtime) = {
             let runtime = self.runtime();
             let s = &runtime.config.settings;
-            (s.disable_pqexec, s.max_prepared_statements as usize)
+            relay.disallow_simple_query = s.disable_pqexec;
+            // The plugins a transaction starts with are the ones it finishes with, whatever a reload swaps
+            // in meanwhile; a session-mode client picks up a new generation between transactions.
+            (
+                s.max_prepared_statements as usize,
+                self.policy_runtime_of(&runtime),
+            )
         };
-        relay.disallow_simple_query = disable_pqexec;
+        let settings = self.pool.0.settings_guard();
+        let (mode, max) = (settings.mode, settings.max_packet);
         // Session pooling keeps the client on its server: its statement names are the server's.
         let track_statements = mode != PoolMode::Session && max_prepared > 0;
-        // The plugins a transaction starts with are the ones it finishes with, whatever a reload swaps in
-        // meanwhile; a session-mode client picks up a new generation between transactions.
-        let mut policy_runtime = self.policy_runtime();
         let track_session = mode != PoolMode::Session;
         relay.track_session = track_session;
         relay.standard_strings = self.standard_strings();
         if track_session {
-            let settings = self.pool.0.settings_guard();
             relay.ignore_sticky = settings.session_state == SessionState::Allow;
             relay.refuse_sticky = (settings.session_state == SessionState::Reject).then(|| {
                 Arc::from(match &settings.session_alias {
@@ -945,6 +949,7 @@ impl Session {
                 })
             });
         }
+        drop(settings);
         let mut sync = self
             .params
             .sync_sql(&server.params, &self.counted.state().tracked);
@@ -1096,11 +1101,15 @@ impl Session {
 
     /// The current generation, if any of its policy plugins applies to this client's pool.
     fn policy_runtime(&self) -> Option<Arc<Runtime>> {
-        let current = self.runtime();
+        self.policy_runtime_of(&self.runtime())
+    }
+
+    /// [`Session::policy_runtime`] of a runtime already read.
+    fn policy_runtime_of(&self, current: &Arc<Runtime>) -> Option<Arc<Runtime>> {
         current
             .plugins
             .has_policy(&self.pool.0.key.database)
-            .then(|| Arc::clone(&current))
+            .then(|| Arc::clone(current))
     }
 
     /// What the pool mode and the protocol state say now, if anything.
@@ -1252,7 +1261,13 @@ impl Session {
         if self.info.poll_killed(cx).is_ready() {
             return Poll::Ready(Io::Stop);
         }
-        if progress {
+        // Mid-transaction, writing alone changes nothing the relay loop reads: with nothing read and
+        // waiting to be relayed, another turn would only poll the same sockets again (the one turn in three
+        // a transaction spent on nothing). Every socket it waits on has this task's waker: a read or a
+        // write that came back pending above. Between a session-mode client's transactions the loop looks
+        // at more (server_fast_close, a new plugin generation): there, a write still makes it turn.
+        let more_to_do = !(conn.rbuf.is_empty() && server.rbuf.is_empty()) || relay.releasable();
+        if progress && more_to_do {
             Poll::Ready(Io::Progress)
         } else {
             Poll::Pending
