@@ -71,6 +71,17 @@ SCENARIOS = {
 }
 QUICK_SCENARIOS = ["select_c10", "select_c100", "select_prepared_c100", "connect_scram_c20", "latency_c20"]
 
+# Instructions per transaction under callgrind (item `instructions`): each pooler alone under valgrind, pgbench
+# -t (a fixed count of transactions per client) after a warm-up, the counters zeroed between the two. Unlike
+# the timings, the counts hardly move from run to run on a shared VM: a ratio of work done, not of speed (a
+# cache miss or a futex wait counts as one instruction). pgbench, PostgreSQL and the kernel are not counted.
+INSTRUCTION_RUNS = {
+    "select_c10": dict(args=["-S"], clients=10, warmup_tx=50, tx=500,
+                       targets=["pgbouncer", "pgwarden", "pgwarden+plugins"]),
+    "connect_md5_c10": dict(args=["-S", "-C"], clients=10, warmup_tx=10, tx=100, user="bench_md5",
+                            targets=["pgbouncer", "pgwarden"]),
+}
+
 
 def log(msg):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
@@ -274,15 +285,16 @@ plugin.ro.databases = bench
             os.chmod(p, 0o644)
 
     # -- poolers ---------------------------------------------------------------------------------------
-    def start_pooler(self, target):
-        """Start the pooler a target names ('pgbouncer', 'pgwarden', 'pgwarden+plugins', '<x>@cpuA-B')."""
+    def start_pooler(self, target, wrapper=(), start_timeout=30):
+        """Start the pooler a target names ('pgbouncer', 'pgwarden', 'pgwarden+plugins', '<x>@cpuA-B'),
+        under `wrapper` (a command line that runs the rest, such as valgrind) when given."""
         kind, _, cpus = target.partition("@")
         env = self.user_env()
-        prefix = []
+        prefix = list(wrapper)
         if cpus:
             cpulist = cpus[3:].replace("-", ",") if cpus.startswith("cpu") else cpus
             # pgwarden's runtime is tokio's default multi-thread one: TOKIO_WORKER_THREADS sets its size.
-            prefix = ["taskset", "-c", cpulist]
+            prefix = ["taskset", "-c", cpulist] + prefix
             env["TOKIO_WORKER_THREADS"] = str(len(cpulist.split(",")))
         if kind == "pgbouncer":
             cmd = [self.o.pgbouncer, self.ini]
@@ -302,7 +314,7 @@ plugin.ro.databases = bench
         )
         logf.close()
         try:
-            wait_port(self.pooler_port, proc.pid)
+            wait_port(self.pooler_port, proc.pid, timeout=start_timeout)
         except RuntimeError as e:
             proc.kill()
             proc.wait()
@@ -310,13 +322,13 @@ plugin.ro.databases = bench
         self.pooler = proc
         return proc
 
-    def stop_pooler(self):
+    def stop_pooler(self, timeout=15):
         proc, self.pooler = self.pooler, None
         if proc is None:
             return
         proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(timeout=15)
+            proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
@@ -333,11 +345,13 @@ plugin.ro.databases = bench
         ).stdout
 
     # -- pgbench -----------------------------------------------------------------------------------------
-    def pgbench(self, port, scen, clients, duration, host="127.0.0.1"):
+    def pgbench(self, port, scen, clients, duration=None, host="127.0.0.1", per_client=None):
+        """pgbench for `duration` seconds, or `per_client` transactions per client."""
         user = scen.get("user", "bench_md5")
         env = dict(os.environ, PGPASSWORD=USERS[user][0], PGSSLMODE="disable", PGGSSENCMODE="disable")
+        length = ["-t", str(per_client)] if per_client else ["-T", str(duration)]
         cmd = ["pgbench", "-n", "-h", host, "-p", str(port), "-U", user, "-c", str(clients),
-               "-j", str(min(NPROC, clients)), "-T", str(duration)] + scen["args"] + ["bench"]
+               "-j", str(min(NPROC, clients))] + length + scen["args"] + ["bench"]
         p = subprocess.run(cmd, text=True, capture_output=True, env=env)
         out = p.stdout + p.stderr
         res = {"cmd": " ".join(cmd), "exit": p.returncode}
@@ -377,6 +391,42 @@ plugin.ro.databases = bench
             return res
         finally:
             self.stop_pooler()
+
+    # -- instructions (callgrind) -------------------------------------------------------------------------
+    def instructions(self, name, target):
+        """The pooler's instructions per transaction under callgrind for INSTRUCTION_RUNS[name]."""
+        run = INSTRUCTION_RUNS[name]
+        tag = f"{name}.{target.replace('+', '_')}"
+        out_base = os.path.join(self.work, f"callgrind.{tag}")
+        for old in [f for f in os.listdir(self.work) if f.startswith(f"callgrind.{tag}.")]:
+            os.unlink(os.path.join(self.work, old))
+        wrapper = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_base}.%p"]
+        proc = self.start_pooler(target, wrapper=wrapper, start_timeout=120)
+        try:
+            warm = self.pgbench(self.pooler_port, run, run["clients"], per_client=run["warmup_tx"])
+            if warm.get("error"):
+                return {"error": warm["error"]}
+            self.run_user(["callgrind_control", "--zero", str(proc.pid)])
+            res = self.pgbench(self.pooler_port, run, run["clients"], per_client=run["tx"])
+            self.run_user(["callgrind_control", "--dump", str(proc.pid)])
+        finally:
+            self.stop_pooler(timeout=120)
+        dump = f"{out_base}.{proc.pid}.1"
+        total = None
+        if os.path.exists(dump):
+            with open(dump) as f:
+                for line in f:
+                    if line.startswith(("summary:", "totals:")):
+                        total = int(line.split()[1])
+                        break
+        out = {"transactions": res.get("transactions"), "instructions": total, "cmd": res.get("cmd")}
+        if res.get("error"):
+            out["error"] = res["error"]
+        elif not total or not res.get("transactions"):
+            out["error"] = f"no callgrind totals in {dump}"
+        else:
+            out["per_tx"] = total / res["transactions"]
+        return out
 
     # -- idle clients ------------------------------------------------------------------------------------
     def idle_rss(self, target, n):
@@ -619,8 +669,30 @@ def report(results, summary):
                 f"| {r['target']} | {r['clients']} | {r['rss_before_kib']:,} | {r['rss_after_kib']:,} | "
                 f"{r['kib_per_client']:.2f} | {r['login_s']:.2f} | {r['failed']} |")
         lines.append("")
+    lines += instructions_section(results.get("instructions", []))
     lines += targets_section(summary, idle, results["runs"])
     return "\n".join(lines) + "\n"
+
+
+def instructions_section(runs):
+    """The callgrind counts: instructions per transaction and each pooler's ratio to PgBouncer's."""
+    if not runs:
+        return []
+    out = ["## Instructions per transaction (callgrind)", "",
+           "Each pooler alone under `valgrind --tool=callgrind`, counters zeroed after a warm-up; pgbench -t. The "
+           "pooler's user-space instructions only (not the kernel's, not PostgreSQL's or pgbench's): the work "
+           "it does, steady from run to run where the timings above are not.", "",
+           "| run | target | transactions | instructions per tx | ratio to PgBouncer |", "|---|---|--:|--:|--:|"]
+    for r in runs:
+        if not r.get("per_tx"):
+            out.append(f"| {r['run']} | {r['target']} | — | error: {(r.get('error') or '?').splitlines()[0][:100]} | |")
+            continue
+        ref = next((x for x in runs if x["run"] == r["run"] and x["target"] == "pgbouncer" and x.get("per_tx")),
+                   None)
+        ratio = r["per_tx"] / ref["per_tx"] if ref else None
+        out.append(f"| {r['run']} | {r['target']} | {r['transactions']:,} | {r['per_tx']:,.0f} | {fmt(ratio, 2)} |")
+    out.append("")
+    return out
 
 
 def targets_section(summary, idle, runs):
@@ -701,13 +773,14 @@ def machine(opts, pgwarden):
 def main():
     ap = argparse.ArgumentParser(
         description="pgwarden vs PgBouncer side by side with pgbench (see bench/README.md).",
-        epilog="scenarios: " + ", ".join(SCENARIOS) + ", idle (RSS per idle client)",
+        epilog="scenarios: " + ", ".join(SCENARIOS) + ", idle (RSS per idle client), instructions "
+        "(callgrind: the poolers' instructions per transaction; needs valgrind)",
     )
     ap.add_argument("--quick", action="store_true", help="1 round, 5 s runs, fewer scenarios, idle 2,000 only")
     ap.add_argument("--rounds", type=int, help="rounds of A B C (default 3)")
     ap.add_argument("--duration", type=int, help="seconds per measured pgbench run (default 15)")
     ap.add_argument("--warmup", type=int, help="seconds of pgbench before each measured run (default 3)")
-    ap.add_argument("--only", help="comma-separated scenarios to run (and/or 'idle')")
+    ap.add_argument("--only", help="comma-separated scenarios to run (and/or 'idle', 'instructions')")
     ap.add_argument("--idle-clients", default=None, help="idle client counts (default 2000,10000)")
     ap.add_argument("--scale", type=int, default=10, help="pgbench -i scale (default 10)")
     ap.add_argument("--out", default=None, help="results directory (default bench/sidebyside/results/<time>)")
@@ -733,11 +806,13 @@ def main():
     idle_counts = [int(x) for x in (opts.idle_clients or ("2000" if opts.quick else "2000,10000")).split(",")]
     if opts.only:
         wanted = opts.only.split(",")
-        unknown = [w for w in wanted if w not in SCENARIOS and w != "idle"]
+        unknown = [w for w in wanted if w not in SCENARIOS and w not in ("idle", "instructions")]
         if unknown:
             ap.error(f"unknown scenario(s): {', '.join(unknown)}")
     else:
         wanted = (QUICK_SCENARIOS if opts.quick else list(SCENARIOS)) + ["idle"]
+        if not opts.quick:
+            wanted.append("instructions")
     scenarios = [s for s in SCENARIOS if s in wanted]
 
     pgwarden = os.environ.get("PGWARDEN_BIN")
@@ -746,6 +821,11 @@ def main():
     for tool in ("pgbench", "psql", "taskset"):
         if not shutil.which(tool):
             ap.error(f"{tool} not found on PATH")
+    if "instructions" in wanted and not (shutil.which("valgrind") and shutil.which("callgrind_control")):
+        if opts.only:
+            ap.error("instructions needs valgrind (apt-get install valgrind)")
+        log("valgrind not found: no instructions per transaction in this run (apt-get install valgrind)")
+        wanted.remove("instructions")
 
     # Thousands of idle clients: raise the descriptor limit (inherited by the poolers and pgbench).
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -764,7 +844,7 @@ def main():
     shutil.copy(pgwarden, b.pgwarden)
     os.chmod(b.pgwarden, 0o755)
     results = {"started": started, "options": vars(opts), "machine": machine(opts, pgwarden), "runs": [],
-               "idle": []}
+               "idle": [], "instructions": []}
 
     def save():
         with open(os.path.join(out, "raw.json"), "w") as f:
@@ -794,6 +874,19 @@ def main():
                     r.update(target=target, clients_asked=n)
                     log(f"  {r['kib_per_client']:.2f} KiB/client ({r['clients']} open, {r['failed']} failed)")
                     results["idle"].append(r)
+                    save()
+        if "instructions" in wanted:
+            for name, run in INSTRUCTION_RUNS.items():
+                for target in run["targets"]:
+                    log(f"instructions {name} {target} (callgrind)")
+                    try:
+                        r = b.instructions(name, target)
+                    except RuntimeError as e:
+                        r = {"error": str(e)}
+                    r.update(run=name, target=target)
+                    per_tx = r.get("per_tx")
+                    log(f"  {per_tx:,.0f} instructions per transaction" if per_tx else f"  ERROR {r.get('error')}")
+                    results["instructions"].append(r)
                     save()
     finally:
         results["load_after"] = " ".join(open("/proc/loadavg").read().split()[:3])
