@@ -117,26 +117,89 @@ pub(super) fn each_token(sql: &str, standard_strings: bool) -> impl Iterator<Ite
     std::iter::from_fn(move || (lexer.pos < lexer.bytes.len()).then(|| lexer.next_token()))
 }
 
-/// PostgreSQL's whitespace: ASCII only (a U+00A0 is an identifier character, not a space).
+/// Byte classes, one bit each, looked up in [`CLASSES`]: one load where the lexer's loops made several
+/// comparisons per byte (and searched the operator characters for each).
+const SPACE: u8 = 1;
+const IDENT_START: u8 = 2;
+const DIGIT: u8 = 4;
+const DOLLAR: u8 = 8;
+const OP: u8 = 16;
+
+/// Each byte's classes (see [`class_of`]).
+static CLASSES: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < table.len() {
+        table[b] = class_of(b as u8);
+        b += 1;
+    }
+    table
+};
+
+/// The classes of a byte, by PostgreSQL's rules (scan.l): whitespace is ASCII only (a U+00A0 is an
+/// identifier character, not a space); every byte >= 0x80 may start an identifier.
+const fn class_of(b: u8) -> u8 {
+    let mut class = 0;
+    if matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c) {
+        class |= SPACE;
+    }
+    if b.is_ascii_alphabetic() || b == b'_' || b >= 0x80 {
+        class |= IDENT_START;
+    }
+    if b.is_ascii_digit() {
+        class |= DIGIT;
+    }
+    if b == b'$' {
+        class |= DOLLAR;
+    }
+    if matches!(
+        b,
+        b'~' | b'!'
+            | b'@'
+            | b'#'
+            | b'^'
+            | b'&'
+            | b'|'
+            | b'`'
+            | b'?'
+            | b'+'
+            | b'-'
+            | b'*'
+            | b'/'
+            | b'%'
+            | b'<'
+            | b'>'
+            | b'='
+    ) {
+        class |= OP;
+    }
+    class
+}
+
+fn has(b: u8, classes: u8) -> bool {
+    CLASSES[usize::from(b)] & classes != 0
+}
+
+/// PostgreSQL's whitespace.
 pub(super) fn is_space(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)
+    has(b, SPACE)
 }
 
 fn is_ident_start(b: u8) -> bool {
-    b.is_ascii_alphabetic() || b == b'_' || b >= 0x80
+    has(b, IDENT_START)
 }
 
 fn is_ident_cont(b: u8) -> bool {
-    is_ident_start(b) || b.is_ascii_digit() || b == b'$'
+    has(b, IDENT_START | DIGIT | DOLLAR)
 }
 
 /// Characters of a dollar-quote tag: identifier characters without `$`.
 fn is_tag_char(b: u8) -> bool {
-    is_ident_start(b) || b.is_ascii_digit()
+    has(b, IDENT_START | DIGIT)
 }
 
 fn is_op_char(b: u8) -> bool {
-    b"~!@#^&|`?+-*/%<>=".contains(&b)
+    has(b, OP)
 }
 
 /// How a quoted string's body treats quotes and backslashes.
@@ -504,6 +567,24 @@ mod tests {
     }
 
     const STD: TokenKind = TokenKind::String(StringKind::Standard);
+
+    #[test]
+    fn byte_classes_follow_the_servers_definitions() {
+        // scan.l: space [ \t\n\r\f\v]; ident_start [A-Za-z\200-\377_]; ident_cont adds [0-9\$];
+        // self/op_chars [~!@#^&|`?+\-*/%<>=].
+        for b in 0..=u8::MAX {
+            let ident_start = b.is_ascii_alphabetic() || b == b'_' || b >= 0x80;
+            assert_eq!(is_space(b), b" \t\n\r\x0b\x0c".contains(&b), "{b:#x}");
+            assert_eq!(is_ident_start(b), ident_start, "{b:#x}");
+            assert_eq!(
+                is_ident_cont(b),
+                ident_start || b.is_ascii_digit() || b == b'$',
+                "{b:#x}"
+            );
+            assert_eq!(is_tag_char(b), ident_start || b.is_ascii_digit(), "{b:#x}");
+            assert_eq!(is_op_char(b), b"~!@#^&|`?+-*/%<>=".contains(&b), "{b:#x}");
+        }
+    }
 
     #[test]
     fn covers_input_in_order() {
