@@ -339,11 +339,9 @@ async fn attach(
     let mut params = ParamValues::new(&state.tracked);
     {
         let welcome = pool.welcome();
-        let from_welcome = welcome.iter().flat_map(|w| {
-            w.params
-                .iter()
-                .filter_map(|(name, value)| Some((state.tracked.index(name)?, value.as_str())))
-        });
+        let from_welcome = welcome
+            .iter()
+            .flat_map(|w| w.tracked.iter().map(|(i, value)| (*i, value.as_str())));
         let from_startup = startup.tracked.iter().map(|(i, v)| (*i, v.as_ref()));
         params.set_many(from_welcome.chain(from_startup));
     }
@@ -394,31 +392,13 @@ fn welcome(conn: &mut ClientConn, session: &Session) {
     conn.send(|b| {
         b.reserve(WELCOME_SIZE);
         backend::write_auth_ok(b);
-        // Which tracked parameters the server's welcome told: bits, and a list past 64 (never, in practice).
-        let (mut told, mut told_more) = (0u64, Vec::new());
+        // The server's untracked parameters as the pool's welcome has them, then every tracked one the
+        // session knows: the welcome's values where the startup packet left them, the client's own else.
         if let Some(welcome) = pool.welcome() {
-            for (name, value) in &welcome.params {
-                let value = match tracked.index(name) {
-                    Some(i) => {
-                        match 1u64.checked_shl(i as u32) {
-                            Some(bit) => told |= bit,
-                            None => told_more.push(i),
-                        }
-                        session.params().get(i).unwrap_or(value)
-                    }
-                    None => value,
-                };
-                backend::write_parameter_status(b, name, value);
-            }
+            b.extend_from_slice(&welcome.untracked_messages);
         }
         for (i, value) in session.params().iter() {
-            let was_told = match 1u64.checked_shl(i as u32) {
-                Some(bit) => told & bit != 0,
-                None => told_more.contains(&i),
-            };
-            if !was_told {
-                backend::write_parameter_status(b, tracked.name(i), value);
-            }
+            backend::write_parameter_status(b, tracked.name(i), value);
         }
         let (pid, secret) = session.cancel_key();
         backend::write_backend_key_data(b, pid, secret);

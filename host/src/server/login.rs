@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 
 use super::{ServerBody, ServerConn, ServerError, read_frame};
@@ -41,8 +41,14 @@ pub struct LoginSpec {
 /// What a successful login learnt, besides the connection itself.
 #[derive(Debug, Clone, Default)]
 pub struct Welcome {
-    /// Every ParameterStatus the server sent at login, in order: what new clients are told.
+    /// Every ParameterStatus the server sent at login, in order.
     pub params: Vec<(String, String)>,
+    /// The tracked parameters among them (the index in the tracked set, the server's value): a new client
+    /// starts from these, then its startup packet's.
+    pub tracked: Vec<(usize, String)>,
+    /// The others, as the ParameterStatus messages every new client of the pool is sent as they are: built
+    /// once here, copied whole at each login (message by message, they were ~2,700 instructions a login).
+    pub untracked_messages: Bytes,
 }
 
 /// Connects and logs in, all within `spec.connect_timeout` (PgBouncer's server_connect_timeout).
@@ -236,6 +242,7 @@ async fn read_welcome(
 ) -> Result<Welcome, ServerError> {
     let mut welcome = Welcome::default();
     let mut params = ParamValues::new(tracked);
+    let mut untracked = BytesMut::new();
     loop {
         let frame = read_frame(&mut conn.stream, &mut conn.rbuf, spec.max_packet).await?;
         match frame.tag {
@@ -243,6 +250,9 @@ async fn read_welcome(
                 let (name, value) = backend::parse_parameter_status(&frame.body)?;
                 if let Some(i) = tracked.index(name) {
                     params.set(i, value);
+                    welcome.tracked.push((i, value.to_owned()));
+                } else {
+                    backend::write_parameter_status(&mut untracked, name, value);
                 }
                 welcome.params.push((name.to_owned(), value.to_owned()));
             }
@@ -265,5 +275,6 @@ async fn read_welcome(
         }
     }
     conn.params = params;
+    welcome.untracked_messages = untracked.freeze();
     Ok(welcome)
 }
