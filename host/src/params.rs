@@ -107,24 +107,9 @@ impl ParamValues {
         }
     }
 
-    /// Each slot's value, in order. A plain byte loop finds the NULs: `str::split` searches for a `char`,
-    /// which for these few short values cost several times more (a client's transaction reads one).
+    /// Each slot's value, in order.
     fn slots(&self) -> impl Iterator<Item = Option<&str>> {
-        let mut rest = Some(&*self.packed);
-        std::iter::from_fn(move || {
-            let slots = rest?;
-            let slot = match slots.bytes().position(|b| b == 0) {
-                Some(end) => {
-                    rest = Some(&slots[end + 1..]);
-                    &slots[..end]
-                }
-                None => {
-                    rest = None;
-                    slots
-                }
-            };
-            Some(slot.strip_prefix('='))
-        })
+        crate::protocol::nul_fields(&self.packed).map(|s| s.strip_prefix('='))
     }
 
     /// Packs `slots` anew.

@@ -77,7 +77,7 @@ impl StartupMessage {
 
 /// The `(name, value)` pairs of parameters packed as [`StartupMessage::packed_params`] gives them.
 pub fn packed_pairs(packed: &str) -> impl Iterator<Item = (&str, &str)> + Clone {
-    let mut parts = packed.split('\0');
+    let mut parts = super::nul_fields(packed);
     std::iter::from_fn(move || Some((parts.next()?, parts.next()?)))
 }
 
