@@ -6,7 +6,6 @@
 //! while a cancel for it is in flight (the release waits for PostgreSQL to close the cancel connection,
 //! which it does after signalling the backend).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,6 +15,7 @@ use subtle::ConstantTimeEq;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 
+use crate::FastMap;
 use crate::conns::{CancelPhase, ClientRecord, Registered, RegistryRef};
 use crate::net::Stream;
 use crate::pool::Pool;
@@ -40,7 +40,7 @@ pub struct CancelRegistry {
     /// The records of the clients by their key's pid: the record holds the key and the linked server
     /// ([`ClientRecord::cancel_key`], [`ClientRecord::begin_cancel`]), where a slot of its own per client
     /// took 112 bytes of heap beside it.
-    shards: [Mutex<HashMap<u32, Arc<ClientRecord>>>; SHARDS],
+    shards: [Mutex<FastMap<u32, Arc<ClientRecord>>>; SHARDS],
     next_pid: AtomicU32,
     /// Notified whenever a forwarded cancel ends, for a client waiting in [`CancelHandle::settle`] (one for
     /// all keys, each waiter checks its own: cancels are rare, and no client carries a notifier of its own).
@@ -59,7 +59,7 @@ impl Default for CancelRegistry {
 }
 
 impl CancelRegistry {
-    fn shard(&self, pid: u32) -> std::sync::MutexGuard<'_, HashMap<u32, Arc<ClientRecord>>> {
+    fn shard(&self, pid: u32) -> std::sync::MutexGuard<'_, FastMap<u32, Arc<ClientRecord>>> {
         self.shards[pid as usize % SHARDS]
             .lock()
             .unwrap_or_else(|e| e.into_inner())

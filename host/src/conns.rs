@@ -10,7 +10,6 @@
 //!
 //! Client and server ids come from one counter, as PgBouncer's socket ids do.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -20,6 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::task::AtomicWaker;
 
+use crate::FastMap;
 use crate::cancel::CancelTarget;
 use crate::clock::{micros, mono_us};
 use crate::net::{PackedAddr, PackedPeer, Peer};
@@ -679,7 +679,7 @@ impl ServerRecord {
 /// Records by id; one per pool for its clients and one for its servers, one for the console's clients.
 #[derive(Debug)]
 pub struct Registry<T> {
-    map: Mutex<HashMap<u64, Arc<T>>>,
+    map: Mutex<FastMap<u64, Arc<T>>>,
 }
 
 impl<T> Default for Registry<T> {
@@ -691,7 +691,7 @@ impl<T> Default for Registry<T> {
 }
 
 impl<T> Registry<T> {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<T>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FastMap<u64, Arc<T>>> {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 

@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::FastMap;
 use crate::auth::Secret;
 use crate::cancel::CancelRegistry;
 use crate::config::Config;
@@ -306,8 +307,8 @@ impl Lifecycle {
 pub struct ClientCounts {
     pub total: AtomicU32,
     /// Keyed by shared names: each client's guard holds the key, not a copy of the name.
-    per_db: Mutex<HashMap<Arc<str>, u32>>,
-    per_user: Mutex<HashMap<Arc<str>, u32>>,
+    per_db: Mutex<FastMap<Arc<str>, u32>>,
+    per_user: Mutex<FastMap<Arc<str>, u32>>,
 }
 
 /// Which count a limit applies to.
@@ -369,7 +370,7 @@ impl ClientCounts {
         map.get(name).copied().unwrap_or(0)
     }
 
-    fn map(&self, kind: CountKind) -> &Mutex<HashMap<Arc<str>, u32>> {
+    fn map(&self, kind: CountKind) -> &Mutex<FastMap<Arc<str>, u32>> {
         match kind {
             CountKind::Database => &self.per_db,
             CountKind::User => &self.per_user,

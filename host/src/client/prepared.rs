@@ -7,13 +7,13 @@
 //! at most `max_prepared_statements`, least recently used closed first). The relay rewrites the names in
 //! Bind, Describe and Close and prepares a statement on a server that lacks it just before its use.
 
-use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::FastMap;
 use crate::protocol::HEADER_LEN;
 use crate::protocol::frontend::{Parse, tag};
 use crate::sql::session::Effects;
@@ -97,7 +97,7 @@ fn tick() -> u64 {
 pub struct ResultTypeChanges {
     /// The [`tick`] of the latest change of any statement (0: none yet).
     latest: AtomicU64,
-    by_key: Mutex<HashMap<u128, u64>>,
+    by_key: Mutex<FastMap<u128, u64>>,
 }
 
 impl ResultTypeChanges {
@@ -148,7 +148,7 @@ pub struct ClientStatements {
         clippy::box_collection,
         reason = "the box is the point: 8 bytes in every session until a statement is named"
     )]
-    by_name: Option<Box<HashMap<Box<str>, Arc<Statement>>>>,
+    by_name: Option<Box<FastMap<Box<str>, Arc<Statement>>>>,
 }
 
 impl ClientStatements {
@@ -190,7 +190,7 @@ impl ClientStatements {
 #[derive(Debug, Default)]
 pub struct ServerStatements {
     /// Each statement with its last use (this connection's `clock`) and when it was prepared ([`tick`]).
-    by_key: HashMap<u128, (Arc<Statement>, u64, u64)>,
+    by_key: FastMap<u128, (Arc<Statement>, u64, u64)>,
     clock: u64,
     /// The pool's record of statements whose result type changed.
     changes: Arc<ResultTypeChanges>,

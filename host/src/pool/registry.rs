@@ -1,9 +1,10 @@
 //! The set of pools, keyed by (database entry, pool user). Looked up once per client login, never per query.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex, RwLock};
 
 use super::{Pool, PoolSettings, SharedLimit};
+use crate::FastMap;
 use crate::config::PoolMode;
 use crate::params::Tracked;
 
@@ -45,9 +46,9 @@ impl std::fmt::Display for PoolKey {
 }
 
 pub struct Pools {
-    map: RwLock<HashMap<PoolKey, Arc<Pool>>>,
-    db_limits: Mutex<HashMap<Arc<str>, Arc<SharedLimit>>>,
-    user_limits: Mutex<HashMap<Arc<str>, Arc<SharedLimit>>>,
+    map: RwLock<FastMap<PoolKey, Arc<Pool>>>,
+    db_limits: Mutex<FastMap<Arc<str>, Arc<SharedLimit>>>,
+    user_limits: Mutex<FastMap<Arc<str>, Arc<SharedLimit>>>,
     /// Databases paused on their own (the console's `PAUSE db`); their pools, present and future, hand
     /// out no server until `RESUME db`.
     paused_databases: Mutex<HashSet<String>>,
@@ -170,7 +171,7 @@ impl Pools {
     }
 }
 
-fn shared(map: &Mutex<HashMap<Arc<str>, Arc<SharedLimit>>>, name: &Arc<str>) -> Arc<SharedLimit> {
+fn shared(map: &Mutex<FastMap<Arc<str>, Arc<SharedLimit>>>, name: &Arc<str>) -> Arc<SharedLimit> {
     let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
     Arc::clone(map.entry(Arc::clone(name)).or_default())
 }
