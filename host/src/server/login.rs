@@ -41,10 +41,8 @@ pub struct LoginSpec {
 /// What a successful login learnt, besides the connection itself.
 #[derive(Debug, Clone, Default)]
 pub struct Welcome {
-    /// Every ParameterStatus the server sent at login, in order.
-    pub params: Vec<(String, String)>,
-    /// The tracked parameters among them (the index in the tracked set, the server's value): a new client
-    /// starts from these, then its startup packet's.
+    /// The tracked parameters among the ParameterStatus messages the server sent at login (the index in
+    /// the tracked set, the server's value): a new client starts from these, then its startup packet's.
     pub tracked: Vec<(usize, String)>,
     /// The others, as the ParameterStatus messages every new client of the pool is sent as they are: built
     /// once here, copied whole at each login (message by message, they were ~2,700 instructions a login).
@@ -254,7 +252,6 @@ async fn read_welcome(
                 } else {
                     backend::write_parameter_status(&mut untracked, name, value);
                 }
-                welcome.params.push((name.to_owned(), value.to_owned()));
             }
             tag::BACKEND_KEY_DATA => {
                 conn.backend_key = Some(backend::parse_backend_key_data(&frame.body)?)
