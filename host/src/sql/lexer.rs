@@ -117,6 +117,26 @@ pub(super) fn each_token(sql: &str, standard_strings: bool) -> impl Iterator<Ite
     std::iter::from_fn(move || (lexer.pos < lexer.bytes.len()).then(|| lexer.next_token()))
 }
 
+/// [`each_token`] without the whitespace tokens: a run of whitespace is skipped where it starts, a byte
+/// loop where a token each would cost a call (half the tokens of typical SQL are whitespace). Comments
+/// are still returned. The other tokens are [`each_token`]'s exactly: whitespace ends no token early.
+pub(super) fn each_nonspace_token(
+    sql: &str,
+    standard_strings: bool,
+) -> impl Iterator<Item = Token> + '_ {
+    let mut lexer = Lexer {
+        bytes: sql.as_bytes(),
+        pos: 0,
+        standard_strings,
+    };
+    std::iter::from_fn(move || {
+        while lexer.bytes.get(lexer.pos).is_some_and(|&b| is_space(b)) {
+            lexer.pos += 1;
+        }
+        (lexer.pos < lexer.bytes.len()).then(|| lexer.next_token())
+    })
+}
+
 /// Byte classes, one bit each, looked up in [`CLASSES`]: one load where the lexer's loops made several
 /// comparisons per byte (and searched the operator characters for each).
 const SPACE: u8 = 1;
@@ -604,6 +624,59 @@ mod tests {
                 "'e'"
             ]
         );
+    }
+
+    #[test]
+    fn skipping_whitespace_leaves_the_other_tokens_as_they_were() {
+        // Random runs of fragments where whitespace meets every other kind of token, under both
+        // settings of standard_conforming_strings.
+        const PIECES: &[&str] = &[
+            " ",
+            "\t\n",
+            "\x0b\x0c\r",
+            "SELECT",
+            "e'",
+            "'a\\'",
+            "'",
+            "\"q\"",
+            "\"",
+            "--c\n",
+            "--",
+            "/*",
+            "*/",
+            "$$",
+            "$a$",
+            "$1",
+            "1.5",
+            "1e",
+            ".",
+            "-",
+            "+",
+            "(",
+            ")",
+            ";",
+            "::",
+            "U&'x'",
+            "\u{a0}",
+            "x",
+        ];
+        let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+        let mut next = |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        for _ in 0..5_000 {
+            let sql: String = (0..next(24)).map(|_| PIECES[next(PIECES.len())]).collect();
+            for standard in [true, false] {
+                let all: Vec<Token> = each_token(&sql, standard)
+                    .filter(|t| t.kind != TokenKind::Whitespace)
+                    .collect();
+                let skipped: Vec<Token> = each_nonspace_token(&sql, standard).collect();
+                assert_eq!(skipped, all, "{sql:?} (standard strings {standard})");
+            }
+        }
     }
 
     #[test]

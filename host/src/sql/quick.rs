@@ -22,13 +22,13 @@ pub(super) fn plainly_read_only(sql: &str, standard_strings: bool) -> bool {
     let mut led = false;
     // The statement's previous significant token: a word before `(` is a function's name.
     let mut prev: Option<lexer::Token> = None;
-    for t in lexer::each_token(sql, standard_strings) {
+    for t in lexer::each_nonspace_token(sql, standard_strings) {
         if t.unterminated || t.ambiguous {
             return false;
         }
         let text = t.text(sql);
         match t.kind {
-            TokenKind::Whitespace | TokenKind::Comment => continue,
+            TokenKind::Comment => continue,
             TokenKind::Word => {
                 if !led && !text_in(text, classify::PLAIN_READS) {
                     return false;
