@@ -12,7 +12,7 @@ use tokio::net::{TcpListener, UnixListener};
 
 use crate::config::Settings;
 use crate::net::{Keepalive, Stream};
-use crate::pool::{PoolKey, PoolSettings};
+use crate::pool::{KeyRef, PoolSettings};
 use crate::state::{Runtime, ShutdownMode, State};
 
 /// How long an immediate shutdown waits for sessions to write their goodbyes.
@@ -343,7 +343,7 @@ fn create_forced_user_pools(state: &State, runtime: &Runtime) {
         if db.min_pool_size.unwrap_or(config.settings.min_pool_size) == 0 {
             continue;
         }
-        state.pools.ensure(&PoolKey::new(&db.name, user), || {
+        state.pools.ensure(KeyRef::new(&db.name, user), || {
             PoolSettings::resolve(runtime, db, &db.name, user)
         });
     }

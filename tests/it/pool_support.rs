@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use pgwarden::pool::{Pool, PoolKey};
+use pgwarden::pool::{KeyRef, Pool};
 use pgwarden_tests::pg::{PasswordEncryption, PgCluster};
 use pgwarden_tests::pooler::{Pooler, TestDb};
 use tokio::task::JoinHandle;
@@ -207,7 +207,7 @@ pub fn pool_of(pooler: &Pooler, entry: &str, user: &str) -> anyhow::Result<Arc<P
     pooler
         .state
         .pools
-        .get(&PoolKey::new(entry, user))
+        .get(KeyRef::new(entry, user))
         .with_context(|| format!("no pool for {entry}/{user}"))
 }
 

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
-use pgwarden::pool::PoolKey;
+use pgwarden::pool::KeyRef;
 use pgwarden_tests::clients::connect;
 use pgwarden_tests::pg::{PasswordEncryption, PgCluster};
 use pgwarden_tests::pooler::{Pooler, TestDb};
@@ -153,7 +153,7 @@ async fn one_pool_per_entry_and_user_or_per_entry_with_a_forced_user() -> anyhow
         pooler
             .state
             .pools
-            .get(&PoolKey::new(&forced, &other))
+            .get(KeyRef::new(&forced, &other))
             .is_none(),
         "a forced-user entry must not get a pool per client user"
     );

@@ -16,7 +16,7 @@ use crate::net::Peer;
 use crate::plugin::bindings::exports::pgwarden::plugin::policy::Verdict;
 use crate::plugin::convert::{QueryInput, SessionInfo};
 use crate::plugin::{DatabaseAccess, PluginSet, convert};
-use crate::pool::{CheckoutError, PoolKey, PoolSettings};
+use crate::pool::{CheckoutError, KeyRef, PoolSettings};
 use crate::protocol::startup::StartupMessage;
 use crate::server::ServerError;
 use crate::state::{Runtime, State};
@@ -204,8 +204,7 @@ impl DatabaseAccess for PoolQuery {
             .ok_or_else(|| format!("no such database: {database}"))?;
         let mut entry = db;
         entry.user = Some(user.to_owned());
-        let key = PoolKey::new(&entry.name, user);
-        let pool = self.state.pools.ensure(&key, || {
+        let pool = self.state.pools.ensure(KeyRef::new(&entry.name, user), || {
             PoolSettings::resolve(&self.runtime, &entry, &entry.name, user)
         });
         let max = pool.settings().max_packet;

@@ -15,7 +15,7 @@ use crate::config::{AuthType, Database};
 use crate::logging::conn_log;
 use crate::metrics::ErrorKind;
 use crate::params::{ParamValues, Tracked};
-use crate::pool::{CheckoutError, Pool, PoolKey, PoolSettings};
+use crate::pool::{CheckoutError, KeyRef, Pool, PoolSettings};
 use crate::protocol::backend::{self, TransactionStatus};
 use crate::protocol::startup::{self, StartupMessage, StartupRequest};
 use crate::state::{CountKind, Runtime, State};
@@ -274,7 +274,7 @@ async fn attach(
     };
     let db = &*db;
     let pool_user = db.user.as_deref().unwrap_or(startup.user);
-    let key = PoolKey::routed(&db.name, pool_user, routing.mode);
+    let key = KeyRef::routed(&db.name, pool_user, routing.mode);
     // A database made from the `*` entry, seen for the first time (PgBouncer's log line).
     if !runtime.config.databases.contains_key(&db.name)
         && !state
@@ -285,7 +285,7 @@ async fn attach(
     {
         tracing::info!("registered new auto-database: {}", db.name);
     }
-    let pool = state.pools.join(&key, || {
+    let pool = state.pools.join(key, || {
         let mut settings = PoolSettings::resolve(runtime, db, &db.name, pool_user);
         if let Some(mode) = routing.mode {
             settings.mode = mode;

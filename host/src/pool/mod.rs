@@ -21,7 +21,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::oneshot;
 
 pub use limits::SharedLimit;
-pub use registry::{PoolKey, Pools};
+pub use registry::{KeyRef, PoolKey, Pools};
 pub use settings::PoolSettings;
 
 use crate::auth::secret::{ScramKeys, Secret};

@@ -10,7 +10,7 @@ use crate::params::Tracked;
 
 /// Identifies a pool: the database entry clients asked for, the user the pool logs in as, and the pool
 /// mode when a router plugin chose one other than the configured one.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct PoolKey {
     pub database: Arc<str>,
     pub user: Arc<str>,
@@ -19,19 +19,97 @@ pub struct PoolKey {
 
 impl PoolKey {
     pub fn new(database: &str, user: &str) -> Self {
+        KeyRef::new(database, user).to_owned()
+    }
+
+    fn as_ref(&self) -> KeyRef<'_> {
+        KeyRef {
+            database: &self.database,
+            user: &self.user,
+            mode: self.mode,
+        }
+    }
+}
+
+/// A [`PoolKey`] of borrowed names: what a login looks its pool up by, so that finding an existing pool
+/// copies neither name (two allocations a login, and their frees, when the key was built to be dropped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyRef<'a> {
+    pub database: &'a str,
+    pub user: &'a str,
+    pub mode: Option<PoolMode>,
+}
+
+impl<'a> KeyRef<'a> {
+    pub fn new(database: &'a str, user: &'a str) -> Self {
         Self {
-            database: database.into(),
-            user: user.into(),
+            database,
+            user,
             mode: None,
         }
     }
 
     /// The pool for clients a router sent to `database` as `user` in `mode`.
-    pub fn routed(database: &str, user: &str, mode: Option<PoolMode>) -> Self {
+    pub fn routed(database: &'a str, user: &'a str, mode: Option<PoolMode>) -> Self {
         Self {
+            database,
+            user,
             mode,
-            ..Self::new(database, user)
         }
+    }
+
+    fn to_owned(self) -> PoolKey {
+        PoolKey {
+            database: self.database.into(),
+            user: self.user.into(),
+            mode: self.mode,
+        }
+    }
+}
+
+/// What the registry's map is looked up by: a [`PoolKey`] or a [`KeyRef`], hashed and compared as the
+/// latter (the standard map finds a stored key by any type it can lend as a reference, and a struct of
+/// references can only be lent through a trait object).
+trait AsKeyRef {
+    fn key_ref(&self) -> KeyRef<'_>;
+}
+
+impl AsKeyRef for PoolKey {
+    fn key_ref(&self) -> KeyRef<'_> {
+        self.as_ref()
+    }
+}
+
+impl AsKeyRef for KeyRef<'_> {
+    fn key_ref(&self) -> KeyRef<'_> {
+        *self
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn AsKeyRef + 'a> for PoolKey {
+    fn borrow(&self) -> &(dyn AsKeyRef + 'a) {
+        self
+    }
+}
+
+impl std::hash::Hash for dyn AsKeyRef + '_ {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.key_ref().hash(state);
+    }
+}
+
+impl PartialEq for dyn AsKeyRef + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.key_ref() == other.key_ref()
+    }
+}
+
+impl Eq for dyn AsKeyRef + '_ {}
+
+/// Hashed as its [`KeyRef`], as [`std::borrow::Borrow`] requires of a key and what it lends.
+impl std::hash::Hash for PoolKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_ref().hash(state);
     }
 }
 
@@ -66,26 +144,27 @@ impl Pools {
         }
     }
 
-    pub fn get(&self, key: &PoolKey) -> Option<Arc<Pool>> {
+    pub fn get(&self, key: KeyRef<'_>) -> Option<Arc<Pool>> {
         self.map
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(key)
+            .get(&key as &dyn AsKeyRef)
             .cloned()
     }
 
     /// Makes sure the pool for `key` exists (created with `settings()` if not), without joining a client:
     /// for forced-user pools whose min_pool_size is kept open before any client comes.
-    pub fn ensure(&self, key: &PoolKey, settings: impl FnOnce() -> PoolSettings) -> Arc<Pool> {
+    pub fn ensure(&self, key: KeyRef<'_>, settings: impl FnOnce() -> PoolSettings) -> Arc<Pool> {
         if let Some(pool) = self.get(key) {
             return pool;
         }
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(pool) = map.get(key) {
+        if let Some(pool) = map.get(&key as &dyn AsKeyRef) {
             return Arc::clone(pool);
         }
-        let pool = self.create(key, settings);
-        map.insert(key.clone(), Arc::clone(&pool));
+        let key = key.to_owned();
+        let pool = self.create(&key, settings);
+        map.insert(key, Arc::clone(&pool));
         pool
     }
 
@@ -125,22 +204,23 @@ impl Pools {
     /// Joins a client to the pool for `key`, creating the pool with `settings()` if it does not
     /// exist yet. The join happens under the registry lock, so the janitor can never forget a pool a
     /// client is about to use. Pair with [`Pool::client_left`].
-    pub fn join(&self, key: &PoolKey, settings: impl FnOnce() -> PoolSettings) -> Arc<Pool> {
+    pub fn join(&self, key: KeyRef<'_>, settings: impl FnOnce() -> PoolSettings) -> Arc<Pool> {
         {
             let map = self.map.read().unwrap_or_else(|e| e.into_inner());
-            if let Some(pool) = map.get(key) {
+            if let Some(pool) = map.get(&key as &dyn AsKeyRef) {
                 pool.client_joined();
                 return Arc::clone(pool);
             }
         }
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(pool) = map.get(key) {
+        if let Some(pool) = map.get(&key as &dyn AsKeyRef) {
             pool.client_joined();
             return Arc::clone(pool);
         }
-        let pool = self.create(key, settings);
+        let key = key.to_owned();
+        let pool = self.create(&key, settings);
         pool.client_joined();
-        map.insert(key.clone(), Arc::clone(&pool));
+        map.insert(key, Arc::clone(&pool));
         pool
     }
 
@@ -174,4 +254,33 @@ impl Pools {
 fn shared(map: &Mutex<FastMap<Arc<str>, Arc<SharedLimit>>>, name: &Arc<str>) -> Arc<SharedLimit> {
     let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
     Arc::clone(map.entry(Arc::clone(name)).or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_borrowed_key_finds_the_pool_key_it_equals_and_no_other() {
+        let mut map: FastMap<PoolKey, u32> = FastMap::default();
+        map.insert(PoolKey::new("app", "alice"), 1);
+        let routed = KeyRef::routed("app", "alice", Some(PoolMode::Session));
+        map.insert(routed.to_owned(), 2);
+        // Names built apart from the stored ones: found by value.
+        let (db, user) = (String::from("app"), String::from("alice"));
+        let find = |k: KeyRef<'_>| map.get(&k as &dyn AsKeyRef).copied();
+        assert_eq!(find(KeyRef::new(&db, &user)), Some(1));
+        assert_eq!(
+            find(KeyRef::routed(&db, &user, Some(PoolMode::Session))),
+            Some(2)
+        );
+        assert_eq!(
+            find(KeyRef::routed(&db, &user, Some(PoolMode::Statement))),
+            None
+        );
+        assert_eq!(find(KeyRef::new("app", "bob")), None);
+        assert_eq!(find(KeyRef::new("alice", "app")), None);
+        // The owned key still finds itself (the console's and the janitor's lookups).
+        assert_eq!(map.get(&PoolKey::new("app", "alice")), Some(&1));
+    }
 }

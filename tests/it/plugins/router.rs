@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use pgwarden::config::PoolMode;
-use pgwarden::pool::PoolKey;
+use pgwarden::pool::KeyRef;
 use pgwarden_tests::pg::{PasswordEncryption, PgCluster};
 use pgwarden_tests::pooler::{Pooler, TestDb};
 use tokio_postgres::{Client, Config, NoTls};
@@ -94,7 +94,7 @@ async fn sharing(first: &Client, second: &Client) -> anyhow::Result<Sharing> {
     })
 }
 
-fn pool_mode(pooler: &Pooler, key: &PoolKey) -> Option<PoolMode> {
+fn pool_mode(pooler: &Pooler, key: KeyRef<'_>) -> Option<PoolMode> {
     pooler.state.pools.get(key).map(|p| p.settings().mode)
 }
 
@@ -125,13 +125,13 @@ async fn router_sends_the_analytics_role_to_the_session_alias() -> anyhow::Resul
         s.first_kept_setting,
         s.second_got_another_server
     );
-    let routed = PoolKey::routed(&session_alias, &analytics.name, Some(PoolMode::Session));
-    assert_eq!(pool_mode(&pooler, &routed), Some(PoolMode::Session));
+    let routed = KeyRef::routed(&session_alias, &analytics.name, Some(PoolMode::Session));
+    assert_eq!(pool_mode(&pooler, routed), Some(PoolMode::Session));
     assert!(
         pooler
             .state
             .pools
-            .get(&PoolKey::new(&db.name, &analytics.name))
+            .get(KeyRef::new(&db.name, &analytics.name))
             .is_none(),
         "a pool on the transaction alias was made for the analytics role"
     );
@@ -145,7 +145,7 @@ async fn router_sends_the_analytics_role_to_the_session_alias() -> anyhow::Resul
         "the owner's clients do not share their server"
     );
     assert_eq!(
-        pool_mode(&pooler, &PoolKey::new(&db.name, &db.user)),
+        pool_mode(&pooler, KeyRef::new(&db.name, &db.user)),
         Some(PoolMode::Transaction)
     );
     Ok(())
@@ -320,7 +320,7 @@ async fn router_overrides_the_pool_mode_only() -> anyhow::Result<()> {
     assert_eq!(
         pool_mode(
             &pooler,
-            &PoolKey::routed(&db.name, &sessions.name, Some(PoolMode::Session))
+            KeyRef::routed(&db.name, &sessions.name, Some(PoolMode::Session))
         ),
         Some(PoolMode::Session)
     );
@@ -364,7 +364,7 @@ async fn router_server_user_puts_clients_in_one_pool() -> anyhow::Result<()> {
         pooler
             .state
             .pools
-            .get(&PoolKey::new(&db.name, &forced.name))
+            .get(KeyRef::new(&db.name, &forced.name))
             .is_some()
     );
     for r in [&etl1, &etl2] {
@@ -372,7 +372,7 @@ async fn router_server_user_puts_clients_in_one_pool() -> anyhow::Result<()> {
             pooler
                 .state
                 .pools
-                .get(&PoolKey::new(&db.name, &r.name))
+                .get(KeyRef::new(&db.name, &r.name))
                 .is_none(),
             "a pool for {} itself",
             r.name
