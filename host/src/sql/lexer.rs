@@ -660,13 +660,7 @@ mod tests {
             "\u{a0}",
             "x",
         ];
-        let mut state = 0x9E37_79B9_7F4A_7C15_u64;
-        let mut next = |n: usize| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % n as u64) as usize
-        };
+        let mut next = crate::sql::test_rng(0x9E37_79B9_7F4A_7C15_u64);
         for _ in 0..5_000 {
             let sql: String = (0..next(24)).map(|_| PIECES[next(PIECES.len())]).collect();
             for standard in [true, false] {

@@ -246,6 +246,18 @@ fn split_into(sql: &str, toks: &[Token], pieces: &mut Vec<Piece>) {
     });
 }
 
+/// The randomized tests' generator (xorshift64, seeded, so every run draws the same cases): the closure
+/// returns a number below its argument.
+#[cfg(test)]
+fn test_rng(mut state: u64) -> impl FnMut(usize) -> usize {
+    move |n| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n as u64) as usize
+    }
+}
+
 #[cfg(test)]
 mod scratch_tests {
     use super::*;

@@ -476,13 +476,7 @@ mod tests {
         // letter in bit 5 only, of every length up to several blocks, so that hints and near misses fall on
         // every edge of a block.
         const OTHER: &[u8] = b" .\x00\x13\x05\xd3\xe5aA";
-        let mut state = 0x2545_F491_4F6C_DD1D_u64;
-        let mut next = |n: usize| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % n as u64) as usize
-        };
+        let mut next = crate::sql::test_rng(0x2545_F491_4F6C_DD1D_u64);
         let mut found = 0;
         for _ in 0..20_000 {
             let len = next(70);
