@@ -21,14 +21,6 @@ impl PoolKey {
     pub fn new(database: &str, user: &str) -> Self {
         KeyRef::new(database, user).to_owned()
     }
-
-    fn as_ref(&self) -> KeyRef<'_> {
-        KeyRef {
-            database: &self.database,
-            user: &self.user,
-            mode: self.mode,
-        }
-    }
 }
 
 /// A [`PoolKey`] of borrowed names: what a login looks its pool up by, so that finding an existing pool
@@ -76,7 +68,11 @@ trait AsKeyRef {
 
 impl AsKeyRef for PoolKey {
     fn key_ref(&self) -> KeyRef<'_> {
-        self.as_ref()
+        KeyRef {
+            database: &self.database,
+            user: &self.user,
+            mode: self.mode,
+        }
     }
 }
 
@@ -109,7 +105,7 @@ impl Eq for dyn AsKeyRef + '_ {}
 /// Hashed as its [`KeyRef`], as [`std::borrow::Borrow`] requires of a key and what it lends.
 impl std::hash::Hash for PoolKey {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.as_ref().hash(state);
+        self.key_ref().hash(state);
     }
 }
 
