@@ -3,10 +3,10 @@
 
 Starts a throwaway PostgreSQL, writes ONE pgbouncer.ini + userlist.txt that PgBouncer and pgwarden both load
 unchanged (pgwarden's plugin run loads a second file that %includes it and adds a [pgwarden] section), and
-runs pgbench against a direct connection, PgBouncer and pgwarden interleaved (A B C, A B C, ...) for each
-scenario, round after round. Each pooler run starts the pooler fresh, warms it up, then measures: pgbench's
-TPS and average latency, and the pooler's CPU time (utime + stime of its PID in /proc) over the measured
-window. Idle-client memory is measured separately with an asyncio client holding N logged-in connections.
+runs pgbench against a direct connection, PgBouncer and pgwarden interleaved for each scenario, round after
+round, the order rotated by one place each round (A B C, B C A, C A B, ...). Each pooler run starts the
+pooler fresh, warms it up, then measures: pgbench's TPS and average latency, and the pooler's CPU time
+(utime + stime of its PID in /proc) over the measured window. Idle-client memory is measured separately with an asyncio client holding N logged-in connections.
 
 Run it through bench/sidebyside/run.sh (which builds pgwarden) or with PGWARDEN_BIN set.
 """
@@ -43,7 +43,8 @@ USERS = {
 }
 POOL_SIZE = 20
 
-# Scenarios: pgbench options, clients, user, and the targets run in each round (in this order).
+# Scenarios: pgbench options, clients, user, and the targets run in each round (in this order in round 1,
+# rotated by one place each following round: see `round_order`).
 # "direct" runs with min(clients, POOL_SIZE) clients: the ceiling at equal backend count.
 SCENARIOS = {
     "select_c10": dict(args=["-S"], clients=10, targets=["direct", "pgbouncer", "pgwarden"]),
@@ -70,6 +71,15 @@ SCENARIOS = {
     ),
 }
 QUICK_SCENARIOS = ["select_c10", "select_c100", "select_prepared_c100", "connect_scram_c20", "latency_c20"]
+
+def round_order(targets, rnd):
+    """The targets of round `rnd` (1-based): the scenario's list rotated by rnd - 1 places (A B C, B C A,
+    C A B, ...). Every target then runs first, in the middle and last equally often over as many rounds as
+    targets, so a drift within a round (a machine that slows after the direct run's load, a neighbour that
+    comes and goes) does not always fall on the same pooler."""
+    k = (rnd - 1) % len(targets)
+    return targets[k:] + targets[:k]
+
 
 # Instructions per transaction under callgrind (item `instructions`): each pooler alone under valgrind, pgbench
 # -t (a fixed count of transactions per client) after a warm-up, the counters zeroed between the two. Unlike
@@ -592,7 +602,8 @@ def report(results, summary):
         f"Machine: {m['nproc']} CPUs ({m['cpu']}), kernel {m['kernel']}, {m['postgres']}, {m['pgbouncer']}, "
         f"pgwarden {m['pgwarden_commit']}. Load (1/5/15 min) before: {m['load_before']}, after: "
         f"{results.get('load_after', '?')}.",
-        f"Rounds: {o['rounds']}, {o['duration']} s per run after a {o['warmup']} s warm-up, pgbench scale "
+        f"Rounds: {o['rounds']} (the targets' order rotated by one place each round), {o['duration']} s per "
+        f"run after a {o['warmup']} s warm-up, pgbench scale "
         f"{o['scale']}, pool size {POOL_SIZE}, transaction mode; pgbench over TCP 127.0.0.1, the poolers to "
         "PostgreSQL over its Unix socket; fsync/synchronous_commit/full_page_writes off.",
         "",
@@ -777,7 +788,7 @@ def main():
         "(callgrind: the poolers' instructions per transaction; needs valgrind)",
     )
     ap.add_argument("--quick", action="store_true", help="1 round, 5 s runs, fewer scenarios, idle 2,000 only")
-    ap.add_argument("--rounds", type=int, help="rounds of A B C (default 3)")
+    ap.add_argument("--rounds", type=int, help="rounds of A B C, each rotated by one (default 3)")
     ap.add_argument("--duration", type=int, help="seconds per measured pgbench run (default 15)")
     ap.add_argument("--warmup", type=int, help="seconds of pgbench before each measured run (default 3)")
     ap.add_argument("--only", help="comma-separated scenarios to run (and/or 'idle', 'instructions')")
@@ -855,7 +866,7 @@ def main():
         b.write_configs()
         for rnd in range(1, opts.rounds + 1):
             for name in scenarios:
-                for target in SCENARIOS[name]["targets"]:
+                for target in round_order(SCENARIOS[name]["targets"], rnd):
                     log(f"round {rnd}/{opts.rounds} {name} {target}")
                     try:
                         res = b.run_target(name, SCENARIOS[name], target)
