@@ -33,8 +33,9 @@ pub enum ProcessError {
 /// How many runtime threads serve connections: `worker_threads` when set; else tokio's
 /// `TOKIO_WORKER_THREADS` when the environment has it (`None`: let tokio read it); else one per CPU this
 /// process may run on (`cpus`, which counts affinity masks and cgroup quotas). A single thread is not the
-/// better default on a small machine: on 2 CPUs shared with PostgreSQL and pgbench it measured 0.8–0.95x
-/// the TPS of two (BENCHMARKS.md).
+/// better default on a small machine: on 2 CPUs shared with PostgreSQL and pgbench, each in a scheduling
+/// group of its own as services are, one thread did 1.04x the TPS of two at 10 clients, 1.00x at 100,
+/// 0.98x at 500 and 0.96x in a connection storm (medians of per-round ratios; BENCHMARKS.md, run 20).
 pub fn worker_threads(setting: u32, env_set: bool, cpus: usize) -> Option<usize> {
     match setting {
         0 if env_set => None,
