@@ -6,7 +6,8 @@ unchanged (pgwarden's plugin run loads a second file that %includes it and adds 
 runs pgbench against a direct connection, PgBouncer and pgwarden interleaved for each scenario, round after
 round, the order rotated by one place each round (A B C, B C A, C A B, ...). Each pooler run starts the
 pooler fresh, warms it up, then measures: pgbench's TPS and average latency, and the pooler's CPU time
-(utime + stime of its PID in /proc) over the measured window. Idle-client memory is measured separately with an asyncio client holding N logged-in connections.
+(utime + stime of its PID in /proc) over the measured window. Idle-client memory is measured separately
+with an asyncio client holding N logged-in connections.
 
 Run it through bench/sidebyside/run.sh (which builds pgwarden) or with PGWARDEN_BIN set.
 """
@@ -71,6 +72,7 @@ SCENARIOS = {
     ),
 }
 QUICK_SCENARIOS = ["select_c10", "select_c100", "select_prepared_c100", "connect_scram_c20", "latency_c20"]
+
 
 def round_order(targets, rnd):
     """The targets of round `rnd` (1-based): the scenario's list rotated by rnd - 1 places (A B C, B C A,
